@@ -1,0 +1,62 @@
+"""gpumat: a MATLAB-like n-d matrix on CUDA, OpenCL and CPU, with hand-written kernels.
+
+    import gpumat as gm
+    A = gm.rand(1000, 1000)          # on the default backend (cuda -> opencl -> cpu)
+    B = gm.gpu_array(numpy_array)     # on the default GPU backend
+    C = gm.exp(A) @ B.T + 1
+    C.gather()                        # back to NumPy
+"""
+from . import backends as _backends_module
+from . import backends   # callable: gm.backends() reports each backend, device or reason
+from .array import Array, cumsum, matmul, mean, std, var
+from .creation import (arange, array, colon, empty, eye, full, gpu_array, linspace, ones, rand,
+                       randi, randn, seed, zeros)
+from .dtypes import SUPPORTED as supported_dtypes
+from .errors import (BackendMismatchError, BackendUnavailableError, DeviceMemoryError,
+                     DtypeError, GpumatError, KernelBuildError, ReleasedArrayError, ShapeError)
+from .functions import (abs, all, allclose, any, argmax, argmin, broadcast_to, cat, ceil, clip,
+                        exp, find, floor, horzcat, ind2sub, isequal, isfinite, isinf, isnan,
+                        ldivide, log, logical_and, logical_not, logical_or, logical_xor, max,
+                        maximum, min, minimum, minus, mtimes, ndims, numel, permute, plus,
+                        power, prod, rdivide, repmat, reshape, round, sigmoid, sign, size, sort,
+                        sqrt, squeeze, sub2ind, sum, tanh, times, transpose, uminus, vertcat,
+                        where)
+from .io import load, save
+from .memory import keep, memory_info, scope
+from .native import pack_signs as _pack_signs_host
+
+__version__ = "0.1.0"
+
+single = "single"
+double = "double"
+logical = "logical"
+
+
+def use(name):
+    """Make ``name`` ('cuda', 'opencl', 'cpu' or 'auto') the default backend."""
+    return _backends_module.use(name).name
+
+
+def default_backend():
+    """Name of the backend new Arrays go to."""
+    return _backends_module.default().name
+
+
+def gather(a):
+    """MATLAB's gather: a NumPy copy of an Array (other values pass through np.asarray)."""
+    import numpy as np
+    return a.gather() if isinstance(a, Array) else np.asarray(a)
+
+
+def pack_signs(a):
+    """Pack the signs of a single-precision Array along its last axis into uint32 words:
+    bit j of word w is 1 where ``a[..., 32*w + j] >= 0`` (NaN counts as negative).  The first
+    brick of the binarized (XNOR-popcount) convolution; runs as a kernel on every backend."""
+    from .errors import DtypeError as _DtypeError, ShapeError as _ShapeError
+    a = a if isinstance(a, Array) else array(a)
+    if a.dtype != "float32":
+        raise _DtypeError(f"pack_signs needs a single (float32) Array, got {a.dtype}")
+    if a.ndim == 0:
+        raise _ShapeError("pack_signs needs at least one dimension, got a 0-d Array")
+    backend = a._backend
+    return Array._wrap(backend, backend.pack_signs(a._live))

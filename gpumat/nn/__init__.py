@@ -1,0 +1,1 @@
+"""gpumat.nn: layers, autograd, optimizers and training on gpumat's kernels (coming next)."""

@@ -1,0 +1,273 @@
+"""Elementwise operators and maths against NumPy, with broadcasting and dtype promotion."""
+import operator
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import gpumat as gm
+from conftest import assert_same, float_tolerance
+
+NUMERIC = ["uint8", "int32", "uint32", "int64", "float32", "float64"]
+
+
+def data(shape, dtype, seed=0, low=-50, high=50):
+    rng = np.random.default_rng(seed)
+    if dtype == "bool":
+        return rng.random(shape) > 0.5
+    if np.dtype(dtype).kind == "u":
+        return rng.integers(0, high, size=shape).astype(dtype)
+    if np.dtype(dtype).kind == "i":
+        return rng.integers(low, high, size=shape).astype(dtype)
+    return (rng.standard_normal(shape) * 10).astype(dtype)
+
+
+ARITH = [operator.add, operator.sub, operator.mul, operator.truediv]
+
+
+@pytest.mark.parametrize("op", ARITH + [operator.floordiv, operator.mod], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("dta", NUMERIC)
+@pytest.mark.parametrize("dtb", ["int32", "float32", "float64", "uint8"])
+def test_binary_arithmetic_and_promotion(backend, op, dta, dtb):
+    x = data((4, 5), dta, 1)
+    y = data((5,), dtb, 2)
+    if op in (operator.floordiv, operator.mod):
+        y = np.where(y == 0, 3, y).astype(dtb)
+    if op is operator.sub and (dta.startswith("u") and dtb.startswith("u")):
+        x = x + y.max()  # keep unsigned results in range
+    with np.errstate(all="ignore"):
+        expected = op(x, y)
+    got = op(gm.array(x, backend=backend), gm.array(y, backend=backend))
+    tol = 1e-5 if expected.dtype == np.float32 else 1e-12
+    assert_same(got, expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", NUMERIC)
+@pytest.mark.parametrize("scalar", [2, -3, 1.5, True])
+@pytest.mark.parametrize("op", ARITH + [operator.pow], ids=lambda f: f.__name__)
+def test_python_scalars_are_weak(backend, dtype, scalar, op):
+    x = data((3, 4), dtype, 3, low=1, high=6)
+    if dtype.startswith("u") and isinstance(scalar, int) and scalar < 0:
+        pytest.skip("a negative Python int does not fit an unsigned array (NumPy raises too)")
+    if op is operator.pow and (isinstance(scalar, int) and scalar < 0 and dtype[0] in "iu"):
+        pytest.skip("integers to negative integer powers are an error in NumPy")
+    with np.errstate(all="ignore"):
+        expected = op(x, scalar)
+        expected_r = op(scalar, x) if op is not operator.pow else None
+    a = gm.array(x, backend=backend)
+    tol = 1e-5 if expected.dtype == np.float32 else 1e-12
+    assert_same(op(a, scalar), expected, rtol=tol)
+    if expected_r is not None:
+        assert_same(op(scalar, a), expected_r, rtol=tol)
+
+
+def test_numpy_operand_is_uploaded(backend):
+    x = data((3,), "float32")
+    a = gm.array(x, backend=backend)
+    assert_same(a + np.float32(1), x + np.float32(1))
+    assert_same(np.ones(3, np.float32) + a, np.ones(3, np.float32) + x)
+    assert_same(a * np.float64(2), x * np.float64(2))
+
+
+@pytest.mark.parametrize("op", [operator.eq, operator.ne, operator.lt, operator.le, operator.gt,
+                                operator.ge], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("dtype", ["bool"] + NUMERIC)
+def test_comparisons_give_logical(backend, op, dtype):
+    x = data((6, 1), dtype, 1, low=-3, high=3)
+    y = data((1, 7), dtype, 2, low=-3, high=3)
+    got = op(gm.array(x, backend=backend), gm.array(y, backend=backend))
+    assert_same(got, op(x, y))
+    assert_same(op(gm.array(x, backend=backend), 1), op(x, 1))
+
+
+def test_comparisons_with_nan(backend):
+    x = np.array([np.nan, 1.0, np.inf, -np.inf, 0.0], np.float32)
+    y = np.array([np.nan, np.nan, np.inf, 1.0, -0.0], np.float32)
+    a, b = gm.array(x, backend=backend), gm.array(y, backend=backend)
+    for op in (operator.eq, operator.ne, operator.lt, operator.ge):
+        assert_same(op(a, b), op(x, y))
+
+
+def test_logical_operators(backend):
+    x = data((5, 4), "bool", 1)
+    y = data((4,), "bool", 2)
+    a, b = gm.array(x, backend=backend), gm.array(y, backend=backend)
+    assert_same(a & b, x & y)
+    assert_same(a | b, x | y)
+    assert_same(a ^ b, x ^ y)
+    assert_same(~a, ~x)
+    assert_same(gm.logical_not(a), ~x)
+    assert_same(gm.logical_xor(a, b), np.logical_xor(x, y))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int32", "int64", "uint32"])
+def test_bitwise_on_integers(backend, dtype):
+    x = data((9,), dtype, 1, low=0, high=100)
+    y = data((9,), dtype, 2, low=0, high=100)
+    a, b = gm.array(x, backend=backend), gm.array(y, backend=backend)
+    assert_same(a & b, x & y)
+    assert_same(a | b, x | y)
+    assert_same(~a, ~x)
+
+
+UNARY = {
+    "exp": (gm.exp, np.exp), "log": (gm.log, np.log), "sqrt": (gm.sqrt, np.sqrt),
+    "tanh": (gm.tanh, np.tanh), "abs": (gm.abs, np.abs), "sign": (gm.sign, np.sign),
+    "floor": (gm.floor, np.floor), "round": (gm.round, np.round),
+    "sigmoid": (gm.sigmoid, lambda v: 1 / (1 + np.exp(-v.astype(np.float64)))),
+    "negative": (lambda a: -a, np.negative),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
+def test_unary_maths(backend, name, dtype):
+    ours, ref = UNARY[name]
+    x = data((37, 3), dtype, 4)
+    if name in ("log", "sqrt"):
+        x = np.abs(x) + (1 if dtype[0] == "i" else 0.5)
+    if dtype.startswith("float"):
+        x.flat[:6] = [0.5, -0.5, 1.5, 2.5, -2.5, 0.0]      # rounding ties: half to even
+    with np.errstate(all="ignore"):
+        expected = ref(x)
+    if name == "sigmoid":
+        expected = expected.astype(np.float32 if dtype == "float32" else np.float64)
+    got = ours(gm.array(x, backend=backend))
+    tol = 2e-6 if expected.dtype == np.float32 else 1e-12
+    assert_same(got, expected, rtol=tol, atol=tol)
+
+
+def test_special_values(backend):
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 88.0, -100.0, 100.0], np.float32)
+    a = gm.array(x, backend=backend)
+    with np.errstate(all="ignore"):
+        assert_same(gm.exp(a), np.exp(x), rtol=2e-6)
+        assert_same(gm.sign(a), np.sign(x))
+        assert_same(gm.abs(a), np.abs(x))
+        assert_same(gm.tanh(a), np.tanh(x), rtol=2e-6)
+        sig = gm.sigmoid(a).gather()
+    assert np.isnan(sig[0]) and sig[1] == 1 and sig[2] == 0 and np.all(np.isfinite(sig[3:]))
+    np.testing.assert_allclose(sig[3:], 1 / (1 + np.exp(-x[3:].astype(np.float64))), rtol=2e-6,
+                               atol=1e-40)   # sigmoid(-100) is a float32 denormal
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int32", "float64"])
+def test_maximum_minimum_clip(backend, dtype):
+    x = data((8, 9), dtype, 5)
+    y = data((9,), dtype, 6)
+    a, b = gm.array(x, backend=backend), gm.array(y, backend=backend)
+    assert_same(gm.maximum(a, b), np.maximum(x, y))
+    assert_same(gm.minimum(a, 0), np.minimum(x, 0))
+    assert_same(gm.clip(a, -5, 7), np.clip(x, -5, 7))
+    assert_same(gm.clip(a, b, 20), np.clip(x, y, 20))
+
+
+def test_nan_propagates_in_maximum_and_clip(backend):
+    x = np.array([np.nan, 1.0, 5.0], np.float32)
+    a = gm.array(x, backend=backend)
+    assert_same(gm.maximum(a, 2.0), np.maximum(x, np.float32(2)))
+    assert_same(gm.minimum(a, 2.0), np.minimum(x, np.float32(2)))
+    assert_same(gm.clip(a, 0, 3), np.clip(x, 0, 3))
+
+
+def test_power(backend):
+    x = np.abs(data((5, 4), "float32", 7)) + 0.1
+    y = data((4,), "float32", 8) / 10
+    assert_same(gm.array(x, backend=backend) ** gm.array(y, backend=backend), x ** y, rtol=1e-5)
+    xi = data((7,), "int64", 9, low=-4, high=5)
+    assert_same(gm.array(xi, backend=backend) ** 3, xi ** 3)
+    assert_same(gm.power(gm.array(xi, backend=backend), 2), xi ** 2)
+
+
+def test_division_by_zero_follows_numpy(backend):
+    x = np.array([1.0, -1.0, 0.0], np.float32)
+    with np.errstate(all="ignore"):
+        assert_same(gm.array(x, backend=backend) / 0.0, x / np.float32(0))
+        xi = np.array([7, -7, 0], np.int32)
+        zi = np.zeros(3, np.int32)
+        assert_same(gm.array(xi, backend=backend) // gm.array(zi, backend=backend), xi // zi)
+        assert_same(gm.array(xi, backend=backend) % gm.array(zi, backend=backend), xi % zi)
+    xm = np.array([7, -7, 7, -7], np.int64)
+    ym = np.array([3, 3, -3, -3], np.int64)
+    assert_same(gm.array(xm, backend=backend) // gm.array(ym, backend=backend), xm // ym)
+    assert_same(gm.array(xm, backend=backend) % gm.array(ym, backend=backend), xm % ym)
+    xf, yf = xm.astype(np.float32) + 0.5, ym.astype(np.float32)
+    assert_same(gm.array(xf, backend=backend) % gm.array(yf, backend=backend), xf % yf, rtol=1e-6)
+
+
+def test_in_place_operators(backend):
+    x = data((3, 4), "float32", 1)
+    a = gm.array(x, backend=backend)
+    alias = a.reshape(12)           # shares storage until a write
+    a += 1
+    a *= gm.array(x, backend=backend)
+    a -= 2
+    a /= 4
+    expected = ((x + 1) * x - 2) / 4
+    assert_same(a, expected, rtol=1e-6)
+    assert_same(alias, x.reshape(12))          # copy-on-write: the alias kept the old values
+    i = gm.array(np.arange(5, dtype=np.int32), backend=backend)
+    i += 2
+    assert_same(i, np.arange(5, dtype=np.int32) + 2)
+    with pytest.raises(TypeError, match="same_kind"):
+        i /= 2
+
+
+def test_in_place_cannot_broadcast_into_smaller(backend):
+    a = gm.zeros(3, backend=backend)
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        a += gm.zeros(2, 3, backend=backend)
+
+
+def test_where(backend):
+    x = data((4, 5), "float32", 1)
+    cond = x > 0
+    assert_same(gm.where(gm.array(cond, backend=backend), gm.array(x, backend=backend), -1.0),
+                np.where(cond, x, np.float32(-1)))
+
+
+broadcastable = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4,
+                                                  min_side=0, max_side=6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes=broadcastable, seed=st.integers(0, 2 ** 16))
+def test_broadcasting_hypothesis(shapes, seed):
+    for backend in _backends():
+        x = data(shapes.input_shapes[0], "float32", seed)
+        y = data(shapes.input_shapes[1], "float32", seed + 1)
+        a, b = gm.array(x, backend=backend), gm.array(y, backend=backend)
+        assert_same(a + b, x + y)
+        assert_same(a * b - 1, x * y - 1, rtol=1e-6)
+        assert_same(a > b, x > y)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=2, max_dims=3, max_side=4),
+       dta=st.sampled_from(NUMERIC), dtb=st.sampled_from(NUMERIC))
+def test_promotion_hypothesis(shapes, dta, dtb):
+    for backend in _backends():
+        x = data(shapes.input_shapes[0], dta, 1, low=0, high=20)
+        y = data(shapes.input_shapes[1], dtb, 2, low=0, high=20)
+        got = gm.array(x, backend=backend) * gm.array(y, backend=backend)
+        assert got.dtype == (x * y).dtype
+        assert_same(got, x * y, rtol=1e-6)
+
+
+def _backends():
+    from conftest import TESTED
+    return TESTED
+
+
+def test_large_elementwise(backend):
+    x = data((1_000_003,), "float32", 11)
+    a = gm.array(x, backend=backend)
+    assert_same(gm.tanh(a) * 2 + a, np.tanh(x) * 2 + x, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_size_ops(backend):
+    a = gm.zeros(0, 3, backend=backend)
+    assert (a + 1).shape == (0, 3)
+    assert (a @ gm.ones(3, 2, backend=backend)).shape == (0, 2)
+    assert gm.exp(a).shape == (0, 3)
