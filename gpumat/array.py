@@ -15,10 +15,12 @@ import numpy as np
 from . import backends as _backends
 from . import dtypes as _dtypes
 from . import memory as _memory
-from .backends.base import numpy_slice
+from .backends.base import MAP_OPS, numpy_slice
 from .errors import (BackendMismatchError, DtypeError, ReleasedArrayError, ShapeError)
 
 _LOGICAL_OPS = {"logical_and", "logical_or", "logical_xor", "logical_not"}
+_BITWISE_OPS = {"bitwise_and", "bitwise_or", "bitwise_xor", "invert"}
+_FLOAT64 = np.dtype(np.float64)
 _PYTHON_SCALARS = (bool, int, float)
 
 
@@ -381,12 +383,13 @@ class Array:
             target_shape = target_shape_fn()
         value = _setitem_value(self, value, target_shape)
         self._make_private()
+        value_native = value._live if isinstance(value, Array) else value
         if flat is not None:
             view = backend.reshape(self._live, (self.size,))
-            backend.setitem(view, (flat._live,), value)
+            backend.setitem(view, (flat._live,), value_native)
         else:
             natives = tuple(k._live if isinstance(k, Array) else k for k in norm)
-            backend.setitem(self._live, natives, value)
+            backend.setitem(self._live, natives, value_native)
 
 
 # =============================================================================================
@@ -461,27 +464,31 @@ def _python_scalar_kind(x):
 
 def _operands(values, what):
     """Turn op arguments into Arrays (one backend) and weak Python scalars."""
-    arrays = [v for v in values if isinstance(v, Array)]
     backend = None
-    for a in arrays:
-        b = a._backend
-        if backend is None:
-            backend = b
-        elif b is not backend:
-            raise BackendMismatchError(
-                f"{what}: operands live on two backends, {backend.name!r} and {b.name!r}; "
-                f"move one with A.to({backend.name!r})")
-    if backend is None:
-        backend = _backends.default()
-    out = []
+    convert = False
     for v in values:
         if isinstance(v, Array):
+            b = v._backend
+            if backend is None:
+                backend = b
+            elif b is not backend:
+                raise BackendMismatchError(
+                    f"{what}: operands live on two backends, {backend.name!r} and {b.name!r}; "
+                    f"move one with A.to({backend.name!r})")
+        elif type(v) not in _PYTHON_SCALARS:
+            convert = True
+    if backend is None:
+        backend = _backends.default()
+    if not convert:
+        return values, backend
+    out = []
+    for v in values:
+        if isinstance(v, Array) or type(v) in _PYTHON_SCALARS:
             out.append(v)
-        elif isinstance(v, _PYTHON_SCALARS) and not isinstance(v, np.generic):
-            out.append(v)
-        elif isinstance(v, numbers.Number) and not isinstance(v, (complex, np.complexfloating)) \
-                and not isinstance(v, np.generic):
-            out.append(float(v) if isinstance(v, numbers.Real) else v)
+        elif isinstance(v, (bool, int, float)) and not isinstance(v, np.generic):
+            out.append(_python_scalar_kind(v)(v))     # subclasses of bool/int/float
+        elif isinstance(v, numbers.Real) and not isinstance(v, np.generic):
+            out.append(float(v))                      # Fraction, Decimal, ...
         else:
             x = np.asarray(v)
             if x.dtype == object or x.dtype.kind not in "biuf":
@@ -508,11 +515,16 @@ def _check_scalar_fits(v, dtype, what):
             raise OverflowError(f"{what}: Python integer {v} is out of bounds for {dtype}")
 
 
-def map_op(op, *values):
-    """Apply elementwise ``op`` (a name in backends.base.MAP_OPS) with NumPy broadcasting."""
-    from .backends.base import MAP_OPS
-    arrays, backend = _operands(values, op)
-    kinds = tuple(_kind(v) for v in arrays)
+_MAP_DTYPES = {}       # (op, operand kinds) -> (out dtype, compute dtype)
+
+
+def _map_dtypes(op, kinds):
+    """NumPy's result dtype for ``op`` on operands of ``kinds``, and the dtype the inputs are
+    converted to before the op (the promoted inputs for comparisons, bool for logical ops)."""
+    key = (op, kinds)
+    cached = _MAP_DTYPES.get(key)
+    if cached is not None:
+        return cached
     ufunc = MAP_OPS[op][1]
     try:
         if op == "sigmoid":
@@ -527,29 +539,39 @@ def map_op(op, *values):
     _dtypes.check_result(out_dtype, op)
     if op in _LOGICAL_OPS:
         compute = np.dtype(bool)
-    elif op == "where":
+    elif op == "where" or out_dtype != np.bool_ or op in _BITWISE_OPS:
         compute = out_dtype
-    elif out_dtype == np.bool_ and op not in ("bitwise_and", "bitwise_or", "bitwise_xor", "invert"):
-        compute = (_dtypes.ufunc_result("add", kinds) if len(kinds) > 1 else kinds[0])
-        compute = np.dtype(compute) if isinstance(compute, np.dtype) else np.dtype(compute)
-        if compute == np.bool_ and op in ("isnan", "isinf", "isfinite"):
-            compute = np.dtype(bool)
-    else:
-        compute = out_dtype
+    else:       # comparisons and isnan & co: compare in the promoted input dtype
+        compute = np.dtype(_dtypes.ufunc_result("add", kinds) if len(kinds) > 1 else kinds[0])
+    _MAP_DTYPES[key] = out_dtype, compute
+    return out_dtype, compute
+
+
+def map_op(op, *values):
+    """Apply elementwise ``op`` (a name in backends.base.MAP_OPS) with NumPy broadcasting."""
+    arrays, backend = _operands(values, op)
+    out_dtype, compute = _map_dtypes(op, tuple(_kind(v) for v in arrays))
+    shapes = []
     for v in arrays:
-        if not isinstance(v, Array):
+        if isinstance(v, Array):
+            shapes.append(v.shape)
+        else:
             _check_scalar_fits(v, compute, op)
-    _check_backend_dtype(backend, out_dtype)
-    _check_backend_dtype(backend, compute)
-    shapes = [v.shape for v in arrays if isinstance(v, Array)]
-    try:
-        out_shape = np.broadcast_shapes(*shapes)
-    except ValueError:
-        raise ShapeError(f"{op}: operands could not be broadcast together with shapes "
-                         + " ".join(str(s) for s in shapes)) from None
+    if op == "power" and compute.kind in "iu" and isinstance(arrays[1], int) and arrays[1] < 0:
+        raise ValueError("Integers to negative integer powers are not allowed (as in NumPy); "
+                         "use a float base")
+    if out_dtype == _FLOAT64 or compute == _FLOAT64:
+        _check_backend_dtype(backend, _FLOAT64)
+    out_shape = shapes[0] if shapes.count(shapes[0]) == len(shapes) else None
+    if out_shape is None:
+        try:
+            out_shape = np.broadcast_shapes(*shapes)
+        except ValueError:
+            raise ShapeError(f"{op}: operands could not be broadcast together with shapes "
+                             + " ".join(str(s) for s in shapes)) from None
     natives = [v._live if isinstance(v, Array) else v for v in arrays]
     out = backend.map(op, natives, out_dtype, compute)
-    if tuple(out.shape) != tuple(out_shape):
+    if tuple(out.shape) != out_shape:
         out = backend.reshape(out, out_shape)
     return Array._wrap(backend, out)
 
@@ -805,4 +827,4 @@ def _setitem_value(a, value, target_shape):
                          f"the indexed shape {tuple(target_shape)}")
     if v.dtype != a.dtype:
         v = v.astype(a.dtype)
-    return v._live
+    return v        # the Array, not its native: a dropped temporary would free the buffer

@@ -33,6 +33,13 @@ try:
 except ImportError as error:  # not built, or built for another Python
     _native = None
     native_import_error: str | None = f"{type(error).__name__}: {error}"
+    import importlib.util
+    try:    # say "never built" rather than Python's confusing partial-import message
+        if importlib.util.find_spec("gpumat._native") is None:
+            native_import_error = ("the extension module was never built here (a source "
+                                   "checkout used without pip install)")
+    except (ImportError, ValueError):
+        pass
 else:
     native_import_error = None
 

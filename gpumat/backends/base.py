@@ -172,8 +172,11 @@ class Backend:
 def numpy_slice(s):
     """A normalised slice (from ``slice.indices``) that NumPy reads the same way: with a
     negative step, a negative stop means 'run past index 0', not 'count from the end'."""
-    if s.step < 0 and s.stop < 0:
-        return slice(s.start, None, s.step)
+    if s.step < 0:
+        if s.start < 0:                 # (-1, -1, -1): the empty range before index 0
+            return slice(0, 0, 1)
+        if s.stop < 0:
+            return slice(s.start, None, s.step)
     return s
 
 

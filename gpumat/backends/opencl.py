@@ -5,6 +5,7 @@ helper); the kernel families live beside it in ``opencl_elementwise.py`` (maps, 
 indexing, random, bit packing) and ``opencl_reduce.py`` (reductions, scans, sort, find,
 matmul), which add their methods to ``OpenCLBackend``.
 """
+import math
 import os
 import threading
 
@@ -43,7 +44,7 @@ class CLBuffer:
         self.data = data
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
-        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self.size = math.prod(self.shape)
         self.nbytes = self.size * self.dtype.itemsize
 
     @property
@@ -129,7 +130,7 @@ class OpenCLBackend(Backend):
 
     def empty(self, shape, dtype):
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         out = CLBuffer(self._allocate(nbytes, shape, dtype), shape, dtype)
         self._bytes_in_use += out.nbytes
         return out
@@ -186,12 +187,10 @@ class OpenCLBackend(Backend):
             options.append(f"-D{k}={v}")
         try:
             return cl.Program(self.context, source).build(options=options)
-        except cl.Error as exc:
-            log = getattr(exc, "what", None)
-            text = str(exc)
+        except cl.Error as exc:     # pyopencl puts the compiler's log in the message
             raise KernelBuildError(
                 f"opencl: building {name} for {self.device} failed "
-                f"(options: {' '.join(options)})", text) from None
+                f"(options: {' '.join(options)})", str(exc)) from None
 
     def launch(self, kernel, global_size, local_size, *args):
         """Enqueue ``kernel``; an empty global size launches nothing."""
@@ -210,6 +209,10 @@ def create():
             f"pyopencl is not installed or failed to import ({_IMPORT_ERROR}); "
             f"pip install 'gpumat[opencl]'")
     device = _choose_device()
+    if device.max_work_group_size < 256:
+        raise BackendUnavailableError(
+            f"the OpenCL device {device.name.strip()!r} allows work-groups of at most "
+            f"{device.max_work_group_size} items; gpumat's OpenCL kernels need 256")
     # the kernel families register their methods on import
     from . import opencl_elementwise, opencl_reduce  # noqa: F401
     return OpenCLBackend(device)
