@@ -13,6 +13,9 @@ from .base import MAP_OPS, Backend, numpy_key
 
 class ArrayModuleBackend(Backend):
     xp = np
+    #: the argsort ``kind`` that asks for a stable sort (CuPy always sorts stably and
+    #: accepts only None)
+    stable_kind = "stable"
 
     def __init__(self):
         self._bytes_in_use = 0
@@ -138,15 +141,15 @@ class ArrayModuleBackend(Backend):
     def sort(self, a, axis, descending):
         xp = self.xp
         if not descending:
-            idx = xp.argsort(a, axis=axis, kind="stable")   # NumPy puts NaN last
+            idx = xp.argsort(a, axis=axis, kind=self.stable_kind)   # NumPy puts NaN last
         elif a.dtype.kind in "biu":
-            idx = xp.argsort(~a, axis=axis, kind="stable")  # ~ reverses order, no overflow
+            idx = xp.argsort(~a, axis=axis, kind=self.stable_kind)  # ~ reverses order, no overflow
         else:
             # two stable passes: by -x, then NaN-first; ties keep their original order
             with np.errstate(invalid="ignore"):
-                idx = xp.argsort(xp.where(xp.isnan(a), 0, -a), axis=axis, kind="stable")
+                idx = xp.argsort(xp.where(xp.isnan(a), 0, -a), axis=axis, kind=self.stable_kind)
             finite_first = ~xp.isnan(xp.take_along_axis(a, idx, axis=axis))
-            idx = xp.take_along_axis(idx, xp.argsort(finite_first, axis=axis, kind="stable"),
+            idx = xp.take_along_axis(idx, xp.argsort(finite_first, axis=axis, kind=self.stable_kind),
                                      axis=axis)
         vals = xp.take_along_axis(a, idx, axis=axis)
         return (self._track(self._contiguous(vals)),

@@ -22,6 +22,7 @@ _BLOCK = 256
 
 class CUDABackend(ArrayModuleBackend):
     name = "cuda"
+    stable_kind = None
 
     def __init__(self, device_id=0):
         super().__init__()
