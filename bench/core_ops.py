@@ -75,7 +75,7 @@ def main(argv=None):
     except OSError:
         commit = ""
     record = {"benchmark": "core_ops", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "commit": commit, "host": platform.node(), "cpu": platform.processor(),
+              "commit": commit, "host": platform.node(), "cpu": gm.backends.get("cpu").device,
               "numpy": np.__version__, "repeats": args.repeats, "rows": rows}
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

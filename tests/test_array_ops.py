@@ -276,3 +276,20 @@ def test_zero_size_ops(backend):
     assert (a + 1).shape == (0, 3)
     assert (a @ gm.ones(3, 2, backend=backend)).shape == (0, 2)
     assert gm.exp(a).shape == (0, 3)
+
+
+def test_ops_on_strided_and_transposed_selections(backend):
+    """Slices with steps and transposes (NumPy views) used as operands give NumPy's answers."""
+    x = data((12, 17, 5), "float32", 21)
+    y = data((17, 12), "float32", 22)
+    a, b = gm.array(x, backend=backend), gm.array(y, backend=backend)
+    xv, yv = x[::3, 1::2, ::-2], y.T[::-3]
+    av, bv = a[::3, 1::2, ::-2], b.T[::-3]
+    assert_same(av * 2 + gm.exp(av / 10), xv * 2 + np.exp(xv / 10), rtol=1e-6)
+    assert_same(gm.sum(av, 1), xv.sum(1), rtol=1e-5)
+    assert_same(gm.argmax(av, 0), np.argmax(xv, 0))
+    assert_same(bv @ b[:, ::3], (yv.astype(np.float64) @ y[:, ::3]).astype(np.float32),
+                rtol=1e-5, atol=1e-5)
+    assert_same(gm.sort(bv, axis=1), np.sort(yv, axis=1))
+    assert_same(gm.array(x.transpose(2, 0, 1)[:, ::5], backend=backend) - 1,
+                x.transpose(2, 0, 1)[:, ::5] - 1)

@@ -1,4 +1,6 @@
 """The cpu backend: NumPy/BLAS, plus gpumat's native module for the kernels NumPy lacks."""
+import functools
+import os
 import platform
 
 import numpy as np
@@ -14,8 +16,7 @@ class CPUBackend(ArrayModuleBackend):
 
     @property
     def device(self):
-        cpu = platform.processor() or platform.machine()
-        return f"host CPU ({cpu}), NumPy {np.__version__}"
+        return f"{cpu_name()} ({os.cpu_count()} threads), NumPy {np.__version__}"
 
     def _alloc(self, make, shape, dtype):
         try:
@@ -25,6 +26,19 @@ class CPUBackend(ArrayModuleBackend):
 
     def pack_signs(self, a):
         return self._track(native.pack_signs(a))
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_name():
+    """The processor's marketing name where the OS tells it, else its architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _oom_message(backend, shape, dtype, exc):
