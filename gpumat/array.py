@@ -264,8 +264,8 @@ class Array:
         if order == tuple(range(self.ndim)):
             return self._share(self._live)
         shape = tuple(self.shape[a] for a in order)
-        if [s for s in self.shape if s != 1] == [s for s in shape if s != 1] and \
-                [a for a in order if self.shape[a] != 1] == sorted(a for a in order if self.shape[a] != 1):
+        moved = [a for a in order if self.shape[a] != 1]
+        if moved == sorted(moved):
             # only size-1 axes move: the memory order is unchanged, a reshape suffices
             return self.reshape(shape)
         return Array._wrap(self._backend, self._backend.permute(self._live, order))
