@@ -11,7 +11,8 @@
 #      loader and headers, clinfo, CLBlast.  Needs root (or sudo); otherwise
 #      the commands to run are printed and setup goes on without them.
 #   2. .venv, a virtual environment made by python3 -m venv ($PYTHON overrides).
-#   3. pip install -e ".[opencl,test]" into it, repeated only when
+#   3. pip install -e ".[opencl,test]" into it (plus the cuda extra where
+#      nvidia-smi sees a GPU), repeated only when
 #      pyproject.toml, CMakeLists.txt, kernels/cpu/ (the native module's
 #      sources) or the package layout changed since the last install.
 # GPUMAT_SKIP_SETUP=1 skips all of it, for fast reruns.
@@ -25,6 +26,15 @@ VENV_PYTHON="$VENV/bin/python"
 BOOTSTRAP_PYTHON="${PYTHON:-python3}"
 INSTALL_STAMP="$VENV/.gpumat-install-stamp"
 APT_PACKAGES=(pocl-opencl-icd ocl-icd-opencl-dev clinfo libclblast-dev)
+
+# A machine with an NVIDIA driver and GPU also gets CuPy, and its tests then require cuda.
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    HAVE_GPU=1
+    EXTRAS="opencl,cuda,test"
+else
+    HAVE_GPU=0
+    EXTRAS="opencl,test"
+fi
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 
@@ -113,6 +123,7 @@ setup_venv() {
 install_key() {
     {
         "$VENV_PYTHON" -c 'import sys; print(sys.version)'
+        printf 'extras %s\n' "$EXTRAS"
         local file
         for file in pyproject.toml CMakeLists.txt $(find kernels/cpu -type f ! -name '*.pyc' 2>/dev/null | LC_ALL=C sort); do
             printf '%s\n' "$file"
@@ -134,9 +145,9 @@ setup_install() {
         log "gpumat already installed (editable) with current sources"
         return 0
     fi
-    log "pip install -e \".[opencl,test]\" (builds gpumat._native)"
+    log "pip install -e \".[$EXTRAS]\" (builds gpumat._native)"
     rm -f "$INSTALL_STAMP"
-    "$VENV_PYTHON" -m pip install --progress-bar off -q -e ".[opencl,test]"
+    "$VENV_PYTHON" -m pip install --progress-bar off -q -e ".[$EXTRAS]"
     printf '%s\n' "$key" >"$INSTALL_STAMP"
 }
 
@@ -182,7 +193,11 @@ case "$command" in
         # installed, is a failure here rather than a smaller run.  Set
         # GPUMAT_REQUIRE_BACKENDS= (empty) to require no backend.
         export GPUMAT_REQUIRE_NATIVE=1
-        export GPUMAT_REQUIRE_BACKENDS="${GPUMAT_REQUIRE_BACKENDS-opencl}"
+        if [ "$HAVE_GPU" = 1 ]; then
+            export GPUMAT_REQUIRE_BACKENDS="${GPUMAT_REQUIRE_BACKENDS-opencl,cuda}"
+        else
+            export GPUMAT_REQUIRE_BACKENDS="${GPUMAT_REQUIRE_BACKENDS-opencl}"
+        fi
         status=0
         "$VENV_PYTHON" -m pytest -q "$@" || status=$?
         if [ "$status" -eq 5 ]; then
