@@ -9,6 +9,10 @@
 from . import backends as _backends_module
 from . import backends   # callable: gm.backends() reports each backend, device or reason
 from .array import Array, cumsum, matmul, mean, std, var
+from .blas import gemm
+from .activations import *  # noqa: F401,F403  (bias_add, relu, softmax, ... and backward)
+from .conv import (col2im, conv2d, conv2d_backward_bias, conv2d_backward_input,
+                   conv2d_backward_weight, im2col)
 from .creation import (arange, array, colon, empty, eye, full, gpu_array, linspace, ones, rand,
                        randi, randn, seed, zeros)
 from .dtypes import SUPPORTED as supported_dtypes
@@ -24,6 +28,8 @@ from .functions import (abs, all, allclose, any, argmax, argmin, broadcast_to, c
 from .io import load, save
 from .memory import keep, memory_info, scope
 from .native import pack_signs as _pack_signs_host
+from .pooling import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d,
+                      global_avg_pool2d_backward, max_pool2d, max_pool2d_backward)
 
 __version__ = "0.1.0"
 

@@ -138,6 +138,21 @@ class ArrayModuleBackend(Backend):
         return self._new(lambda: self.xp.matmul(a.astype(out_dtype, copy=False),
                                                 b.astype(out_dtype, copy=False)))
 
+    def gemm(self, a, b, c, alpha, beta, trans_a, trans_b):
+        xp = self.xp
+        op_a = xp.swapaxes(a, -1, -2) if trans_a else a
+        op_b = xp.swapaxes(b, -1, -2) if trans_b else b
+        dtype = a.dtype.type
+
+        def compute():
+            out = xp.matmul(op_a, op_b)
+            if alpha != 1:
+                out *= dtype(alpha)
+            if c is not None and beta != 0:
+                out += dtype(beta) * c
+            return xp.ascontiguousarray(out)
+        return self._new(compute)
+
     def sort(self, a, axis, descending):
         xp = self.xp
         if not descending:
@@ -169,3 +184,7 @@ class ArrayModuleBackend(Backend):
     # ---- kernel entry points --------------------------------------------------------------
     def pack_signs(self, a):
         raise NotImplementedError
+
+
+from . import pool_array_module  # noqa: E402,F401  (attaches pool2d / pool2d_backward)
+from . import activations_array_module  # noqa: E402,F401  (bias_act, softmax, ...)

@@ -46,6 +46,9 @@ REDUCE_OPS = {"sum": "sum", "prod": "prod", "max": "max", "min": "min", "any": "
 #: Random distributions, identical bits on every backend (see gpumat/random.py).
 RANDOM_KINDS = ("uniform", "normal", "integers")
 
+#: Activations of Backend.bias_act / act_backward, by kernel code (kernels/common/activations.h).
+ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "relu6": 3, "elu": 4}
+
 
 class Backend:
     """Base class.  Subclasses set ``name`` and implement every method below."""
@@ -140,6 +143,13 @@ class Backend:
         """numpy.matmul semantics for numeric dtypes (inputs cast to out_dtype)."""
         raise NotImplementedError
 
+    def gemm(self, a, b, c, alpha, beta, trans_a, trans_b):
+        """BLAS gemm on 3-d float natives of one dtype (gpumat/blas.py checks the arguments):
+        alpha * op(a) @ op(b) + beta * c, op = swap of the last two axes where trans_*; the
+        batch sizes of a and b are equal or 1; ``c`` is None or a native of the result's
+        shape (batch, M, N), never written; beta == 0 never reads it (NaNs in c vanish)."""
+        raise NotImplementedError
+
     def sort(self, a, axis, descending):
         """(values, int64 indices) along ``axis``; ties keep their original order (stable);
         NaNs go last in ascending order and first in descending order."""
@@ -166,6 +176,73 @@ class Backend:
     def pack_signs(self, a):
         """Pack signs of float32 ``a`` along its last axis into uint32 words: bit j of word w
         is 1 iff a[..., 32*w + j] >= 0 (NaN -> 0); padding bits are 0."""
+        raise NotImplementedError
+
+    # ---- pooling (gpumat/pooling.py checks the arguments and computes out_hw) -------------
+    def pool2d(self, x, mode, kernel, stride, padding, ceil_mode, count_include_pad, out_hw,
+               return_indices=True):
+        """2-d pooling of contiguous float NCHW ``x`` with torch's semantics; ``mode`` is
+        'max' or 'avg'; kernel, stride, padding and out_hw are (height, width) int pairs.
+        Returns (out N x C x OH x OW, int64 flat h*W+w indices of the maxima or None); indices
+        are None for 'avg' and when ``return_indices`` is false."""
+        raise NotImplementedError
+
+    def pool2d_backward(self, grad_out, indices, input_shape, mode, kernel, stride, padding,
+                        count_include_pad, out_hw):
+        """Gradient of pool2d with respect to x (shape ``input_shape``, grad_out's dtype);
+        ``indices`` is the forward's int64 indices for 'max', None for 'avg'."""
+        raise NotImplementedError
+
+    # ---- convolution (gpumat/conv.py checks the arguments and computes out_hw) ------------
+    # x is contiguous float NCHW; kernel, stride, padding, dilation and out_hw are
+    # (height, width) int pairs; out_hw is the (OH, OW) of the convolution, both >= 1.
+    def im2col(self, x, kernel, stride, padding, dilation, out_hw):
+        """(N, C*kh*kw, OH*OW) columns of ``x``: row (c, i, j), column (oh, ow) holds
+        x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw], zero outside the input."""
+        raise NotImplementedError
+
+    def col2im(self, cols, input_shape, kernel, stride, padding, dilation, out_hw):
+        """im2col's adjoint: an NCHW native of ``input_shape`` where each pixel is the sum
+        of the entries of ``cols`` that im2col would copy from it."""
+        raise NotImplementedError
+
+    def depthwise_conv2d(self, x, w, stride, padding, dilation, multiplier, out_hw):
+        """Convolution with groups == C: ``w`` is (C*multiplier, 1, kh, kw), output channel
+        o reads input channel o // multiplier; returns N x C*multiplier x OH x OW."""
+        raise NotImplementedError
+
+    def depthwise_conv2d_backward_input(self, grad_out, w, input_shape, stride, padding,
+                                        dilation, multiplier, out_hw):
+        """Gradient of depthwise_conv2d with respect to x (shape ``input_shape``)."""
+        raise NotImplementedError
+
+    def depthwise_conv2d_backward_weight(self, grad_out, x, weight_shape, stride, padding,
+                                         dilation, multiplier, out_hw):
+        """Gradient of depthwise_conv2d with respect to w (shape ``weight_shape``)."""
+        raise NotImplementedError
+
+    # ---- activations (gpumat/activations.py checks the arguments) -------------------------
+    # x, grad and y are contiguous float natives of one dtype; ``act`` is one of ACTIVATIONS
+    # and ``param`` the negative slope (leaky_relu) or alpha (elu), else ignored.
+    def bias_act(self, x, b, axis, act, param):
+        """act(x + b broadcast along ``axis``) in one pass; ``b`` is 1-d with x.shape[axis]
+        elements, or None for the activation alone."""
+        raise NotImplementedError
+
+    def act_backward(self, grad, x, act, param):
+        """grad * act'(x), with torch's value at the kinks and for NaN."""
+        raise NotImplementedError
+
+    def bias_grad(self, grad, axis):
+        """Sum of ``grad`` over every axis but ``axis`` (1-d, grad.shape[axis] elements)."""
+        raise NotImplementedError
+
+    def softmax(self, x, axis, log):
+        """softmax (log_softmax when ``log``) along ``axis``, max-subtracted."""
+        raise NotImplementedError
+
+    def softmax_backward(self, grad, y, axis, log):
+        """Gradient of softmax / log_softmax given its output ``y``."""
         raise NotImplementedError
 
 

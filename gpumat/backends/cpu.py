@@ -51,4 +51,5 @@ def _oom_message(backend, shape, dtype, exc):
 
 
 def create():
+    from . import conv_array_module  # noqa: F401  (adds im2col, col2im, depthwise)
     return CPUBackend()

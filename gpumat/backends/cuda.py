@@ -139,6 +139,10 @@ def create():
         raise BackendUnavailableError(f"no usable CUDA driver/device: {exc}") from None
     if count == 0:
         raise BackendUnavailableError("the CUDA driver reports no devices")
+    from . import cuda_conv  # noqa: F401  (adds im2col, col2im, depthwise kernels)
+    from . import cuda_pool  # noqa: F401  (adds the pool2d kernels)
+    from . import cuda_activations  # noqa: F401  (bias + activation, softmax kernels)
+    from . import cuda_gemm  # noqa: F401  (adds the gemm kernel)
     backend = CUDABackend(0)
     try:       # a device can be listed yet unusable (e.g. all busy in exclusive mode)
         backend.free(backend.from_numpy(np.zeros(1, np.float32)))

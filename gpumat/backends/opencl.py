@@ -215,4 +215,8 @@ def create():
             f"{device.max_work_group_size} items; gpumat's OpenCL kernels need 256")
     # the kernel families register their methods on import
     from . import opencl_elementwise, opencl_reduce  # noqa: F401
+    from . import opencl_pool  # noqa: F401
+    from . import opencl_conv  # noqa: F401
+    from . import opencl_gemm  # noqa: F401  (adds gemm; matmul routes floats to it)
+    from . import opencl_activations  # noqa: F401
     return OpenCLBackend(device)

@@ -19,7 +19,8 @@ a kernel then needs only those three numbers, whatever the rank.
 - sort: bitonic network over (key, index) pairs, each line padded to a power of two; the
   index breaks ties, so the result is the stable order.
 - flatnonzero: per-chunk counts (reduce), their prefix sums (cumsum), then a scatter kernel.
-- matmul: the tiled GEMM of kernels/common/gemm_tiled.h over a broadcast batch.
+- matmul: the tiled GEMM of kernels/common/gemm_tiled.h over a broadcast batch; float32 and
+  float64 operands go to the tuned kernel of opencl_gemm.py (kernels/common/sgemm.h) instead.
 """
 import itertools
 import math
@@ -553,6 +554,11 @@ def _batch_dims(batch, a_batch, b_batch, a_matrix, b_matrix):
 
 def _matmul(self, a, b, out_dtype):
     out_dtype = np.dtype(out_dtype)
+    if out_dtype.kind == "f":   # the tuned register-blocked kernel (opencl_gemm.py)
+        from .opencl_gemm import matmul_float
+        out = matmul_float(self, a, b, out_dtype)
+        if out is not None:
+            return out
     a_shape = (1,) + a.shape if a.ndim == 1 else a.shape
     b_shape = b.shape + (1,) if b.ndim == 1 else b.shape
     M, K = a_shape[-2:]
