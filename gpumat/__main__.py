@@ -63,7 +63,7 @@ def _demo(args):
     step("repmat(A[0:2, :], 3, 1)", lambda: gm.repmat(A[0:2, :], 3, 1), lambda: np.tile(a[0:2], (3, 1)))
     step("pack_signs(B) (bit packing)", lambda: gm.pack_signs(B).astype("double"),
          lambda: _pack_reference(B.gather()).astype(np.float64))
-    print(f"\nmemory in use: " + ", ".join(f"{k}: {v['bytes_in_use']:,} B"
+    print("\nmemory in use: " + ", ".join(f"{k}: {v['bytes_in_use']:,} B"
                                            for k, v in gm.memory_info().items()))
     if not all(results):
         print("some results did not match NumPy", file=sys.stderr)

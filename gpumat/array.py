@@ -8,7 +8,6 @@ arguments here, then calls the backend through the interface in ``backends/base.
 module knows no backend by name.
 """
 import numbers
-import operator
 
 import numpy as np
 

@@ -8,7 +8,6 @@ from . import backends as _backends
 from . import dtypes as _dtypes
 from . import random as _random
 from .array import Array, _check_backend_dtype, _shape_args, from_numpy
-from .errors import ShapeError
 
 
 def _python_data_dtype(x):

@@ -9,8 +9,8 @@ import numbers
 import numpy as np
 
 from . import dtypes as _dtypes
-from .array import (Array, _as_array, _normalize_axis, _operands, _shape_args, cumsum, map_op,
-                    matmul, mean, reduce_op, std, var)
+from .array import (Array, _as_array, _normalize_axis, _operands, _shape_args, map_op, matmul,
+                    reduce_op)
 from .errors import ShapeError
 
 # ---- arithmetic (MATLAB names) ---------------------------------------------------------------

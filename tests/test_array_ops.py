@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gpumat as gm
-from conftest import assert_same, float_tolerance
+from conftest import assert_same
 
 NUMERIC = ["uint8", "int32", "uint32", "int64", "float32", "float64"]
 

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from hypothesis.extra import numpy as hnp
 
 import gpumat as gm
 from conftest import assert_same

@@ -4,7 +4,7 @@ import pytest
 
 import gpumat as gm
 from gpumat import random as grandom
-from conftest import TESTED, assert_same
+from conftest import TESTED
 
 
 @pytest.mark.parametrize("dtype", ["single", "double"])

@@ -246,6 +246,23 @@ class Backend:
         raise NotImplementedError
 
 
+_FLOAT_SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
+
+
+def float_kernel_suffix(backend, dtype, what):
+    """'_f32' or '_f64', the suffix of a float kernel's entry point; a DtypeError naming the
+    operation for any other dtype, or for float64 on a device without double precision."""
+    from ..errors import DtypeError
+    dtype = np.dtype(dtype)
+    suffix = _FLOAT_SUFFIX.get(dtype)
+    if suffix is None:
+        raise DtypeError(f"{backend.name} {what} needs float32 or float64 input, got {dtype}")
+    if dtype == np.float64 and not backend.supports_float64:
+        raise DtypeError(f"{backend.name} {what}: the device {backend.device!r} does not "
+                         f"support double precision (float64)")
+    return suffix
+
+
 def numpy_slice(s):
     """A normalised slice (from ``slice.indices``) that NumPy reads the same way: with a
     negative step, a negative stop means 'run past index 0', not 'count from the end'."""

@@ -6,12 +6,10 @@ per line otherwise.  Attached to ``CUDABackend`` at import (``cuda.create()`` im
 overriding the CuPy-array versions of ``activations_array_module``."""
 import numpy as np
 
-from .. import errors
-from .base import ACTIVATIONS
+from .base import ACTIVATIONS, float_kernel_suffix
 from .cuda import CUDABackend, cupy
 
 _SOURCE = "cuda/activations.cu"
-_SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
 _BLOCK = 256              # ACT_GROUP of the block-per-line kernels and bias_grad
 _MAX_ROWS = 65535         # gridDim.y limit: the row kernel is launched in chunks
 _MAX_GROUPS = 65535 * 32  # blocks of a grid-stride / block-stride launch
@@ -21,10 +19,7 @@ ROW_MIN_LENGTH = 64
 
 
 def _suffix(dtype, what):
-    suffix = _SUFFIX.get(np.dtype(dtype))
-    if suffix is None:
-        raise errors.DtypeError(f"cuda {what} needs float32 or float64 input, got {dtype}")
-    return suffix
+    return float_kernel_suffix(CUDABackend, dtype, what)
 
 
 def _three_d(shape, axis):

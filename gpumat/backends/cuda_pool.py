@@ -6,17 +6,14 @@ CuPy-array version of ``pool_array_module``."""
 import numpy as np
 
 from .. import errors
+from .base import float_kernel_suffix
 from .cuda import CUDABackend, cupy
 
 _SOURCE = "cuda/pool2d.cu"
-_SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
 
 
 def _suffix(dtype, what):
-    suffix = _SUFFIX.get(np.dtype(dtype))
-    if suffix is None:
-        raise errors.DtypeError(f"cuda {what} needs float32 or float64 input, got {dtype}")
-    return suffix
+    return float_kernel_suffix(CUDABackend, dtype, what)
 
 
 def _geometry_args(planes, h, w, out_hw, kernel, stride, padding):

@@ -15,13 +15,11 @@ Each entry point is one launch, one pass over memory where the op allows it:
 """
 import numpy as np
 
-from .. import errors
-from .base import ACTIVATIONS
+from .base import ACTIVATIONS, float_kernel_suffix
 from .opencl import OpenCLBackend, cl
 from .opencl_elementwise import LOCAL_SIZE, _common_kernel, _grid, _live
 
 _SOURCE = "opencl/activations.cl"
-_SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
 #: the work-group size the _group kernels and bias_grad are written for (ACT_GROUP)
 _GROUP = 256
 #: most work-groups put along a grid dimension (CUDA-based drivers allow no more)
@@ -49,14 +47,7 @@ ROW_MIN_LENGTH = 64
 
 
 def _suffix(self, dtype, what):
-    dtype = np.dtype(dtype)
-    suffix = _SUFFIX.get(dtype)
-    if suffix is None:
-        raise errors.DtypeError(f"opencl {what} needs float32 or float64 input, got {dtype}")
-    if dtype == np.float64 and not self.supports_float64:
-        raise errors.DtypeError(f"opencl {what}: the device {self.device!r} does not support "
-                                f"double precision (float64)")
-    return suffix
+    return float_kernel_suffix(self, dtype, what)
 
 
 def _three_d(shape, axis):

@@ -5,22 +5,15 @@ backward (a gather, so no atomics).  Attached to ``OpenCLBackend`` at import
 import numpy as np
 
 from .. import errors
+from .base import float_kernel_suffix
 from .opencl import OpenCLBackend
 from .opencl_elementwise import LOCAL_SIZE, _common_kernel, _grid, _live
 
 _SOURCE = "opencl/pool2d.cl"
-_SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
 
 
 def _suffix(self, dtype, what):
-    dtype = np.dtype(dtype)
-    suffix = _SUFFIX.get(dtype)
-    if suffix is None:
-        raise errors.DtypeError(f"opencl {what} needs float32 or float64 input, got {dtype}")
-    if dtype == np.float64 and not self.supports_float64:
-        raise errors.DtypeError(f"opencl {what}: the device {self.device!r} does not support "
-                                f"double precision (float64)")
-    return suffix
+    return float_kernel_suffix(self, dtype, what)
 
 
 def _geometry_args(planes, h, w, out_hw, kernel, stride, padding):
