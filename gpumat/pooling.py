@@ -21,8 +21,9 @@ semantics" means here, rule by rule (torch.nn.functional.max_pool2d / avg_pool2d
   * backward passes are the gradients torch's autograd gives for these forwards.
     ``max_pool2d_backward`` routes each output gradient to the input position its index names;
     the kernels gather (each input position sums the outputs whose window covers it, in output
-    order), so they need no atomics and are deterministic; an index outside its output's
-    window (never produced by the forward) contributes nothing.
+    order) or, where windows cannot overlap (stride >= kernel), scatter each output to its
+    own positions, so they need no atomics and are deterministic; an index outside its
+    output's window (never produced by the forward) contributes nothing.
 
 Argument checking happens here; the backends (``Backend.pool2d`` / ``pool2d_backward``)
 receive normalised ``(kh, kw)``-style tuples and the output size.

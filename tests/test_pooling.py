@@ -227,6 +227,119 @@ def test_larger_input_matches_torch(backend):
     check_avg(backend, x, (3, 2), (2, 3), (1, 1), True, False)
 
 
+# ---- every kernel path, forced -------------------------------------------------------------
+
+PATH_CASES = AWKWARD + [
+    # (shape, kernel, stride, padding, ceil_mode)
+    ((2, 3, 9, 11), 2, 2, 0, False),                 # disjoint, floor remainder (zero-fill)
+    ((2, 3, 10, 12), 2, 2, 0, False),                # disjoint, cells tile the input exactly
+    ((1, 2, 12, 12), 2, 3, 1, True),                 # stride > kernel, padding, ceil_mode
+    ((1, 2, 13, 10), (3, 1), (4, 2), (1, 0), False),  # disjoint, different axes
+    ((2, 2, 8, 8), 8, 8, 0, False),                  # global window
+    ((1, 2, 11, 9), 3, 2, 1, True),                  # overlapping, kernel <= 2 * stride
+    ((1, 2, 11, 9), (5, 3), (2, 1), (2, 1), False),  # overlapping, kernel > 2 * stride
+    ((1, 1, 7, 70), 2, 2, 0, False),                 # rows wider than 64 columns
+    ((1, 2, 9, 10), 4, 4, 0, False),                 # big tiles, floor remainder
+    ((1, 2, 9, 10), 4, 4, 0, True),                  # big tiles, ceil_mode overhang
+    ((2, 1, 12, 8), (4, 8), (4, 8), 0, False),       # big tiles, exact
+]
+
+
+def _backend_paths(backend):
+    """(module, attribute, values) of the path switches the backend has."""
+    if backend == "opencl":
+        from gpumat.backends import opencl_pool
+        return [(opencl_pool, "BACKWARD_PATH", ["auto", "flat", "gather", "scatter"]),
+                (opencl_pool, "FORWARD_PATH", ["auto", "flat", "rows"]),
+                # one work-group row per launch: the row kernels' multi-launch split
+                (opencl_pool, "_MAX_ROW_GROUPS", [65535, 1])]
+    if backend == "cpu":
+        from gpumat.backends import pool_array_module
+        return [(pool_array_module, "FORCE_GENERIC", [False, True])]
+    return []
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=str)
+def test_forced_paths_agree(backend, case, monkeypatch):
+    """Every forward and backward path (opencl: flat / row / scatter kernels; cpu: the
+    disjoint-window fast path and the generic one) matches torch and each other bit for
+    bit, including for NaN inputs."""
+    switches = _backend_paths(backend)
+    if not switches:
+        pytest.skip(f"{backend} has no path switches")
+    shape, kernel, stride, padding, ceil_mode = case
+    x = values(shape, "float64", 5, nan=True)
+    results = []
+    for module, name, options in switches:
+        for option in options:
+            monkeypatch.setattr(module, name, option)
+            check_max(backend, x, kernel, stride, padding, ceil_mode, seed=7)
+            for include in (True, False):
+                check_avg(backend, x + 0.25, kernel, stride, padding, ceil_mode, include)
+            a = gm.array(x, backend=backend)
+            out, idx = gm.max_pool2d(a, kernel, stride, padding, ceil_mode, return_indices=True)
+            grad = gm.array(np.random.default_rng(1).standard_normal(out.shape), backend=backend)
+            results.append([r.to_numpy() if hasattr(r, "to_numpy") else np.asarray(r) for r in (
+                out, idx, gm.max_pool2d_backward(grad, idx, shape, kernel, stride, padding,
+                                                 ceil_mode),
+                gm.avg_pool2d(a, kernel, stride, padding, ceil_mode, False),
+                gm.avg_pool2d_backward(grad, shape, kernel, stride, padding, ceil_mode,
+                                       False))])
+        monkeypatch.undo()
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kernel, stride", [(8, 8), (4, 4), (2, 2), (3, 2)])
+def test_max_of_signed_zeros_is_the_first(backend, kernel, stride):
+    """A window whose maximum is zero gives its first zero, sign included (torch's first-max
+    rule), on the value-only and the indexed paths."""
+    x = np.random.default_rng(4).choice(np.array([-0.0, 0.0, -1.0]), size=(2, 3, 8, 8))
+    ref = F.max_pool2d(torch.tensor(x), kernel, stride).numpy()
+    for got in (gm.max_pool2d(gm.array(x, backend=backend), kernel, stride),
+                gm.max_pool2d(gm.array(x, backend=backend), kernel, stride,
+                              return_indices=True)[0]):
+        got = np.asarray(got)
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(ref))
+
+
+@pytest.mark.parametrize("case", [((2, 3, 9, 11), 2, 2, 0, False),
+                                  ((1, 2, 12, 12), 2, 3, 1, True),
+                                  ((1, 2, 11, 9), 3, 2, 1, True)], ids=str)
+def test_max_backward_ignores_foreign_indices(backend, case, monkeypatch):
+    """An index outside its output's window (or its plane) contributes nothing, on every
+    backward path: the gradient is torch's for the valid indices alone."""
+    shape, kernel, stride, padding, ceil_mode = case
+    x = np.random.default_rng(2).standard_normal(shape)
+    a = gm.array(x, backend=backend)
+    _, idx = gm.max_pool2d(a, kernel, stride, padding, ceil_mode, return_indices=True)
+    idx = idx.to_numpy() if hasattr(idx, "to_numpy") else np.asarray(idx)
+    grad = np.random.default_rng(3).standard_normal(idx.shape)
+    bad = idx.copy()
+    bad.flat[::3] = (bad.flat[::3] + 5 * shape[-1] + 3) % (shape[-1] * shape[-2])
+    bad.flat[1::7] = -1
+    bad.flat[2::11] = shape[-1] * shape[-2]
+    keep = bad == idx
+    expected = np.zeros(shape)
+    for flat in np.ndindex(idx.shape):
+        if keep[flat]:
+            plane = expected[flat[0], flat[1]].reshape(-1)
+            plane[idx[flat]] += grad[flat]
+    options = [(None, None, None)]
+    for module, name, values_ in _backend_paths(backend):
+        options += [(module, name, v) for v in values_]
+    for module, name, option in options:
+        if module is not None:
+            monkeypatch.setattr(module, name, option)
+        got = gm.max_pool2d_backward(gm.array(grad, backend=backend),
+                                     gm.array(bad, backend=backend), shape, kernel, stride,
+                                     padding, ceil_mode)
+        assert_same(got, expected, rtol=1e-12, atol=1e-12)
+        monkeypatch.undo()
+
+
 # ---- argument errors ----------------------------------------------------------------------
 
 def test_argument_errors(backend):

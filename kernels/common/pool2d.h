@@ -12,6 +12,8 @@
  * Backward passes are gathers: one work-item per input element sums, in increasing output
  * order, the gradients of the outputs whose window covers it (max: only those whose index
  * names it).  No atomics, so results are deterministic and match torch's scatter order.
+ * The row-launched and scatter variants at the end of this file are the OpenCL backend's
+ * faster paths for common geometries (the CUDA backend runs the flat kernels).
  *
  * Every kernel is a grid-stride loop over its elements, so any launch geometry covers them.
  * The element type is POOL_T and the entry points carry POOL_SUFFIX: a wrapper defines both
@@ -178,5 +180,211 @@ KERNEL void POOL_NAME(avg_pool2d_backward)(
                 sum += grad_out[base + oh * OW + ow] / (POOL_T)divisor;
             }
         grad_in[t] = sum;
+    }
+}
+
+/* ---- row-launched variants (the OpenCL backend's paths) ------------------------------------
+ * Two-dimensional launch with one work-item per element: dimension 0 is the column (output
+ * column ow forward, input column w backward), dimension 1 the row row0 + GLOBAL_ID_1
+ * (plane * OH + oh forward, plane * H + h backward); work-items past the last column or row do
+ * nothing, and the host launches again with a later row0 where the rows exceed one launch.  No
+ * per-element integer division (the row arithmetic is shared by a line of work-items), and
+ * the forward window loops have the same trip count in every work-item (out-of-range columns
+ * are masked), which PoCL's work-group vectoriser needs.  Results are bit-identical to the
+ * flat kernels above.
+ *
+ * The backward row kernels (gathers) need kernel <= 2 * stride on both axes: at most two
+ * output windows cover an input position per axis, the first at oh0 (from
+ * pool_first_cover) and the columns' ow0 from the host's table `cols` (i64, 2 * W entries:
+ * first covering output column of each input column, then one past the last); the four
+ * candidates are added in increasing output order. */
+KERNEL void POOL_NAME(max_pool2d_forward_rows)(
+    GLOBAL const POOL_T* RESTRICT x, GLOBAL POOL_T* RESTRICT out, GLOBAL i64* RESTRICT indices,
+    i64 store_indices, i64 row0, i64 planes, i64 H, i64 W, i64 OH, i64 OW,
+    i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw)
+{
+    const i64 ow = GLOBAL_ID_0;
+    const i64 r = row0 + GLOBAL_ID_1;
+    if (ow >= OW || r >= planes * OH)
+        return;
+    const i64 ws = ow * sw - pw;
+    const i64 w0 = pool_max(ws, 0);
+    {
+        const i64 plane = r / OH;
+        const i64 oh = r - plane * OH;
+        const i64 hs = oh * sh - ph;
+        const i64 h0 = pool_max(hs, 0), h1 = pool_min(hs + kh, H);
+        GLOBAL const POOL_T* src = x + plane * H * W;
+        i64 best_index = h0 * W + w0;
+        POOL_T best = src[best_index];
+        for (i64 h = h0; h < h1; ++h) {
+            for (i64 j = 0; j < kw; ++j) {
+                const i64 w = ws + j;
+                if (w >= 0 && w < W) {
+                    const i64 pos = h * W + w;
+                    const POOL_T v = src[pos];
+                    if (v > best || v != v) {
+                        best = v;
+                        best_index = pos;
+                    }
+                }
+            }
+        }
+        out[r * OW + ow] = best;
+        if (store_indices)
+            indices[r * OW + ow] = best_index;
+    }
+}
+
+KERNEL void POOL_NAME(avg_pool2d_forward_rows)(
+    GLOBAL const POOL_T* RESTRICT x, GLOBAL POOL_T* RESTRICT out, i64 count_include_pad,
+    i64 row0, i64 planes, i64 H, i64 W, i64 OH, i64 OW,
+    i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw)
+{
+    const i64 ow = GLOBAL_ID_0;
+    const i64 r = row0 + GLOBAL_ID_1;
+    if (ow >= OW || r >= planes * OH)
+        return;
+    const i64 ws = ow * sw - pw;
+    const i64 w0 = pool_max(ws, 0), w1 = pool_min(ws + kw, W);
+    {
+        const i64 plane = r / OH;
+        const i64 oh = r - plane * OH;
+        const i64 hs = oh * sh - ph;
+        const i64 h0 = pool_max(hs, 0), h1 = pool_min(hs + kh, H);
+        GLOBAL const POOL_T* src = x + plane * H * W;
+        POOL_T sum = (POOL_T)0;
+        for (i64 h = h0; h < h1; ++h)
+            for (i64 j = 0; j < kw; ++j) {
+                const i64 w = ws + j;
+                if (w >= 0 && w < W)
+                    sum += src[h * W + w];
+            }
+        const i64 divisor = pool_avg_divisor(hs, ws, H, W, kh, kw, ph, pw, count_include_pad);
+        out[r * OW + ow] = (h0 < h1 && w0 < w1) ? sum / (POOL_T)divisor : (POOL_T)0;
+    }
+}
+
+KERNEL void POOL_NAME(max_pool2d_backward_rows)(
+    GLOBAL const POOL_T* RESTRICT grad_out, GLOBAL const i64* RESTRICT indices,
+    GLOBAL POOL_T* RESTRICT grad_in, GLOBAL const i64* RESTRICT cols, i64 row0,
+    i64 planes, i64 H, i64 W, i64 OH, i64 OW,
+    i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw)
+{
+    const i64 w = GLOBAL_ID_0;
+    const i64 r = row0 + GLOBAL_ID_1;
+    if (w >= W || r >= planes * H)
+        return;
+    const i64 ow0 = cols[w], ow1 = cols[W + w];
+    const i64 plane = r / H;
+    const i64 h = r - plane * H;
+    const i64 oh0 = pool_first_cover(h, kh, sh, ph), oh1 = pool_end_cover(h, sh, ph, OH);
+    const i64 pos = h * W + w;
+    const i64 o = plane * OH * OW + oh0 * OW + ow0;
+    const int a0 = oh0 < oh1, a1 = oh0 + 1 < oh1, b0 = ow0 < ow1, b1 = ow0 + 1 < ow1;
+    /* increasing output order, as the flat kernel and torch add them */
+    POOL_T sum = (POOL_T)0;
+    if (a0 && b0 && indices[o] == pos)
+        sum += grad_out[o];
+    if (a0 && b1 && indices[o + 1] == pos)
+        sum += grad_out[o + 1];
+    if (a1 && b0 && indices[o + OW] == pos)
+        sum += grad_out[o + OW];
+    if (a1 && b1 && indices[o + OW + 1] == pos)
+        sum += grad_out[o + OW + 1];
+    grad_in[r * W + w] = sum;
+}
+
+KERNEL void POOL_NAME(avg_pool2d_backward_rows)(
+    GLOBAL const POOL_T* RESTRICT grad_out, GLOBAL POOL_T* RESTRICT grad_in,
+    GLOBAL const i64* RESTRICT cols, i64 count_include_pad, i64 row0,
+    i64 planes, i64 H, i64 W, i64 OH, i64 OW,
+    i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw)
+{
+    const i64 w = GLOBAL_ID_0;
+    const i64 r = row0 + GLOBAL_ID_1;
+    if (w >= W || r >= planes * H)
+        return;
+    const i64 ow0 = cols[w], ow1 = cols[W + w];
+    const i64 plane = r / H;
+    const i64 h = r - plane * H;
+    const i64 oh0 = pool_first_cover(h, kh, sh, ph), oh1 = pool_end_cover(h, sh, ph, OH);
+    const i64 o = plane * OH * OW + oh0 * OW + ow0;
+    const int a0 = oh0 < oh1, a1 = oh0 + 1 < oh1, b0 = ow0 < ow1, b1 = ow0 + 1 < ow1;
+    const i64 hs = oh0 * sh - ph, ws = ow0 * sw - pw;
+    POOL_T sum = (POOL_T)0;
+    if (a0 && b0)
+        sum += grad_out[o] / (POOL_T)pool_avg_divisor(hs, ws, H, W, kh, kw, ph, pw,
+                                                      count_include_pad);
+    if (a0 && b1)
+        sum += grad_out[o + 1] / (POOL_T)pool_avg_divisor(hs, ws + sw, H, W, kh, kw, ph, pw,
+                                                          count_include_pad);
+    if (a1 && b0)
+        sum += grad_out[o + OW] / (POOL_T)pool_avg_divisor(hs + sh, ws, H, W, kh, kw, ph, pw,
+                                                           count_include_pad);
+    if (a1 && b1)
+        sum += grad_out[o + OW + 1] / (POOL_T)pool_avg_divisor(hs + sh, ws + sw, H, W, kh, kw,
+                                                               ph, pw, count_include_pad);
+    grad_in[r * W + w] = sum;
+}
+
+/* Scatter form of the backward passes, valid only when stride >= kernel on both axes (no two
+ * windows overlap).  Row launch over the outputs: dimension 0 is ow, dimension 1 the rows
+ * row0 + GLOBAL_ID_1 = plane * OH + oh.  Each work-item owns its output's stride cell (sh x sw
+ * input positions from the window start, clipped to the input) and writes every position of
+ * it: its gradient where it belongs (max: the position its index names; avg: each window
+ * position), zero elsewhere.  Cells never overlap, so each input position is written by at
+ * most one work-item (no atomics, deterministic); positions in no cell (the far edge in floor
+ * mode) are left alone: the host zero-fills grad_in first when such positions exist. */
+KERNEL void POOL_NAME(max_pool2d_backward_scatter)(
+    GLOBAL const POOL_T* RESTRICT grad_out, GLOBAL const i64* RESTRICT indices,
+    GLOBAL POOL_T* RESTRICT grad_in, i64 row0, i64 planes, i64 H, i64 W, i64 OH, i64 OW,
+    i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw)
+{
+    const i64 ow = GLOBAL_ID_0;
+    const i64 r = row0 + GLOBAL_ID_1;
+    if (ow >= OW || r >= planes * OH)
+        return;
+    const i64 plane = r / OH;
+    const i64 oh = r - plane * OH;
+    const i64 o = r * OW + ow;
+    const i64 target = indices[o];
+    const POOL_T g = grad_out[o];
+    GLOBAL POOL_T* dst = grad_in + plane * H * W;
+    const i64 hs = oh * sh - ph, ws = ow * sw - pw;
+    for (i64 i = 0; i < sh; ++i) {
+        const i64 h = hs + i;
+        for (i64 j = 0; j < sw; ++j) {
+            const i64 w = ws + j;
+            if (h >= 0 && h < H && w >= 0 && w < W) {
+                const i64 pos = h * W + w;
+                dst[pos] = (i < kh && j < kw && pos == target) ? g : (POOL_T)0;
+            }
+        }
+    }
+}
+
+KERNEL void POOL_NAME(avg_pool2d_backward_scatter)(
+    GLOBAL const POOL_T* RESTRICT grad_out, GLOBAL POOL_T* RESTRICT grad_in,
+    i64 count_include_pad, i64 row0, i64 planes, i64 H, i64 W, i64 OH, i64 OW,
+    i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw)
+{
+    const i64 ow = GLOBAL_ID_0;
+    const i64 r = row0 + GLOBAL_ID_1;
+    if (ow >= OW || r >= planes * OH)
+        return;
+    const i64 plane = r / OH;
+    const i64 oh = r - plane * OH;
+    const i64 hs = oh * sh - ph, ws = ow * sw - pw;
+    const i64 divisor = pool_avg_divisor(hs, ws, H, W, kh, kw, ph, pw, count_include_pad);
+    const POOL_T g = grad_out[r * OW + ow] / (POOL_T)divisor;
+    GLOBAL POOL_T* dst = grad_in + plane * H * W;
+    for (i64 i = 0; i < sh; ++i) {
+        const i64 h = hs + i;
+        for (i64 j = 0; j < sw; ++j) {
+            const i64 w = ws + j;
+            if (h >= 0 && h < H && w >= 0 && w < W)
+                dst[h * W + w] = (i < kh && j < kw) ? g : (POOL_T)0;
+        }
     }
 }
