@@ -14,6 +14,12 @@ C tiny GEMMs.  The gradients follow the same paths:
     grad_w = sum over images of grad_y @ cols^T      conv2d_backward_weight
     grad_b = grad_y summed over N, H, W              conv2d_backward_bias
 
+Ungrouped products run through ``backend.conv_gemm`` where the backend has it (opencl, cpu):
+one launch over the batch that reads W^T and grad_y^T in place (strides, packing or BLAS
+transpose flags) instead of permute copies.  With stride 1 and a weight much smaller than x,
+grad_x is instead the forward convolution of grad_y with the flipped, channel-swapped weight
+(im2col + GEMM beat GEMM + col2im).
+
 Stride, padding, dilation and kernel sizes are an int or an (height, width) pair.  Every
 argument is checked here, with errors that name it; the backends get valid input only.
 """
@@ -198,8 +204,24 @@ def _columns(backend, x, geometry, groups):
     return cols
 
 
+def _direct_gemm(backend, groups):
+    """Whether the backend runs the convolution's products itself (``backend.conv_gemm``:
+    opencl, cpu): one launch over the batch with operands read in place (a transposed operand
+    through strides, packing or BLAS flags, no permute copies); on opencl with gemm parameters
+    for short products."""
+    return groups == 1 and hasattr(backend, "conv_gemm")
+
+
 def _gemm_forward(backend, x, w, geometry, groups):
     cols = _columns(backend, x, geometry, groups)
+    if _direct_gemm(backend, groups):
+        n, k, length = cols.shape
+        o = w.shape[0]
+        # (O, K) @ (K, L) for every image: y comes out N x O x L, NCHW already
+        y = Array._wrap(backend, backend.conv_gemm(w._live, cols._live, o, length, k, n,
+                                                   a_sb=0, b_sb=k * length))
+        cols.release()
+        return y
     # (O, K) @ (N, K, L) or (G, O/G, K/G) @ (N, G, K/G, L): one matmul, weight broadcast
     y = matmul(_weight_matrix(w, groups), cols)
     cols.release()
@@ -241,15 +263,59 @@ def conv2d_backward_input(grad_out, w, input_shape, stride=1, padding=0, dilatio
         return Array._wrap(backend, backend.depthwise_conv2d_backward_input(
             grad_out._live, w._live, input_shape, geometry.stride, geometry.padding,
             geometry.dilation, o // c, geometry.out_hw))
+    if _as_forward_conv(input_shape, w.shape, geometry, groups):
+        return _backward_input_by_forward(grad_out, w, geometry)
     length = geometry.out_hw[0] * geometry.out_hw[1]
     grad = grad_out.reshape(n, o, length) if groups == 1 else \
         grad_out.reshape(n, groups, o // groups, length)
-    cols = matmul(_swap_last(_weight_matrix(w, groups)), grad)
-    cols = cols.reshape(n, c * w.shape[2] * w.shape[3], length)
+    k = c * w.shape[2] * w.shape[3]
+    if _direct_gemm(backend, groups):     # W^T read through strides, not copied
+        cols = Array._wrap(backend, backend.conv_gemm(w._live, grad._live, k, length, o, n,
+                                                      a_sb=0, b_sb=o * length, trans_a=True))
+    else:
+        cols = matmul(_swap_last(_weight_matrix(w, groups)), grad)
+    cols = cols.reshape(n, k, length)
     if geometry.pointwise:
         return cols.reshape(input_shape)
     grad_x = Array._wrap(backend, backend.col2im(cols._live, input_shape, *geometry.args()))
     cols.release()
+    return grad_x
+
+
+#: the forward-convolution route of conv2d_backward_input pays for flipping and transposing
+#: the weight (a permute copy, slow on opencl) only when the weight is this many times smaller
+#: than grad_x, and for its extra products only when grad_x has at most this many times the
+#: pixels of grad_out (padding about "same")
+BACKWARD_INPUT_WEIGHT_RATIO = 16
+BACKWARD_INPUT_AREA_RATIO = 1.25
+
+
+def _as_forward_conv(input_shape, weight_shape, geometry, groups):
+    """Whether the input gradient runs as a forward convolution of grad_out: ungrouped,
+    stride 1, a kernel larger than 1x1, padding at most the kernel's span - 1 (so the
+    transposed convolution's padding is not negative), and the ratios above."""
+    if groups != 1 or geometry.stride != (1, 1) or geometry.kernel == (1, 1):
+        return False
+    if not all(p <= d * (k - 1) for k, p, d in zip(geometry.kernel, geometry.padding,
+                                                   geometry.dilation)):
+        return False
+    n, c, h, width = input_shape
+    oh, ow = geometry.out_hw
+    weight_size = weight_shape[0] * weight_shape[1] * weight_shape[2] * weight_shape[3]
+    return (weight_size * BACKWARD_INPUT_WEIGHT_RATIO <= n * c * h * width
+            and h * width <= BACKWARD_INPUT_AREA_RATIO * oh * ow)
+
+
+def _backward_input_by_forward(grad_out, w, geometry):
+    """Stride 1: grad_x = conv2d(grad_out, w flipped in space with in/out channels swapped,
+    padding d (k - 1) - p, same dilation), whose im2col + GEMM is far cheaper than the GEMM +
+    col2im scatter-sum (col2im gathers kh * kw taps per pixel; im2col copies).  Every pixel
+    of grad_x sums the same products as col2im, in a different order (float rounding)."""
+    flipped = w.permute(1, 0, 2, 3)[:, :, ::-1, ::-1]
+    padding = tuple(d * (k - 1) - p for k, p, d in zip(geometry.kernel, geometry.padding,
+                                                       geometry.dilation))
+    grad_x = conv2d(grad_out, flipped, padding=padding, dilation=geometry.dilation)
+    flipped.release()
     return grad_x
 
 
@@ -277,6 +343,20 @@ def conv2d_backward_weight(grad_out, x, weight_shape, stride=1, padding=0, dilat
     cols = _columns(backend, x, geometry, groups)
     grad = grad_out.reshape(n, o, length) if groups == 1 else \
         grad_out.reshape(n, groups, o // groups, length)
+    if _direct_gemm(backend, groups):
+        # per image cols (K x L) @ grad^T (L x O), grad^T packed by the gemm (small: O rows),
+        # then the sum over the images and one transpose of the K x O result
+        k = cols.shape[1]
+        per_image = Array._wrap(backend, backend.conv_gemm(
+            cols._live, grad._live, k, o, length, n, a_sb=k * length, b_sb=o * length,
+            trans_b=True))
+        cols.release()
+        if hasattr(backend, "batch_sum_transpose"):     # one launch for both (opencl)
+            grad_w = Array._wrap(backend, backend.batch_sum_transpose(per_image._live))
+            per_image.release()
+            return grad_w.reshape(weight_shape)
+        total = per_image.sum(axis=0) if n > 1 else per_image.reshape(k, o)
+        return _swap_last(total).reshape(weight_shape)
     # per image (and group) grad @ cols^T, then the sum over the images.  One operand must be
     # transposed (materialised); the smaller one is: grad_out (O/g rows) is usually much
     # smaller than the columns (C/g * kh * kw rows), and then (cols @ grad^T)^T is computed.

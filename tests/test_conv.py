@@ -168,7 +168,9 @@ class _Counter:
     def __init__(self, monkeypatch, backend, names):
         self.calls = {name: 0 for name in names}
         for name in names:
-            original = getattr(backend, name)
+            original = getattr(backend, name, None)
+            if original is None:        # a hook this backend does not have (conv_gemm)
+                continue
 
             def counted(*args, _name=name, _original=original, **kwargs):
                 self.calls[_name] += 1
@@ -176,7 +178,7 @@ class _Counter:
             monkeypatch.setattr(backend, name, counted)
 
 
-_PATH_METHODS = ["im2col", "col2im", "matmul", "depthwise_conv2d",
+_PATH_METHODS = ["im2col", "col2im", "matmul", "conv_gemm", "depthwise_conv2d",
                  "depthwise_conv2d_backward_input", "depthwise_conv2d_backward_weight"]
 
 
@@ -205,11 +207,50 @@ def test_general_path_is_one_im2col_and_one_batched_matmul(backend, monkeypatch)
     assert _counts(monkeypatch, backend, calls["weight"]) == {"im2col": 1, "matmul": 1}
 
 
+def _product(backend):
+    """The backend method that runs the ungrouped convolution's products."""
+    return "conv_gemm" if hasattr(get_backend(backend), "conv_gemm") else "matmul"
+
+
 def test_pointwise_path_skips_im2col(backend, monkeypatch):
     calls = _calls(backend, (3, 4, 5, 5), (6, 4, 1, 1), dilation=2)
-    assert _counts(monkeypatch, backend, calls["forward"]) == {"matmul": 1}
-    assert _counts(monkeypatch, backend, calls["input"]) == {"matmul": 1}
-    assert _counts(monkeypatch, backend, calls["weight"]) == {"matmul": 1}
+    product = _product(backend)
+    assert _counts(monkeypatch, backend, calls["forward"]) == {product: 1}
+    assert _counts(monkeypatch, backend, calls["input"]) == {product: 1}
+    assert _counts(monkeypatch, backend, calls["weight"]) == {product: 1}
+
+
+def test_ungrouped_path_is_one_im2col_and_one_product(backend, monkeypatch):
+    calls = _calls(backend, (3, 4, 6, 6), (5, 4, 3, 3), padding=1)
+    product = _product(backend)
+    assert _counts(monkeypatch, backend, calls["forward"]) == {"im2col": 1, product: 1}
+    assert _counts(monkeypatch, backend, calls["input"]) == {product: 1, "col2im": 1}
+    assert _counts(monkeypatch, backend, calls["weight"]) == {"im2col": 1, product: 1}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", [
+    ((3, 5, 9, 9), (16, 5, 3, 3), 1, 1),      # C_out 16: the narrow (N <= 16) parameters
+    ((1, 7, 8, 10), (20, 7, 3, 3), 1, 1),     # one image: no sum over the batch
+    ((2, 3, 11, 10), (33, 3, 5, 5), 2, 2),    # C_out over a column block, ragged edges
+    ((4, 2, 6, 6), (3, 2, 3, 3), 1, 0),       # C_out far below a vector of columns
+])
+def test_direct_gemm_path_matches_torch(backend, x_shape, w_shape, stride, padding, dtype):
+    """Shapes around the conv_gemm parameters' edges (opencl; elsewhere the matmul path)."""
+    check_conv(backend, x_shape, w_shape, stride, padding, dtype=dtype)
+
+
+def test_conv_gemm_parameters_on_cpu_devices():
+    if "opencl" not in TESTED:
+        pytest.skip("opencl backend not available")
+    from gpumat.backends import opencl_conv, opencl_gemm
+    b = get_backend("opencl")
+    tuned = opencl_gemm.parameters(b)[0]
+    narrow, wide = (opencl_conv.conv_gemm_parameters(b, n) for n in (16, 17))
+    if tuned["WGM"] == 1 and tuned["WGN"] == 1 and not tuned.get("USE_LOCAL"):
+        assert (narrow["NWI"], narrow["MWI"], wide["NWI"], wide["MWI"]) == (1, 4, 1, 8)
+    else:
+        assert narrow == wide == tuned
 
 
 def test_depthwise_path_runs_the_direct_kernels(backend, monkeypatch):
@@ -462,3 +503,70 @@ def test_lowering_bad_arguments(backend):
         gm.col2im(cols, (2, 4, -5, 5), 3, padding=1)
     with pytest.raises(gm.ShapeError, match="dilation must be positive"):
         gm.col2im(cols, x.shape, 3, padding=1, dilation=(1, 0))
+
+
+# ---- conv2d_backward_input as a forward convolution (stride 1) ------------------------------
+
+def _force_forward_route(monkeypatch):
+    from gpumat import conv as conv_module
+    monkeypatch.setattr(conv_module, "BACKWARD_INPUT_WEIGHT_RATIO", 0)
+    monkeypatch.setattr(conv_module, "BACKWARD_INPUT_AREA_RATIO", 1e9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, w_shape, padding, dilation", [
+    ((2, 3, 7, 6), (4, 3, 3, 3), 1, 1),                 # "same" padding
+    ((2, 3, 9, 8), (5, 3, 3, 3), 0, 1),                 # no padding: full transposed padding
+    ((1, 2, 10, 12), (3, 2, 3, 5), (2, 4), (1, 1)),     # padding = kernel span - 1
+    ((2, 2, 13, 11), (3, 2, 3, 2), (1, 2), (3, 2)),     # dilation, rectangular kernel
+    ((1, 3, 5, 5), (2, 3, 5, 5), 2, 1),                 # kernel as large as the padded input
+])
+def test_backward_input_by_forward_conv_matches_torch(backend, monkeypatch, x_shape, w_shape,
+                                                      padding, dilation, dtype):
+    _force_forward_route(monkeypatch)
+    check_conv(backend, x_shape, w_shape, 1, padding, dilation, dtype=dtype)
+
+
+def test_backward_input_routes(backend, monkeypatch):
+    """Forced: one im2col and one product, no col2im; stride 2 or grouped: the col2im path."""
+    _force_forward_route(monkeypatch)
+    product = _product(backend)
+    calls = _calls(backend, (2, 3, 6, 6), (4, 3, 3, 3), padding=1)
+    assert _counts(monkeypatch, backend, calls["input"]) == {"im2col": 1, product: 1}
+    _force_forward_route(monkeypatch)
+    calls = _calls(backend, (2, 3, 7, 7), (4, 3, 3, 3), padding=1, stride=2)
+    assert _counts(monkeypatch, backend, calls["input"]) == {product: 1, "col2im": 1}
+    _force_forward_route(monkeypatch)
+    calls = _calls(backend, (2, 4, 6, 6), (4, 2, 3, 3), padding=1, groups=2)
+    assert _counts(monkeypatch, backend, calls["input"]) == {"matmul": 1, "col2im": 1}
+
+
+def test_backward_input_route_thresholds():
+    from gpumat import conv as conv_module
+    geometry = conv_module._Geometry("t", (32, 32), (3, 3), 1, 1, 1)
+    assert conv_module._as_forward_conv((8, 16, 32, 32), (16, 16, 3, 3), geometry, 1)
+    assert not conv_module._as_forward_conv((1, 256, 32, 32), (384, 256, 3, 3), geometry, 1)
+    assert not conv_module._as_forward_conv((8, 16, 32, 32), (16, 16, 3, 3), geometry, 2)
+    unpadded = conv_module._Geometry("t", (14, 14), (5, 5), 1, 0, 1)    # 196 vs 100 pixels
+    assert not conv_module._as_forward_conv((8, 6, 14, 14), (1, 6, 5, 5), unpadded, 1)
+    too_padded = conv_module._Geometry("t", (8, 8), (3, 3), 1, 3, 1)    # padding > span - 1
+    assert not conv_module._as_forward_conv((64, 64, 8, 8), (1, 64, 3, 3), too_padded, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 4, 2), (0, 3, 2), (2, 0, 3)])
+def test_opencl_batch_sum_transpose(monkeypatch, shape, dtype):
+    """conv2d_backward_weight's last step on opencl: the batch sum of (R x K) products,
+    transposed; tiny grids make work-items loop."""
+    if "opencl" not in TESTED:
+        pytest.skip("opencl backend not available")
+    from gpumat.backends import opencl_conv
+    monkeypatch.setattr(opencl_conv, "_MAX_GROUPS", 1)
+    b = get_backend("opencl")
+    a = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    if a.size == 0:
+        a = np.zeros(shape, dtype)
+    held = gm.array(a, backend="opencl") if a.size else None     # keeps the buffer alive
+    native = held._live if a.size else b.empty(shape, dtype)
+    got = b.to_numpy(b.batch_sum_transpose(native))
+    np.testing.assert_allclose(got, a.sum(axis=0).T, rtol=1e-6 if dtype == np.float32 else 1e-12)

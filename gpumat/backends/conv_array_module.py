@@ -6,6 +6,7 @@ pixels, batch and channels: im2col is one copy of a strided view of the zero-pad
 and the others loop in Python only over the kh * kw kernel taps, each tap one strided slice.
 """
 from .array_module import ArrayModuleBackend
+from .cpu import CPUBackend
 
 
 def _tap(start, stride, count):
@@ -119,8 +120,32 @@ def _depthwise_conv2d_backward_weight(self, grad_out, x, weight_shape, stride, p
     return self._new(make, tuple(weight_shape), grad_out.dtype)
 
 
+def _matrices(a, rows, cols, batch_stride, transposed):
+    """``a`` as op(A) matrices: one (rows x cols) matrix when ``batch_stride`` is 0, else a
+    batch of them; ``transposed`` reads A stored cols x rows (a view, no copy)."""
+    shape = (cols, rows) if transposed else (rows, cols)
+    m = a.reshape(shape if batch_stride == 0 else (-1,) + shape)
+    return m.swapaxes(-1, -2) if transposed else m
+
+
+def _conv_gemm(self, a, b, M, N, K, batch, a_sb, b_sb, trans_a=False, trans_b=False):
+    """(batch, M, N) = op(A[z]) @ op(B[z]) (see OpenCLBackend.conv_gemm): one matmul of views,
+    so BLAS reads a transposed operand with its transpose flag instead of a permute copy."""
+    xp = self.xp
+    shape = (batch, M, N)
+
+    def make():
+        if batch == 0 or M == 0 or N == 0:
+            return xp.zeros(shape, a.dtype)
+        out = xp.matmul(_matrices(a, M, K, a_sb, trans_a), _matrices(b, K, N, b_sb, trans_b))
+        return out.reshape(shape)
+    return self._new(make, shape, a.dtype)
+
+
 ArrayModuleBackend.im2col = _im2col
 ArrayModuleBackend.col2im = _col2im
 ArrayModuleBackend.depthwise_conv2d = _depthwise_conv2d
 ArrayModuleBackend.depthwise_conv2d_backward_input = _depthwise_conv2d_backward_input
 ArrayModuleBackend.depthwise_conv2d_backward_weight = _depthwise_conv2d_backward_weight
+#: the cpu backend only: CuPy keeps the matmul path until measured on a GPU
+CPUBackend.conv_gemm = _conv_gemm

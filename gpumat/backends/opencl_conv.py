@@ -8,6 +8,7 @@ lookup and one enqueue.
 """
 import numpy as np
 
+from . import opencl_gemm
 from .opencl import OpenCLBackend
 from .opencl_elementwise import LOCAL_SIZE, _live
 
@@ -15,13 +16,14 @@ _SOURCE = "opencl/im2col.cl"
 _F64 = np.dtype(np.float64)
 #: Kernel tunables (see kernels/common/im2col.h); module attributes so tests can force every
 #: code path.  CONV_WG is the work-group size of depthwise_conv2d_backward_weight.
-DEFINES = {"CONV_WG": 256, "CONV_RUN": 4, "CONV_DW_RUN": 4}
+DEFINES = {"CONV_WG": 256, "CONV_RUN": 32, "CONV_DW_RUN": 4}
 #: most work-groups one launch asks for; the kernels' grid-stride loops cover the rest
 _MAX_GROUPS = 1 << 20
 _GEOMETRY = [np.int64] * 14
 _SIGNATURES = {
     "im2col": [None, None] + _GEOMETRY,
     "col2im": [None, None] + _GEOMETRY,
+    "batch_sum_transpose": [None, None, np.int64, np.int64, np.int64],
     "depthwise_conv2d": [None, None, None, np.int64] + _GEOMETRY,
     "depthwise_conv2d_backward_input": [None, None, None, np.int64] + _GEOMETRY,
     "depthwise_conv2d_backward_weight": [None, None, None, np.int64] + _GEOMETRY,
@@ -78,7 +80,8 @@ def _im2col(self, x, kernel, stride, padding, dilation, out_hw):
 
 def _col2im(self, cols, input_shape, kernel, stride, padding, dilation, out_hw):
     out = self.empty(tuple(input_shape), cols.dtype)
-    _run(self, "col2im", cols.dtype, out.size, (_live(cols), out.data),
+    runs = _rows_of_runs(out.shape, DEFINES["CONV_RUN"])
+    _run(self, "col2im", cols.dtype, runs if out.size else 0, (_live(cols), out.data),
          _geometry(input_shape, kernel, stride, padding, dilation, out_hw))
     return out
 
@@ -118,6 +121,43 @@ def _depthwise_conv2d_backward_weight(self, grad_out, x, weight_shape, stride, p
     return out
 
 
+def conv_gemm_parameters(backend, N):
+    """The gemm parameters for the convolution's products, whose N is short (C_out, or a
+    feature map of a few hundred pixels).  On a CPU device (1 x 1 work-groups, PoCL) one
+    vector of columns per work-item (NWI = 1) and, for N <= 16, 4-row blocks give 2-8x the
+    tuned square-matrix parameters on these shapes (more work-items, no guarded N edge); on
+    other devices the tuned parameters stand."""
+    params = opencl_gemm.parameters(backend)[0]
+    if params["WGM"] == 1 and params["WGN"] == 1 and not params.get("USE_LOCAL"):
+        params = dict(params, NWI=1, MWI=4 if N <= 16 else 8)
+    return params
+
+
+def _conv_gemm(self, a, b, M, N, K, batch, a_sb, b_sb, trans_a=False, trans_b=False):
+    """(batch, M, N) = op(A[z]) @ op(B[z]) for z < batch, A[z] at element z * a_sb of ``a``
+    (0: one A for all), likewise B; op transposes where asked (see opencl_gemm.run)."""
+    out = self.empty((batch, M, N), a.dtype)
+    if out.size == 0:
+        return out
+    return opencl_gemm.run(self, a, b, out, M, N, K, batch, 1.0, 0.0, trans_a, trans_b,
+                           a_sb=a_sb, b_sb=b_sb, params=conv_gemm_parameters(self, N))
+
+
+def _batch_sum_transpose(self, a):
+    """(K, R) = the sum over the first axis of ``a`` (B, R, K), transposed: one launch."""
+    b, r, k = a.shape
+    out = self.empty((k, r), a.dtype)
+    if out.size == 0:
+        return out
+    if b == 0:
+        self.free(out)
+        return self.full((k, r), 0, a.dtype)
+    _run(self, "batch_sum_transpose", a.dtype, out.size, (_live(a), out.data), (b, r, k))
+    return out
+
+
+OpenCLBackend.conv_gemm = _conv_gemm
+OpenCLBackend.batch_sum_transpose = _batch_sum_transpose
 OpenCLBackend.im2col = _im2col
 OpenCLBackend.col2im = _col2im
 OpenCLBackend.depthwise_conv2d = _depthwise_conv2d

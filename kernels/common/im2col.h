@@ -19,7 +19,10 @@
  *       one work-item per run of CONV_RUN consecutive elements of a row of cols.
  *   col2im_<p>(const REAL* cols, REAL* x, GEOMETRY)
  *       im2col's adjoint: each input pixel sums, in (kh, kw) order, the column entries that
- *       read it (a gather: deterministic, no atomics).
+ *       read it (a gather: deterministic, no atomics); one work-item per run of CONV_RUN
+ *       consecutive pixels of an input row.
+ *   batch_sum_transpose_<p>(const REAL* in, REAL* out, i64 B, i64 R, i64 K)
+ *       out (K x R) = sum over b < B of in[b]^T, in B x R x K; one work-item per output.
  *   depthwise_conv2d_<p>(const REAL* x, const REAL* w, REAL* out, i64 M, GEOMETRY)
  *       direct convolution for groups == C, one work-item per run of CONV_DW_RUN
  *       consecutive outputs of a row (the taps' weights and row checks are shared by the run).
@@ -84,12 +87,19 @@ KERNEL void CONV_FN(im2col)(GLOBAL const REAL* RESTRICT x, GLOBAL REAL* RESTRICT
         const i64 ih = oh * SH - PH + kh * DH;
         const i64 iw0 = ow0 * SW - PW + kw * DW;
         GLOBAL REAL* dst = cols + (row * OH + oh) * OW + ow0;
-        const int row_inside = ih >= 0 && ih < H;
-        GLOBAL const REAL* src = x + (nc * H + (row_inside ? ih : 0)) * W;
-        for (int j = 0; j < CONV_RUN; ++j) {
-            if (ow0 + j >= OW) break;
-            const i64 iw = iw0 + j * SW;
-            dst[j] = (row_inside && iw >= 0 && iw < W) ? src[iw] : (REAL)0;
+        const i64 count = (OW - ow0 < CONV_RUN) ? OW - ow0 : CONV_RUN;
+        if (ih < 0 || ih >= H) {                     /* a padding row: zeros */
+            for (i64 j = 0; j < count; ++j) dst[j] = (REAL)0;
+            continue;
+        }
+        GLOBAL const REAL* src = x + (nc * H + ih) * W;
+        if (iw0 >= 0 && iw0 + (count - 1) * SW < W) {  /* the whole run inside the row */
+            for (i64 j = 0; j < count; ++j) dst[j] = src[iw0 + j * SW];
+        } else {
+            for (i64 j = 0; j < count; ++j) {
+                const i64 iw = iw0 + j * SW;
+                dst[j] = (iw >= 0 && iw < W) ? src[iw] : (REAL)0;
+            }
         }
     }
 }
@@ -97,28 +107,56 @@ KERNEL void CONV_FN(im2col)(GLOBAL const REAL* RESTRICT x, GLOBAL REAL* RESTRICT
 KERNEL void CONV_FN(col2im)(GLOBAL const REAL* RESTRICT cols, GLOBAL REAL* RESTRICT x,
                             CONV_GEOMETRY)
 {
-    const i64 total = N * C * H * W;
+    /* a work-item sums a run of CONV_RUN pixels of one input row: the index maths and the
+     * row taps (kh) are shared by the run; each pixel still adds its taps in (kh, kw) order */
+    const i64 runs = (W + CONV_RUN - 1) / CONV_RUN;
+    const i64 total = N * C * H * runs;
     for (i64 t = GLOBAL_ID_0; t < total; t += GLOBAL_SIZE_0) {
-        const i64 iw = t % W;
-        const i64 r = t / W;
+        const i64 iw0 = (t % runs) * CONV_RUN;
+        const i64 r = t / runs;
         const i64 ih = r % H;
         const i64 nc = r / H;
+        const i64 count = (W - iw0 < CONV_RUN) ? W - iw0 : CONV_RUN;
         GLOBAL const REAL* src = cols + nc * KH * KW * OH * OW;
-        REAL acc = (REAL)0;
+        REAL acc[CONV_RUN];
+        for (int j = 0; j < CONV_RUN; ++j) acc[j] = (REAL)0;
         for (i64 kh = 0; kh < KH; ++kh) {
             const i64 hp = ih + PH - kh * DH;        /* = oh * SH when tap kh reads row ih */
             if (hp < 0) break;                       /* hp only falls as kh grows */
             const i64 oh = SH == 1 ? hp : hp / SH;
             if (oh * SH != hp || oh >= OH) continue;
             for (i64 kw = 0; kw < KW; ++kw) {
-                const i64 wp = iw + PW - kw * DW;
-                if (wp < 0) break;
-                const i64 ow = SW == 1 ? wp : wp / SW;
-                if (ow * SW != wp || ow >= OW) continue;
-                acc += src[((kh * KW + kw) * OH + oh) * OW + ow];
+                GLOBAL const REAL* crow = src + ((kh * KW + kw) * OH + oh) * OW;
+                const i64 wp0 = iw0 + PW - kw * DW;  /* wp of the run's first pixel */
+                for (int j = 0; j < CONV_RUN; ++j) {
+                    const i64 wp = wp0 + j;
+                    if (j >= count || wp < 0) continue;
+                    const i64 ow = SW == 1 ? wp : wp / SW;
+                    if (ow * SW == wp && ow < OW) acc[j] += crow[ow];
+                }
             }
         }
-        x[t] = acc;
+        GLOBAL REAL* dst = x + (nc * H + ih) * W + iw0;
+        for (int j = 0; j < CONV_RUN; ++j)
+            if (j < count) dst[j] = acc[j];
+    }
+}
+
+KERNEL void CONV_FN(batch_sum_transpose)(GLOBAL const REAL* RESTRICT in,
+                                         GLOBAL REAL* RESTRICT out,
+                                         const i64 B, const i64 R, const i64 K)
+{
+    /* out (K x R) = sum over b of in[b] (R x K) transposed: conv2d_backward_weight's per-image
+     * (C kh kw) x O products summed over the batch into the O x (C kh kw) weight gradient,
+     * adding the images in order */
+    const i64 total = R * K;
+    for (i64 t = GLOBAL_ID_0; t < total; t += GLOBAL_SIZE_0) {
+        const i64 r = t % R;
+        const i64 k = t / R;
+        GLOBAL const REAL* src = in + r * K + k;
+        REAL acc = (REAL)0;
+        for (i64 b = 0; b < B; ++b) acc += src[b * R * K];
+        out[t] = acc;
     }
 }
 
