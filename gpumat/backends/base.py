@@ -246,6 +246,13 @@ class Backend:
         raise NotImplementedError
 
 
+def gemm_dims(a_shape, b_shape, trans_a, trans_b):
+    """(batch, M, N, K) of Backend.gemm's 3-d operands, op = transpose where trans_*."""
+    M, K = (a_shape[2], a_shape[1]) if trans_a else (a_shape[1], a_shape[2])
+    N = b_shape[1] if trans_b else b_shape[2]
+    return max(a_shape[0], b_shape[0]), M, N, K
+
+
 _FLOAT_SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
 
 

@@ -8,6 +8,7 @@ Parameters come from gpumat.tuning like the opencl ones (device key: name, sm an
 import numpy as np
 
 from .. import tuning
+from .base import gemm_dims
 from .cuda import CUDABackend, cupy
 
 _FLOAT_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -89,10 +90,7 @@ def run(backend, a, b, out, M, N, K, batch, alpha, beta, trans_a=False, trans_b=
 
 def _gemm(self, a, b, c, alpha, beta, trans_a, trans_b):
     ba, bb = a.shape[0], b.shape[0]
-    batch = max(ba, bb)
-    M = a.shape[2] if trans_a else a.shape[1]
-    K = a.shape[1] if trans_a else a.shape[2]
-    N = b.shape[1] if trans_b else b.shape[2]
+    batch, M, N, K = gemm_dims(a.shape, b.shape, trans_a, trans_b)
     if c is not None and beta != 0:
         out = self.copy(c)
     else:

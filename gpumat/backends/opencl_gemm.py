@@ -13,6 +13,7 @@ takes the kernel's guarded path.
 import numpy as np
 
 from .. import tuning
+from .base import gemm_dims
 from .opencl import OpenCLBackend, cl
 
 _I64 = np.int64
@@ -132,10 +133,7 @@ def _gemm(self, a, b, c, alpha, beta, trans_a, trans_b):
     output's shape (already broadcast by the caller)."""
     dtype = np.dtype(a.dtype)
     ba, bb = a.shape[0], b.shape[0]
-    batch = max(ba, bb)
-    M = a.shape[2] if trans_a else a.shape[1]
-    K = a.shape[1] if trans_a else a.shape[2]
-    N = b.shape[1] if trans_b else b.shape[2]
+    batch, M, N, K = gemm_dims(a.shape, b.shape, trans_a, trans_b)
     if c is not None and beta != 0:
         out = self.copy(c)
     else:
