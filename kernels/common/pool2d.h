@@ -68,6 +68,43 @@ INLINE i64 pool_end_cover(i64 i, i64 s, i64 p, i64 out)
     return pool_min((i + p) / s + 1, out);   /* i + p >= 0 */
 }
 
+/* The outputs whose windows cover one input position, for the backward gathers: the
+ * position within its plane, the plane's first output, and the covering rows [oh0, oh1)
+ * and columns [ow0, ow1).  Shared by the max and avg kernels of each launch shape. */
+typedef struct { i64 pos, base, oh0, oh1, ow0, ow1; } pool_cover_t;
+
+/* input element t of the flat launch (one work-item per element of every plane) */
+INLINE pool_cover_t pool_flat_cover(i64 t, i64 H, i64 W, i64 OH, i64 OW, i64 kh, i64 kw,
+                                    i64 sh, i64 sw, i64 ph, i64 pw)
+{
+    pool_cover_t c;
+    c.pos = t % (H * W);
+    const i64 h = c.pos / W, w = c.pos - h * W;
+    c.base = (t / (H * W)) * OH * OW;
+    c.oh0 = pool_first_cover(h, kh, sh, ph);
+    c.oh1 = pool_end_cover(h, sh, ph, OH);
+    c.ow0 = pool_first_cover(w, kw, sw, pw);
+    c.ow1 = pool_end_cover(w, sw, pw, OW);
+    return c;
+}
+
+/* input row r (plane * H + h), column w of the row launch; the column ranges come from the
+ * host-built table `cols` ([W] first covers, then [W] ends) */
+INLINE pool_cover_t pool_rows_cover(i64 r, i64 w, GLOBAL const i64* RESTRICT cols, i64 H,
+                                    i64 W, i64 OH, i64 OW, i64 kh, i64 sh, i64 ph)
+{
+    pool_cover_t c;
+    const i64 plane = r / H;
+    const i64 h = r - plane * H;
+    c.pos = h * W + w;
+    c.base = plane * OH * OW;
+    c.oh0 = pool_first_cover(h, kh, sh, ph);
+    c.oh1 = pool_end_cover(h, sh, ph, OH);
+    c.ow0 = cols[w];
+    c.ow1 = cols[W + w];
+    return c;
+}
+
 #endif /* GPUMAT_POOL2D_COMMON */
 
 #if !defined(POOL_T) || !defined(POOL_SUFFIX)
@@ -142,17 +179,12 @@ KERNEL void POOL_NAME(max_pool2d_backward)(
 {
     const i64 total = planes * H * W;
     for (i64 t = GLOBAL_ID_0; t < total; t += GLOBAL_SIZE_0) {
-        const i64 pos = t % (H * W);
-        const i64 plane = t / (H * W);
-        const i64 h = pos / W, w = pos - (pos / W) * W;
-        const i64 oh0 = pool_first_cover(h, kh, sh, ph), oh1 = pool_end_cover(h, sh, ph, OH);
-        const i64 ow0 = pool_first_cover(w, kw, sw, pw), ow1 = pool_end_cover(w, sw, pw, OW);
-        const i64 base = plane * OH * OW;
+        const pool_cover_t c = pool_flat_cover(t, H, W, OH, OW, kh, kw, sh, sw, ph, pw);
         POOL_T sum = (POOL_T)0;
-        for (i64 oh = oh0; oh < oh1; ++oh)
-            for (i64 ow = ow0; ow < ow1; ++ow) {
-                const i64 o = base + oh * OW + ow;
-                if (indices[o] == pos)
+        for (i64 oh = c.oh0; oh < c.oh1; ++oh)
+            for (i64 ow = c.ow0; ow < c.ow1; ++ow) {
+                const i64 o = c.base + oh * OW + ow;
+                if (indices[o] == c.pos)
                     sum += grad_out[o];
             }
         grad_in[t] = sum;
@@ -166,18 +198,13 @@ KERNEL void POOL_NAME(avg_pool2d_backward)(
 {
     const i64 total = planes * H * W;
     for (i64 t = GLOBAL_ID_0; t < total; t += GLOBAL_SIZE_0) {
-        const i64 pos = t % (H * W);
-        const i64 plane = t / (H * W);
-        const i64 h = pos / W, w = pos - (pos / W) * W;
-        const i64 oh0 = pool_first_cover(h, kh, sh, ph), oh1 = pool_end_cover(h, sh, ph, OH);
-        const i64 ow0 = pool_first_cover(w, kw, sw, pw), ow1 = pool_end_cover(w, sw, pw, OW);
-        const i64 base = plane * OH * OW;
+        const pool_cover_t c = pool_flat_cover(t, H, W, OH, OW, kh, kw, sh, sw, ph, pw);
         POOL_T sum = (POOL_T)0;
-        for (i64 oh = oh0; oh < oh1; ++oh)
-            for (i64 ow = ow0; ow < ow1; ++ow) {
+        for (i64 oh = c.oh0; oh < c.oh1; ++oh)
+            for (i64 ow = c.ow0; ow < c.ow1; ++ow) {
                 const i64 divisor = pool_avg_divisor(oh * sh - ph, ow * sw - pw, H, W, kh, kw,
                                                      ph, pw, count_include_pad);
-                sum += grad_out[base + oh * OW + ow] / (POOL_T)divisor;
+                sum += grad_out[c.base + oh * OW + ow] / (POOL_T)divisor;
             }
         grad_in[t] = sum;
     }
@@ -275,13 +302,11 @@ KERNEL void POOL_NAME(max_pool2d_backward_rows)(
     const i64 r = row0 + GLOBAL_ID_1;
     if (w >= W || r >= planes * H)
         return;
-    const i64 ow0 = cols[w], ow1 = cols[W + w];
-    const i64 plane = r / H;
-    const i64 h = r - plane * H;
-    const i64 oh0 = pool_first_cover(h, kh, sh, ph), oh1 = pool_end_cover(h, sh, ph, OH);
-    const i64 pos = h * W + w;
-    const i64 o = plane * OH * OW + oh0 * OW + ow0;
-    const int a0 = oh0 < oh1, a1 = oh0 + 1 < oh1, b0 = ow0 < ow1, b1 = ow0 + 1 < ow1;
+    const pool_cover_t c = pool_rows_cover(r, w, cols, H, W, OH, OW, kh, sh, ph);
+    const i64 pos = c.pos;
+    const i64 o = c.base + c.oh0 * OW + c.ow0;
+    const int a0 = c.oh0 < c.oh1, a1 = c.oh0 + 1 < c.oh1;
+    const int b0 = c.ow0 < c.ow1, b1 = c.ow0 + 1 < c.ow1;
     /* increasing output order, as the flat kernel and torch add them */
     POOL_T sum = (POOL_T)0;
     if (a0 && b0 && indices[o] == pos)
@@ -305,13 +330,11 @@ KERNEL void POOL_NAME(avg_pool2d_backward_rows)(
     const i64 r = row0 + GLOBAL_ID_1;
     if (w >= W || r >= planes * H)
         return;
-    const i64 ow0 = cols[w], ow1 = cols[W + w];
-    const i64 plane = r / H;
-    const i64 h = r - plane * H;
-    const i64 oh0 = pool_first_cover(h, kh, sh, ph), oh1 = pool_end_cover(h, sh, ph, OH);
-    const i64 o = plane * OH * OW + oh0 * OW + ow0;
-    const int a0 = oh0 < oh1, a1 = oh0 + 1 < oh1, b0 = ow0 < ow1, b1 = ow0 + 1 < ow1;
-    const i64 hs = oh0 * sh - ph, ws = ow0 * sw - pw;
+    const pool_cover_t c = pool_rows_cover(r, w, cols, H, W, OH, OW, kh, sh, ph);
+    const i64 o = c.base + c.oh0 * OW + c.ow0;
+    const int a0 = c.oh0 < c.oh1, a1 = c.oh0 + 1 < c.oh1;
+    const int b0 = c.ow0 < c.ow1, b1 = c.ow0 + 1 < c.ow1;
+    const i64 hs = c.oh0 * sh - ph, ws = c.ow0 * sw - pw;
     POOL_T sum = (POOL_T)0;
     if (a0 && b0)
         sum += grad_out[o] / (POOL_T)pool_avg_divisor(hs, ws, H, W, kh, kw, ph, pw,
