@@ -1,0 +1,233 @@
+"""Modules and layers: registration, state_dict interchange with PyTorch, modes, parity of
+every layer with its torch.nn twin, gradient checks, initialisers."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import gpumat as gm
+import gpumat.nn.functional as F
+from gpumat import nn
+from gpumat.nn import init
+from gpumat.nn.gradcheck import gradcheck
+
+RNG = np.random.default_rng(99)
+
+# (our layer, the torch layer, input shape)
+LAYERS = {
+    "conv": (lambda: nn.Conv2d(3, 5, 3, stride=2, padding=1),
+             lambda: torch.nn.Conv2d(3, 5, 3, stride=2, padding=1), (2, 3, 9, 9)),
+    "conv_dilated_nobias": (lambda: nn.Conv2d(4, 2, (3, 2), dilation=(2, 1), bias=False),
+                            lambda: torch.nn.Conv2d(4, 2, (3, 2), dilation=(2, 1), bias=False),
+                            (1, 4, 8, 7)),
+    "depthwise": (lambda: nn.Conv2d(4, 8, 3, padding=1, groups=4),
+                  lambda: torch.nn.Conv2d(4, 8, 3, padding=1, groups=4), (2, 4, 5, 5)),
+    "linear": (lambda: nn.Linear(7, 3), lambda: torch.nn.Linear(7, 3), (5, 7)),
+    "bn2d": (lambda: nn.BatchNorm2d(3), lambda: torch.nn.BatchNorm2d(3), (4, 3, 5, 5)),
+    "bn1d": (lambda: nn.BatchNorm1d(6), lambda: torch.nn.BatchNorm1d(6), (8, 6)),
+    "lrn": (lambda: nn.LocalResponseNorm(5, 1e-3, 0.75, 2.0),
+            lambda: torch.nn.LocalResponseNorm(5, 1e-3, 0.75, 2.0), (2, 8, 3, 3)),
+    "maxpool": (lambda: nn.MaxPool2d(3, 2, 1), lambda: torch.nn.MaxPool2d(3, 2, 1),
+                (2, 3, 7, 7)),
+    "avgpool": (lambda: nn.AvgPool2d(2), lambda: torch.nn.AvgPool2d(2), (2, 3, 6, 6)),
+    "adaptive": (lambda: nn.AdaptiveAvgPool2d((1, 1)),
+                 lambda: torch.nn.AdaptiveAvgPool2d((1, 1)), (2, 3, 4, 5)),
+    "relu": (nn.ReLU, torch.nn.ReLU, (3, 4)),
+    "leaky": (lambda: nn.LeakyReLU(0.2), lambda: torch.nn.LeakyReLU(0.2), (3, 4)),
+    "relu6": (nn.ReLU6, torch.nn.ReLU6, (3, 4)),
+    "elu": (nn.ELU, torch.nn.ELU, (3, 4)),
+    "tanh": (nn.Tanh, torch.nn.Tanh, (3, 4)),
+    "sigmoid": (nn.Sigmoid, torch.nn.Sigmoid, (3, 4)),
+    "softmax": (lambda: nn.Softmax(1), lambda: torch.nn.Softmax(1), (3, 4)),
+    "logsoftmax": (lambda: nn.LogSoftmax(1), lambda: torch.nn.LogSoftmax(1), (3, 4)),
+    "flatten": (nn.Flatten, torch.nn.Flatten, (2, 3, 4)),
+    "identity": (nn.Identity, torch.nn.Identity, (2, 3)),
+    "dropout_eval": (lambda: nn.Dropout(0.5).eval(), lambda: torch.nn.Dropout(0.5).eval(),
+                     (4, 5)),
+}
+
+
+def to_torch_state(module):
+    return {k: torch.from_numpy(np.array(v.gather())) for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_layer_matches_torch(backend, name):
+    make, make_torch, shape = LAYERS[name]
+    gm.use(backend)
+    try:
+        ours, theirs = make(), make_torch()
+    finally:
+        gm.use("auto")
+    theirs.load_state_dict(to_torch_state(ours))
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    x = RNG.uniform(-2, 2, shape).astype(np.float32)
+    xv = nn.Variable(gm.array(x, backend=backend), requires_grad=True)
+    xt = torch.tensor(x, requires_grad=True)
+    for _ in range(2):            # twice: batch norm's running statistics move
+        y, yt = ours(xv), theirs(xt)
+        np.testing.assert_allclose(y.gather(), yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+    weights = RNG.standard_normal(yt.shape).astype(np.float32)
+    y.backward(gm.array(weights, backend=backend))
+    (yt * torch.from_numpy(weights)).sum().backward()
+    np.testing.assert_allclose(xv.grad.gather(), xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    for (n, p), (_, pt) in zip(ours.named_parameters(), theirs.named_parameters()):
+        np.testing.assert_allclose(p.grad.gather(), pt.grad.numpy(), rtol=1e-4, atol=1e-4,
+                                   err_msg=n)
+    for k, v in ours.state_dict().items():      # buffers (running statistics) included
+        np.testing.assert_allclose(v.gather(), theirs.state_dict()[k].numpy(), rtol=1e-5,
+                                   atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["conv", "depthwise", "linear", "bn2d", "bn1d", "lrn",
+                                  "maxpool", "avgpool", "adaptive"])
+def test_layer_gradcheck(backend, name):
+    make, _, shape = LAYERS[name]
+    gm.use(backend)
+    try:
+        layer = make()
+    finally:
+        gm.use("auto")
+    for p in layer.parameters():               # check in double precision
+        p.data = p.data.astype("double")
+    x = nn.Variable(gm.array(RNG.uniform(-2, 2, shape), backend=backend), requires_grad=True)
+    assert gradcheck(lambda v, *params: layer(v), [x] + layer.parameters(), max_elements=30)
+
+
+def test_batch_norm_eval_uses_running_statistics(backend):
+    gm.use(backend)
+    try:
+        bn = nn.BatchNorm2d(2, momentum=None)     # cumulative average
+    finally:
+        gm.use("auto")
+    tbn = torch.nn.BatchNorm2d(2, momentum=None)
+    for _ in range(3):
+        x = RNG.standard_normal((4, 2, 3, 3)).astype(np.float32) * 3 + 1
+        bn(gm.array(x, backend=backend))
+        tbn(torch.from_numpy(x))
+    assert int(bn.num_batches_tracked.item()) == 3
+    bn.eval()
+    tbn.eval()
+    x = RNG.standard_normal((2, 2, 3, 3)).astype(np.float32)
+    np.testing.assert_allclose(bn(gm.array(x, backend=backend)).gather(),
+                               tbn(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_registration_and_traversal():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3)
+            self.bn = nn.BatchNorm2d(3)
+            self.scale = 2.0                      # a plain attribute
+
+        def forward(self, x):
+            return F.relu(self.bn(self.conv(x))) * self.scale
+
+    model = nn.Sequential(Block(), nn.Flatten(), nn.Linear(12, 2))
+    names = [n for n, _ in model.named_parameters()]
+    assert names == ["0.conv.weight", "0.conv.bias", "0.bn.weight", "0.bn.bias", "2.weight",
+                     "2.bias"]
+    assert [n for n, _ in model.named_buffers()] == ["0.bn.running_mean", "0.bn.running_var",
+                                                     "0.bn.num_batches_tracked"]
+    assert list(model.state_dict()) == names[:4] + [n for n, _ in model.named_buffers()] + \
+        names[4:]
+    assert [n for n, _ in model.named_modules()] == ["", "0", "0.conv", "0.bn", "1", "2"]
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+    assert len(model) == 3 and isinstance(model[1], nn.Flatten)
+    assert "(conv): Conv2d(2, 3, kernel_size=(3, 3)" in repr(model)
+    with pytest.raises(TypeError, match="parameter 'weight'"):
+        model[2].weight = np.zeros((2, 12))
+    shared = nn.Linear(3, 3)
+    tied = nn.Sequential(shared, shared)
+    assert len(tied.parameters()) == 2            # each shared Parameter once
+
+
+def test_state_dict_round_trip_and_errors(backend):
+    gm.use(backend)
+    try:
+        a, b = nn.Linear(4, 3), nn.Linear(4, 3)
+    finally:
+        gm.use("auto")
+    weight = b.weight
+    b.load_state_dict(a.state_dict())
+    assert b.weight is weight                       # the Parameter object is kept
+    np.testing.assert_array_equal(b.weight.gather(), a.weight.gather())
+    snapshot = a.state_dict()
+    before = snapshot["weight"].gather()
+    a.weight.data = a.weight.data * 2               # training later does not change snapshots
+    np.testing.assert_array_equal(snapshot["weight"].gather(), before)
+    with pytest.raises(KeyError, match="missing: bias"):
+        b.load_state_dict({"weight": np.zeros((3, 4))})
+    with pytest.raises(KeyError, match="unexpected: extra"):
+        b.load_state_dict(dict(a.state_dict(), extra=np.zeros(1)))
+    with pytest.raises(ValueError, match=r"weight has shape \(4, 3\)"):
+        b.load_state_dict({"weight": np.zeros((4, 3)), "bias": np.zeros(3)})
+    missing, unexpected = b.load_state_dict({"bias": np.ones(3)}, strict=False)
+    assert missing == ["weight"] and unexpected == []
+    np.testing.assert_array_equal(b.bias.gather(), np.ones(3, np.float32))
+
+
+def test_module_to_moves_parameters_and_buffers(backend):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).to("cpu")
+    params = model.parameters()
+    model.to(backend)
+    assert model.parameters() == params
+    assert all(p.backend == backend for p in params)
+    assert all(b.backend == backend for b in model.buffers())
+
+
+def test_layer_argument_errors():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv2d(3, 4, 3, groups=2)
+    with pytest.raises(TypeError, match="kernel_size"):
+        nn.Conv2d(3, 4, "3")
+    with pytest.raises(ValueError, match="in_features"):
+        nn.Linear(0, 3)
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(3\): expected an input of 4-d"):
+        nn.BatchNorm2d(3)(gm.zeros(2, 3))
+    with pytest.raises(ValueError, match="p must be"):
+        nn.Dropout(1.0)
+
+
+def test_default_initialisation_matches_torch_bounds():
+    gm.seed(3)
+    conv = nn.Conv2d(16, 32, 3)
+    bound = 1 / math.sqrt(16 * 9)
+    w = conv.weight.gather()
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+    assert abs(w.mean()) < 0.1 * bound
+    assert np.abs(conv.bias.gather()).max() <= bound
+
+
+def test_initialisers():
+    gm.seed(0)
+    p = nn.Parameter(gm.zeros(400, 300))
+    init.xavier_uniform_(p)
+    assert np.abs(p.gather()).max() <= math.sqrt(6 / 700)
+    init.xavier_normal_(p)
+    np.testing.assert_allclose(p.gather().std(), math.sqrt(2 / 700), rtol=0.02)
+    init.kaiming_normal_(p, nonlinearity="relu")
+    np.testing.assert_allclose(p.gather().std(), math.sqrt(2 / 300), rtol=0.02)
+    init.kaiming_uniform_(p, nonlinearity="relu", mode="fan_out")
+    assert np.abs(p.gather()).max() <= math.sqrt(3) * math.sqrt(2 / 400)
+    init.trunc_normal_(p, std=0.1)
+    values = p.gather()
+    assert np.abs(values).max() <= 0.2
+    # a normal truncated at 2 sigma has std 0.8796 sigma
+    np.testing.assert_allclose(values.std(), 0.1 * 0.8796, rtol=0.03)
+    init.constant_(p, 0.25)
+    assert (p.gather() == 0.25).all()
+    gm.seed(5)
+    a = init.normal_(nn.Parameter(gm.zeros(3, 3, backend="cpu"))).gather()
+    gm.seed(5)
+    b = init.normal_(nn.Parameter(gm.zeros(3, 3))).gather()
+    np.testing.assert_array_equal(a, b)        # the same numbers on every backend
+    with pytest.raises(ValueError, match="unknown nonlinearity"):
+        init.calculate_gain("swish")
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        init.xavier_uniform_(nn.Parameter(gm.zeros(3)))

@@ -1,0 +1,148 @@
+"""Optimizers and schedules follow torch.optim's trajectories; state_dict resumes exactly."""
+import numpy as np
+import pytest
+import torch
+
+import gpumat as gm
+from gpumat import nn
+from gpumat.nn import optim
+
+RNG = np.random.default_rng(5)
+
+SGD_CASES = [dict(lr=0.1), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0.9,
+                                                             nesterov=True),
+             dict(lr=0.01, momentum=0.5, dampening=0.3, weight_decay=1e-2),
+             dict(lr=0.02, momentum=0.9, weight_decay=5e-4, nesterov=True)]
+ADAM_CASES = [dict(lr=1e-2), dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2)]
+
+
+def run_both(backend, make_ours, make_theirs, steps=6):
+    """The same parameters and gradient sequence through our optimizer and torch's."""
+    shapes = [(3, 4), (5,)]
+    start = [RNG.standard_normal(s) for s in shapes]
+    grads = [[RNG.standard_normal(s) for s in shapes] for _ in range(steps)]
+    ours = [nn.Parameter(gm.array(v.astype(np.float32), backend=backend)) for v in start]
+    theirs = [torch.tensor(v.astype(np.float32), requires_grad=True) for v in start]
+    opt, topt = make_ours(ours), make_theirs(theirs)
+    for step in grads:
+        for p, pt, g in zip(ours, theirs, step):
+            p.grad = gm.array(g.astype(np.float32), backend=backend)
+            pt.grad = torch.tensor(g.astype(np.float32))
+        opt.step()
+        topt.step()
+    for p, pt in zip(ours, theirs):
+        np.testing.assert_allclose(p.gather(), pt.detach().numpy(), rtol=1e-5, atol=1e-6)
+    return opt, ours
+
+
+@pytest.mark.parametrize("hyper", SGD_CASES, ids=str)
+def test_sgd_matches_torch(backend, hyper):
+    run_both(backend, lambda ps: optim.SGD(ps, **hyper), lambda ps: torch.optim.SGD(ps, **hyper))
+
+
+@pytest.mark.parametrize("hyper", ADAM_CASES, ids=str)
+def test_adam_matches_torch(backend, hyper):
+    run_both(backend, lambda ps: optim.Adam(ps, **hyper), lambda ps: torch.optim.Adam(ps, **hyper))
+
+
+def test_adamw_matches_torch(backend):
+    run_both(backend, lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=0.1, decoupled=True),
+             lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1))
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_state_dict_resumes_exactly(backend, kind):
+    make = (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9)) if kind == "sgd" else \
+        (lambda ps: optim.Adam(ps, lr=0.01))
+    grads = [RNG.standard_normal(4).astype(np.float32) for _ in range(6)]
+
+    def train(params, opt, gs):
+        for g in gs:
+            params[0].grad = gm.array(g, backend=backend)
+            opt.step()
+
+    straight = [nn.Parameter(gm.ones(4, backend=backend))]
+    train(straight, make(straight), grads)
+    first = [nn.Parameter(gm.ones(4, backend=backend))]
+    opt = make(first)
+    train(first, opt, grads[:3])
+    saved = {"state": {i: {k: (v.gather() if isinstance(v, gm.Array) else v)
+                           for k, v in s.items()} for i, s in opt.state_dict()["state"].items()},
+             "param_groups": opt.state_dict()["param_groups"]}
+    resumed = [nn.Parameter(gm.array(first[0].gather(), backend=backend))]
+    opt2 = make(resumed)
+    opt2.load_state_dict(saved)
+    train(resumed, opt2, grads[3:])
+    np.testing.assert_array_equal(resumed[0].gather(), straight[0].gather())
+
+
+def test_zero_grad_and_parameters_without_gradients(backend):
+    p, q = nn.Parameter(gm.ones(2, backend=backend)), nn.Parameter(gm.ones(2, backend=backend))
+    opt = optim.SGD([p, q], lr=1.0)
+    p.grad = gm.ones(2, backend=backend)
+    opt.step()                       # q has no gradient: left alone
+    np.testing.assert_array_equal(p.gather(), [0, 0])
+    np.testing.assert_array_equal(q.gather(), [1, 1])
+    opt.zero_grad()
+    assert p.grad is None
+
+
+def test_param_groups(backend):
+    p, q = nn.Parameter(gm.ones(1, backend=backend)), nn.Parameter(gm.ones(1, backend=backend))
+    opt = optim.SGD([{"params": [p]}, {"params": [q], "lr": 0.5}], lr=0.1)
+    p.grad = q.grad = gm.ones(1, backend=backend)
+    opt.step()
+    np.testing.assert_allclose([p.item(), q.item()], [0.9, 0.5])
+
+
+def test_optimizer_errors():
+    p = nn.Parameter(gm.ones(1))
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="Nesterov"):
+        optim.SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="invalid learning rate"):
+        optim.Adam([p], lr=-1)
+    with pytest.raises(TypeError, match="only optimise Parameters"):
+        optim.SGD([gm.ones(1)], lr=0.1)
+    with pytest.raises(ValueError, match="betas"):
+        optim.Adam([p], betas=(1.0, 0.9))
+
+
+SCHEDULES = [
+    (lambda o: optim.StepLR(o, 3, 0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
+    (lambda o: optim.MultiStepLR(o, [2, 5], 0.1),
+     lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [2, 5], 0.1)),
+    (lambda o: optim.CosineAnnealingLR(o, 7, 0.001),
+     lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 7, 0.001)),
+]
+
+
+@pytest.mark.parametrize("index", range(len(SCHEDULES)))
+def test_schedules_match_torch(index):
+    ours, theirs = SCHEDULES[index]
+    opt = optim.SGD([nn.Parameter(gm.ones(1))], lr=0.1)
+    topt = torch.optim.SGD([torch.ones(1, requires_grad=True)], lr=0.1)
+    s, ts = ours(opt), theirs(topt)
+    for _ in range(10):
+        np.testing.assert_allclose(s.get_last_lr(), ts.get_last_lr(), rtol=1e-12)
+        topt.step()
+        s.step()
+        ts.step()
+
+
+def test_warmup_then_cosine():
+    opt = optim.SGD([nn.Parameter(gm.ones(1))], lr=1.0)
+    s = optim.WarmupLR(opt, 4, after=optim.CosineAnnealingLR(opt, 10), start_factor=0.2)
+    lrs = []
+    for _ in range(15):
+        lrs.append(opt.param_groups[0]["lr"])
+        s.step()
+    np.testing.assert_allclose(lrs[:5], [0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(lrs[4 + 5], 0.5)          # cosine half-way
+    np.testing.assert_allclose(lrs[14], 0.0, atol=1e-12)
+    state = s.state_dict()
+    opt2 = optim.SGD([nn.Parameter(gm.ones(1))], lr=1.0)
+    s2 = optim.WarmupLR(opt2, 4, after=optim.CosineAnnealingLR(opt2, 10), start_factor=0.2)
+    s2.load_state_dict(state)
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
