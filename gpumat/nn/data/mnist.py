@@ -1,0 +1,47 @@
+"""MNIST and Fashion-MNIST on disk: the IDX image and label files of each split.
+
+Both datasets use the same four file names; a directory holds a split when it has that
+split's two files, gzip-compressed (the official ``.gz`` names) or unpacked (without ``.gz``).
+"""
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError
+from .idx import read_idx
+
+_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def file_names(split):
+    """The official (gzip) file names of a split: images then labels."""
+    prefix = _PREFIX[split]
+    return (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz")
+
+
+def find_mnist(directory, split):
+    """``(images path, labels path)`` of the split in ``directory``, or None where either is
+    missing.  The official ``.gz`` name is preferred to an unpacked copy."""
+    paths = []
+    for name in file_names(split):
+        candidates = [Path(directory) / name, Path(directory) / name.removesuffix(".gz")]
+        found = next((path for path in candidates if path.is_file()), None)
+        if found is None:
+            return None
+        paths.append(found)
+    return tuple(paths)
+
+
+def read_mnist(images_path, labels_path):
+    """uint8 images N x 1 x H x W and int64 labels N from an IDX pair, checked to fit together."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DatasetError(f"{images_path}: expected uint8 images N x H x W, "
+                           f"found {images.dtype} of shape {images.shape}")
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DatasetError(f"{labels_path}: expected uint8 labels N, "
+                           f"found {labels.dtype} of shape {labels.shape}")
+    if len(images) != len(labels):
+        raise DatasetError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                           f"{len(labels)} labels")
+    return images[:, None], labels.astype(np.int64)
