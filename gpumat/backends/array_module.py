@@ -188,3 +188,4 @@ class ArrayModuleBackend(Backend):
 
 from . import pool_array_module  # noqa: E402,F401  (attaches pool2d / pool2d_backward)
 from . import activations_array_module  # noqa: E402,F401  (bias_act, softmax, ...)
+from . import optimizers_array_module  # noqa: E402,F401  (fused SGD / Adam updates)

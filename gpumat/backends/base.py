@@ -245,6 +245,20 @@ class Backend:
         """Gradient of softmax / log_softmax given its output ``y``."""
         raise NotImplementedError
 
+    # ---- fused optimizer updates (gpumat/optimizers.py checks the arguments) --------------
+    # p, g and the state buffers are contiguous float natives of one dtype and shape; the
+    # updates write p and the buffers *in place* (the Array layer made them private first).
+    def sgd_update(self, p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+        """One SGD step (kernels/common/optimizers.h): buf is read and written only when
+        momentum != 0, and set to the decayed gradient when ``first``."""
+        raise NotImplementedError
+
+    def adam_update(self, p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+                    step_size, bias2_sqrt):
+        """One Adam (AdamW when ``decoupled``) step with the host-computed bias corrections
+        step_size = lr / (1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t)."""
+        raise NotImplementedError
+
 
 def gemm_dims(a_shape, b_shape, trans_a, trans_b):
     """(batch, M, N, K) of Backend.gemm's 3-d operands, op = transpose where trans_*."""

@@ -143,6 +143,7 @@ def create():
     from . import cuda_pool  # noqa: F401  (adds the pool2d kernels)
     from . import cuda_activations  # noqa: F401  (bias + activation, softmax kernels)
     from . import cuda_gemm  # noqa: F401  (adds the gemm kernel)
+    from . import cuda_optimizers  # noqa: F401  (fused SGD / Adam updates)
     backend = CUDABackend(0)
     try:       # a device can be listed yet unusable (e.g. all busy in exclusive mode)
         backend.free(backend.from_numpy(np.zeros(1, np.float32)))

@@ -7,8 +7,8 @@ same hyper-parameters train the same way.
     ...; opt.zero_grad(); loss.backward(); opt.step()      # per batch
     sched.step()                                           # per epoch
 
-Updates run on gpumat Arrays under ``no_grad`` and replace each Parameter's data (the
-Parameter object stays, so the model sees the new values).  ``state_dict`` /
+Each step is one fused kernel per parameter (``gm.sgd_update`` / ``gm.adam_update``) that
+updates the Parameter's Array and its state buffers in place.  ``state_dict`` /
 ``load_state_dict`` capture hyper-parameters, step counts and momentum buffers for resuming.
 """
 import math
@@ -128,18 +128,14 @@ class SGD(Optimizer):
             raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening 0")
 
     def _update(self, p, grad, state, group):
-        if group["weight_decay"]:
-            grad = grad + group["weight_decay"] * p.data
         momentum = group["momentum"]
-        if momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = grad.copy()
-            else:
-                buf = buf * momentum + (1 - group["dampening"]) * grad
-            state["momentum_buffer"] = buf
-            grad = grad + momentum * buf if group["nesterov"] else buf
-        p.data = p.data - group["lr"] * grad
+        buf = state.get("momentum_buffer")
+        first = momentum != 0 and buf is None
+        if first:
+            buf = state["momentum_buffer"] = gm.empty(*p.shape, dtype=p.dtype,
+                                                      backend=p.backend)
+        gm.sgd_update(p.data, grad, buf, group["lr"], momentum, group["dampening"],
+                      group["weight_decay"], group["nesterov"], first)
 
 
 class Adam(Optimizer):
@@ -159,22 +155,14 @@ class Adam(Optimizer):
             raise ValueError(f"Adam: betas must be in [0, 1), got {group['betas']}")
 
     def _update(self, p, grad, state, group):
+        if "exp_avg" not in state:
+            state["exp_avg"] = gm.zeros(*p.shape, dtype=p.dtype, backend=p.backend)
+            state["exp_avg_sq"] = gm.zeros(*p.shape, dtype=p.dtype, backend=p.backend)
+        state["step"] = state.get("step", 0) + 1
         b1, b2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
-        data = p.data
-        if wd and group["decoupled"]:
-            data = data * (1 - lr * wd)
-        elif wd:
-            grad = grad + wd * data
-        step = state.get("step", 0) + 1
-        m = state.get("exp_avg")
-        v = state.get("exp_avg_sq")
-        m = grad * (1 - b1) if m is None else m * b1 + grad * (1 - b1)
-        v = grad * grad * (1 - b2) if v is None else v * b2 + grad * grad * (1 - b2)
-        state.update(step=step, exp_avg=m, exp_avg_sq=v)
-        step_size = lr / (1 - b1 ** step)
-        denominator = gm.sqrt(v) / math.sqrt(1 - b2 ** step) + group["eps"]
-        p.data = data - step_size * m / denominator
+        gm.adam_update(p.data, grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
+                       group["lr"], b1, b2, group["eps"], group["weight_decay"],
+                       group["decoupled"])
 
 
 # ---- learning-rate schedules ------------------------------------------------------------------
