@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Sets up a development environment (idempotently) and runs gpumat's demo or tests.
 #
-#   ./dev.sh run [ARGS...]    python -m gpumat demo ARGS...
+#   ./dev.sh run [ARGS...]    the main job: train LeNet-5 on Fashion-MNIST on the best
+#                             backend (python -m gpumat train lenet5 --dataset
+#                             fashion-mnist --epochs 10 ARGS...; e.g. --backend cpu)
 #   ./dev.sh test [ARGS...]   python -m pytest -q ARGS...   (tests/ by default;
 #                             requires the native module and the opencl backend)
+#   ./dev.sh demo [ARGS...]   python -m gpumat demo ARGS... (the kernels vs NumPy)
 #   ./dev.sh setup            only the setup below
 #
 # Setup, each step skipped when already done:
 #   1. Debian packages: PoCL (an OpenCL device on the CPU), the OpenCL ICD
-#      loader and headers, clinfo, CLBlast.  Needs root (or sudo); otherwise
-#      the commands to run are printed and setup goes on without them.
+#      loader and headers, clinfo, CLBlast, and Fashion-MNIST (the main job's
+#      data).  Needs root (or sudo); otherwise the commands to run are printed
+#      and setup goes on without them.
 #   2. .venv, a virtual environment made by python3 -m venv ($PYTHON overrides).
 #   3. pip install -e ".[opencl,test]" into it (plus the cuda extra where
 #      nvidia-smi sees a GPU), repeated only when
@@ -25,7 +29,7 @@ VENV="$REPO_ROOT/.venv"
 VENV_PYTHON="$VENV/bin/python"
 BOOTSTRAP_PYTHON="${PYTHON:-python3}"
 INSTALL_STAMP="$VENV/.gpumat-install-stamp"
-APT_PACKAGES=(pocl-opencl-icd ocl-icd-opencl-dev clinfo libclblast-dev)
+APT_PACKAGES=(pocl-opencl-icd ocl-icd-opencl-dev clinfo libclblast-dev dataset-fashion-mnist)
 
 # A machine with an NVIDIA driver and GPU also gets CuPy, and its tests then require cuda.
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -57,7 +61,7 @@ timed() {
 }
 
 usage() {
-    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 # ------------------------------------------------------------------ setup steps
@@ -184,6 +188,10 @@ command=${1:-}
 
 case "$command" in
     run)
+        setup
+        exec "$VENV_PYTHON" -m gpumat train lenet5 --dataset fashion-mnist --epochs 10 "$@"
+        ;;
+    demo)
         setup
         exec "$VENV_PYTHON" -m gpumat demo "$@"
         ;;

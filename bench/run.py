@@ -1,6 +1,6 @@
 """Run gpumat's benchmark suites with pytest-benchmark, then tabulate, save and plot them.
 
-    python bench/run.py [--full] [--backends cpu,opencl] [--suite sgemm,conv,pool,act,sushi2]
+    python bench/run.py [--full] [--backends cpu,opencl] [--suite sgemm,conv,pool,act,sushi2,train]
                         [--out bench/results] [--stat min|median] [-- extra pytest arguments]
     python bench/run.py --report bench/results/bench-quick-<date>.json   (tables + PNGs again)
 
@@ -11,6 +11,7 @@ Suites (files bench/bench_<suite>.py, which the test suite never collects):
   pool    max and avg pooling, forward and backward, on those layers vs PyTorch
   act     relu (+ backward), bias_relu and softmax on conv outputs vs PyTorch and NumPy
   sushi2  the four tasks of the Sushi2 paper's Table 1 vs NumPy
+  train   LeNet-5 and ResNet-20 training steps (gpumat.nn) vs PyTorch, in kimages/s
 
 Prints one table per suite: GFLOP/s or GB/s from the best time of each benchmark's rounds
 (--stat median for the median), and the ratio of each gpumat backend to each peer measured in
@@ -43,6 +44,7 @@ SUITES = {
     "pool": ("bench_pool.py", ["max_pool2d", "avg_pool2d"]),
     "act": ("bench_act.py", ["relu"]),
     "sushi2": ("bench_sushi2.py", []),
+    "train": ("bench_train.py", []),           # gpumat.nn training steps vs PyTorch
 }
 
 
@@ -202,7 +204,8 @@ def _plot(suite, rows, path, title, stat, devices):
             ticks = sorted({r["x"] for r in panel_rows})
             ax.set_xticks(ticks)
             ax.set_xticklabels([str(t) for t in ticks])
-            ax.set_xlabel("matrix size n (n x n x n)" if suite == "sgemm" else "size")
+            xlabels = {"sgemm": "matrix size n (n x n x n)", "train": "batch"}
+            ax.set_xlabel(xlabels.get(suite, "size"))
         else:
             ax.set_xlim(-0.5, len(labels) - 0.5)
             ax.set_xticks(range(len(labels)))

@@ -1,5 +1,9 @@
-"""Command line: ``python -m gpumat demo`` (the main job until the training CLI lands),
-``python -m gpumat info`` (backends and devices)."""
+"""Command line:
+
+    python -m gpumat train MODEL --dataset fashion-mnist ...   train a network (gpumat/nn/cli.py)
+    python -m gpumat demo                                      check gpumat's kernels vs NumPy
+    python -m gpumat info                                      backends and devices
+"""
 import argparse
 import sys
 import time
@@ -90,8 +94,27 @@ def main(argv=None):
     demo.set_defaults(func=_demo)
     info = sub.add_parser("info", help="list backends and devices")
     info.set_defaults(func=_info)
+    from .nn import cli as train_cli
+    train = sub.add_parser("train", help="train a CNN on MNIST, Fashion-MNIST or CIFAR-10",
+                           description=train_cli.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    train_cli.add_arguments(train)
+    train.set_defaults(func=lambda a: _train(a, train))
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+def _train(args, parser):
+    from .errors import GpumatError
+    from .nn import cli as train_cli
+    from .nn.train import TrainingInterrupted
+    try:
+        return train_cli.run(args, parser)
+    except TrainingInterrupted:
+        return 130
+    except (GpumatError, FileNotFoundError) as exc:    # bad files, missing data: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import gpumat.nn.functional as F
 from gpumat import nn
 from gpumat.nn import init
 from gpumat.nn.gradcheck import gradcheck
+from torch_parity import assert_matches_torch
 
 RNG = np.random.default_rng(99)
 
@@ -48,10 +49,6 @@ LAYERS = {
 }
 
 
-def to_torch_state(module):
-    return {k: torch.from_numpy(np.array(v.gather())) for k, v in module.state_dict().items()}
-
-
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_layer_matches_torch(backend, name):
     make, make_torch, shape = LAYERS[name]
@@ -60,24 +57,9 @@ def test_layer_matches_torch(backend, name):
         ours, theirs = make(), make_torch()
     finally:
         gm.use("auto")
-    theirs.load_state_dict(to_torch_state(ours))
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
     x = RNG.uniform(-2, 2, shape).astype(np.float32)
-    xv = nn.Variable(gm.array(x, backend=backend), requires_grad=True)
-    xt = torch.tensor(x, requires_grad=True)
-    for _ in range(2):            # twice: batch norm's running statistics move
-        y, yt = ours(xv), theirs(xt)
-        np.testing.assert_allclose(y.gather(), yt.detach().numpy(), rtol=1e-4, atol=1e-5)
-    weights = RNG.standard_normal(yt.shape).astype(np.float32)
-    y.backward(gm.array(weights, backend=backend))
-    (yt * torch.from_numpy(weights)).sum().backward()
-    np.testing.assert_allclose(xv.grad.gather(), xt.grad.numpy(), rtol=1e-4, atol=1e-5)
-    for (n, p), (_, pt) in zip(ours.named_parameters(), theirs.named_parameters()):
-        np.testing.assert_allclose(p.grad.gather(), pt.grad.numpy(), rtol=1e-4, atol=1e-4,
-                                   err_msg=n)
-    for k, v in ours.state_dict().items():      # buffers (running statistics) included
-        np.testing.assert_allclose(v.gather(), theirs.state_dict()[k].numpy(), rtol=1e-5,
-                                   atol=1e-6, err_msg=k)
+    assert_matches_torch(ours, theirs, shape, backend, passes=2, data=x)   # 2: BN's stats move
 
 
 @pytest.mark.parametrize("name", ["conv", "depthwise", "linear", "bn2d", "bn1d", "lrn",
@@ -231,3 +213,21 @@ def test_initialisers():
         init.calculate_gain("swish")
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         init.xavier_uniform_(nn.Parameter(gm.zeros(3)))
+
+
+def test_load_state_dict_keeps_0d_buffers_and_is_all_or_nothing(backend):
+    gm.use(backend)
+    try:
+        bn = nn.BatchNorm2d(2)
+    finally:
+        gm.use("auto")
+    torch_state = torch.nn.BatchNorm2d(2).state_dict()
+    torch_state["num_batches_tracked"] += 5
+    bn.load_state_dict({k: v.numpy() for k, v in torch_state.items()})
+    assert bn.num_batches_tracked.shape == () and int(bn.num_batches_tracked.item()) == 5
+    bad = {k: v.numpy() for k, v in torch_state.items()}
+    bad["weight"] = np.full(2, 7.0, np.float32)
+    bad["running_var"] = np.ones(3, np.float32)           # wrong shape, after weight
+    with pytest.raises(ValueError, match="running_var has shape"):
+        bn.load_state_dict(bad)
+    np.testing.assert_array_equal(bn.weight.gather(), np.ones(2))   # nothing was loaded

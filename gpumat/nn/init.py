@@ -41,30 +41,36 @@ def fan_in_and_fan_out(shape):
     return shape[1] * receptive, shape[0] * receptive
 
 
+def _data(target):
+    if not isinstance(target, Variable):
+        raise TypeError(f"initialisers fill a Parameter or Variable, got {type(target).__name__}")
+    return target.data
+
+
 def _fill(target, host):
     """Write the NumPy values ``host`` into ``target`` (Parameter/Variable) on its backend."""
-    data = target.data if isinstance(target, Variable) else None
-    if data is None:
-        raise TypeError(f"initialisers fill a Parameter or Variable, got {type(target).__name__}")
-    target.data = gm.array(host.astype(data.dtype), backend=data.backend)
+    data = _data(target)
+    target.data = gm.array(host.astype(data.dtype, copy=False), backend=data.backend)
     return target
 
 
-def _uniform_host(shape, low, high):
-    u = gm.rand(*shape, dtype="double", backend="cpu").gather()
+def _uniform_host(shape, low, high, dtype):
+    """Draws in the parameter's precision (float32 for most models: four times faster to
+    generate than float64, and what the weights keep anyway)."""
+    u = gm.rand(*shape, dtype=dtype, backend="cpu").gather()
     return low + (high - low) * u
 
 
-def _normal_host(shape, mean, std):
-    return mean + std * gm.randn(*shape, dtype="double", backend="cpu").gather()
+def _normal_host(shape, mean, std, dtype):
+    return mean + std * gm.randn(*shape, dtype=dtype, backend="cpu").gather()
 
 
 def uniform_(target, a=0.0, b=1.0):
-    return _fill(target, _uniform_host(target.shape, a, b))
+    return _fill(target, _uniform_host(target.shape, a, b, _data(target).dtype))
 
 
 def normal_(target, mean=0.0, std=1.0):
-    return _fill(target, _normal_host(target.shape, mean, std))
+    return _fill(target, _normal_host(target.shape, mean, std, _data(target).dtype))
 
 
 def constant_(target, value):
@@ -119,13 +125,14 @@ def trunc_normal_(target, mean=0.0, std=0.1, a=None, b=None):
     high = mean + 2 * std if b is None else b
     if not low < high:
         raise ValueError(f"trunc_normal_: the interval [{low}, {high}] is empty")
-    values = _normal_host(target.shape, mean, std)
+    dtype = _data(target).dtype
+    values = _normal_host(target.shape, mean, std, dtype)
     outside = (values < low) | (values > high)
     for _ in range(100):
         count = int(outside.sum())
         if not count:
             break
-        values[outside] = _normal_host((count,), mean, std)
+        values[outside] = _normal_host((count,), mean, std, dtype)
         outside = (values < low) | (values > high)
     # an interval far in the tail can defeat redrawing: clip the stragglers
     return _fill(target, np.clip(values, low, high))

@@ -14,10 +14,17 @@ import numpy as np
 import gpumat as gm
 
 from ..array import Array
-from ..errors import ShapeError
+from ..errors import GpumatError, ShapeError
 from .autograd import Variable
 
-__all__ = ["Parameter", "Module", "Sequential", "ModuleList"]
+__all__ = ["Parameter", "Module", "Sequential", "ModuleList", "StateDictError"]
+
+
+class StateDictError(GpumatError, KeyError):
+    """A state_dict whose names do not match the model's; the message lists them."""
+
+    def __str__(self):                  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
 
 
 class Parameter(Variable):
@@ -42,7 +49,7 @@ def _as_array_like(value, like, name):
         host = np.asarray(value)
         if host.dtype.kind not in "biuf":
             raise TypeError(f"load_state_dict: {name} holds data of dtype {host.dtype}")
-        out = gm.array(np.ascontiguousarray(host), backend=like.backend)
+        out = gm.array(np.asarray(host, order="C"), backend=like.backend)   # keeps 0-d
     if out.shape != like.shape:
         raise ShapeError(f"load_state_dict: {name} has shape {out.shape} in the state, but the "
                          f"model's has shape {like.shape}")
@@ -222,15 +229,22 @@ class Module:
                 parts.append("missing: " + ", ".join(missing))
             if unexpected:
                 parts.append("unexpected: " + ", ".join(unexpected))
-            raise KeyError(f"load_state_dict into {type(self).__name__}: " + "; ".join(parts))
+            raise StateDictError(f"load_state_dict into {type(self).__name__}: "
+                                 + "; ".join(parts))
+        # convert (and so check) every entry before changing any: a bad entry leaves the
+        # model as it was
+        converted = {}
         for key, (module, name, is_parameter) in own.items():
-            if key not in state:
-                continue
+            if key in state:
+                current = module._parameters[name].data if is_parameter else \
+                    module._buffers[name]
+                converted[key] = _as_array_like(state[key], current, key)
+        for key, value in converted.items():
+            module, name, is_parameter = own[key]
             if is_parameter:
-                p = module._parameters[name]
-                p.data = _as_array_like(state[key], p.data, key)
+                module._parameters[name].data = value
             else:
-                module._buffers[name] = _as_array_like(state[key], module._buffers[name], key)
+                module._buffers[name] = value
         return missing, unexpected
 
     # ---- calling ------------------------------------------------------------------------------

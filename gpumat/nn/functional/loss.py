@@ -5,7 +5,8 @@ import gpumat as gm
 from ...errors import DtypeError, ShapeError
 from ..autograd import Function, Variable, as_array
 
-__all__ = ["cross_entropy", "nll_loss", "mse_loss", "one_hot", "top1", "top5", "topk_correct"]
+__all__ = ["cross_entropy", "nll_loss", "mse_loss", "one_hot", "top1", "top5", "topk_correct",
+           "topk_hits"]
 
 
 def _targets(target, logits, what):
@@ -139,16 +140,22 @@ def mse_loss(prediction, target, reduction="mean"):
     return MSELoss.apply(prediction, target, reduction=_reduction(reduction, "mse_loss"))
 
 
-def topk_correct(logits, target, k):
+def topk_hits(logits, target, k):
     """How many rows of ``logits`` (N x C) rank their target class among their ``k`` highest
-    scores.  A row's rank is the number of classes scored strictly higher than the target,
-    so ties count in the target's favour."""
+    scores, as a 0-d int64 Array left on the device (sum it over batches, read it once).  A
+    row's rank is the number of classes scored strictly higher than the target, so ties
+    count in the target's favour."""
     x = logits.data if isinstance(logits, Variable) else logits
     t = _targets(target, x, "topk_correct")
     is_target = one_hot(t, x.shape[1], "logical")
     target_score = gm.where(is_target, x, 0).sum(axis=1, keepdims=True)
     higher = (x > target_score).astype("int32").sum(axis=1)
-    return int((higher < k).sum().item())
+    return (higher < k).sum()
+
+
+def topk_correct(logits, target, k):
+    """``topk_hits`` as a Python int."""
+    return int(topk_hits(logits, target, k).item())
 
 
 def top1(logits, target):

@@ -125,7 +125,7 @@ class LocalResponseNorm(Function):
         return y
 
     def backward(self, grad):
-        x, n, c = self.x, self.x.shape[0], self.x.shape[1]
+        x, n = self.x, self.x.shape[0]
         # through the window: d y_c / d x_j = -2 alpha beta x_j / size * sum over the windows
         # c that contain j of grad_c y_c / denominator_c (avg_pool's adjoint)
         through = (grad * self.y / self.denominator).reshape(self.planes_shape)

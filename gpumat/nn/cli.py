@@ -1,0 +1,164 @@
+"""``python -m gpumat train``: train a zoo model or a JSON network definition on MNIST,
+Fashion-MNIST or CIFAR-10 on the best backend (or the one named), from the command line.
+
+    python -m gpumat train lenet5 --dataset fashion-mnist --epochs 10 --out runs/lenet5
+    python -m gpumat train --netdef my_net.json --dataset mnist --optimizer adam --lr 1e-3
+    python -m gpumat train lenet5 --dataset fashion-mnist --out runs/lenet5 \\
+        --resume runs/lenet5/checkpoint.npz --epochs 20
+
+Images are scaled to [0, 1] and normalised with the dataset's mean and std, and zero-padded
+to the model's input size (28 x 28 digits become 32 x 32 for LeNet-5 and the CIFAR ResNets).
+CIFAR-10 trains with random 4-pixel crops and horizontal flips unless ``--no-augment``.
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+
+import gpumat as gm
+
+from . import models, netdef, optim
+from .data import DataLoader, load_dataset
+from .train import fit
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10")
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
+
+
+def add_arguments(parser):
+    parser.add_argument("model", nargs="?", help="a zoo model: " + ", ".join(models.names()))
+    parser.add_argument("--netdef", metavar="FILE",
+                        help="a JSON network definition to train instead of a zoo model")
+    parser.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    parser.add_argument("--data", metavar="DIR",
+                        help="where the dataset files are (default: $GPUMAT_DATA, the user "
+                             "cache, Debian's /usr/share/datasets; downloaded if missing)")
+    parser.add_argument("--no-download", action="store_true",
+                        help="fail instead of downloading missing dataset files")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, help="learning rate (default: sgd 0.05, adam 1e-3)")
+    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--schedule", default="cosine", choices=("cosine", "step", "none"),
+                        help="per-epoch learning-rate schedule (step: x0.1 every third of "
+                             "the epochs)")
+    parser.add_argument("--warmup", type=int, default=0, help="epochs of linear warm-up")
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--no-augment", action="store_true",
+                        help="no random crops and flips (CIFAR-10 uses them by default)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "opencl", "cuda"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="where metrics.json, model.npz, checkpoint.npz and curves.png go "
+                             "(default: runs/<model>-<dataset>)")
+    parser.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.npz")
+    parser.add_argument("--limit-train", type=int, metavar="N",
+                        help="use only the first N training images (quick runs)")
+    parser.add_argument("--limit-test", type=int, metavar="N",
+                        help="use only the first N test images")
+
+
+def _check(args, parser):
+    if (args.model is None) == (args.netdef is None):
+        parser.error("name a zoo model or give --netdef FILE (exactly one)")
+    if args.model is not None and args.model not in models.names():
+        parser.error(f"unknown model {args.model!r}; choose from {', '.join(models.names())}")
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.lr is not None and args.lr <= 0:
+        parser.error("--lr must be positive")
+
+
+def _build_model(args, dataset):
+    """The model and the (channels, height, width) it takes."""
+    channels = dataset.images.shape[1]
+    if args.netdef is not None:
+        model = netdef.load(args.netdef)
+        shape = tuple(model.input_shape)
+        if shape[0] != channels:
+            raise SystemExit(f"error: {args.netdef} takes {shape[0]}-channel input but "
+                             f"{args.dataset} images have {channels}")
+        return model, shape
+    entry = models.spec(args.model)
+    model = models.get(args.model, num_classes=len(dataset.classes), in_channels=channels)
+    return model, (channels,) + tuple(entry.input_size)
+
+
+def _loaders(args, train, test, input_shape):
+    height, width = input_shape[1:]
+    h, w = train.images.shape[2:]
+    if (h, w) != (height, width) and (h > height or w > width):
+        raise SystemExit(f"error: the model takes {height}x{width} images but {args.dataset} "
+                         f"has {h}x{w}")
+    pad = (height, width) if (h, w) != (height, width) else None
+    augment = args.dataset == "cifar10" and not args.no_augment
+    common = dict(batch_size=args.batch_size, normalize=True, pad_to=pad, backend=args.backend)
+    train_loader = DataLoader(train, shuffle=True, drop_last=False, seed=args.seed,
+                              random_crop=4 if augment else None, hflip=augment, **common)
+    test_loader = DataLoader(test, **common)
+    return train_loader, test_loader
+
+
+def _subset(dataset, limit):
+    if limit is None or limit >= len(dataset):
+        return dataset
+    from .data import Dataset
+    return Dataset(dataset.images[:limit], dataset.labels[:limit], dataset.classes,
+                   dataset.name, dataset.split, dataset.mean, dataset.std, dataset.path)
+
+
+def _optimizer(args, model, epochs):
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    if args.optimizer == "sgd":
+        opt = optim.SGD(model.parameters(), lr=lr, momentum=args.momentum,
+                        weight_decay=args.weight_decay, nesterov=args.momentum > 0)
+    else:
+        opt = optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    after = None
+    span = max(epochs - args.warmup, 1)
+    if args.schedule == "cosine":
+        after = optim.CosineAnnealingLR(opt, span)
+    elif args.schedule == "step":
+        after = optim.StepLR(opt, max(span // 3, 1), 0.1)
+    if args.warmup:
+        return opt, optim.WarmupLR(opt, args.warmup, after)
+    return opt, after
+
+
+def run(args, parser=None):
+    parser = parser or argparse.ArgumentParser()
+    _check(args, parser)
+    backend = gm.use(args.backend)
+    args.backend = backend
+    gm.seed(args.seed)
+    name = args.model or os.path.splitext(os.path.basename(args.netdef))[0]
+    out = args.out or os.path.join("runs", f"{name}-{args.dataset}")
+    download = not args.no_download
+    train = _subset(load_dataset(args.dataset, args.data, "train", download), args.limit_train)
+    test = _subset(load_dataset(args.dataset, args.data, "test", download), args.limit_test)
+    model, input_shape = _build_model(args, train)
+    model.to(backend)
+    train_loader, test_loader = _loaders(args, train, test, input_shape)
+    optimizer, scheduler = _optimizer(args, model, args.epochs)
+    device = gm.backends()[backend]["device"]
+    params = sum(p.size for p in model.parameters())
+    print(f"gpumat {gm.__version__}: training {name} ({params:,} parameters) on "
+          f"{args.dataset} ({len(train):,} train / {len(test):,} test images, input "
+          f"{'x'.join(map(str, input_shape))}) on backend {backend!r}: {device}")
+    print(f"{args.optimizer} lr {optimizer.param_groups[0]['lr']:g}, batch {args.batch_size}, "
+          f"{args.epochs} epochs, schedule {args.schedule}; writing to {out}/")
+    info = {"model": name, "dataset": args.dataset, "backend": backend, "device": device,
+            "parameters": params, "host": platform.node(), "started": time.strftime(
+                "%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv),
+            "arguments": {k: v for k, v in vars(args).items() if k != "func"}}
+    history = fit(model, optimizer, train_loader, test_loader, args.epochs, scheduler, out,
+                  resume=args.resume, label_smoothing=args.label_smoothing, info=info)
+    if history:
+        best = max(e["test_top1"] for e in history)
+        print(f"done: final test top-1 {100 * history[-1]['test_top1']:.2f}% (best "
+              f"{100 * best:.2f}%); metrics, model and curves in {out}/")
+    return 0

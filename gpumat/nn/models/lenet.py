@@ -1,0 +1,95 @@
+"""LeNet-5 in its classic PyTorch form, and TensorFlow's "Deep MNIST" convolutional net.
+
+Both keep PyTorch's parameter names (``conv1.weight``, ``fc1.bias``, ...: the names of the
+PyTorch tutorial's ``Net``), and hold their activations and poolings as modules so that
+``nn.summary`` lists every step.
+"""
+from .. import init
+from ..layers import AvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Tanh
+from ..module import Module
+from ._common import check_choice
+
+__all__ = ["LeNet5", "LeNetTF", "lenet5", "lenet_tf"]
+
+
+class LeNet5(Module):
+    """conv 5x5 (6) -> pool 2 -> conv 5x5 (16) -> pool 2 -> fc 400-120-84-num_classes on a
+    32 x 32 image: 61,706 parameters for 10 classes (156 + 2,416 + 48,120 + 10,164 + 850).
+
+    ``activation="relu"`` is the PyTorch tutorial's network (ReLU, max pooling).
+    ``activation="tanh"`` is closer to LeCun et al. (1998): tanh and 2 x 2 average pooling,
+    LeNet-5's "subsampling".  The 1998 net also scaled each subsampled map by a trainable
+    coefficient, connected C3 to only some S2 maps and ended in RBF units; here, as in most
+    modern renderings, pooling has no parameters, C3 is fully connected and the output is a
+    plain linear layer, so both forms have the same parameters and state_dict keys.  Each
+    convolution is followed by its activation, then the pooling (the tutorial's order)."""
+
+    def __init__(self, num_classes=10, activation="relu", in_channels=1):
+        super().__init__()
+        check_choice(activation, ("relu", "tanh"), "activation", "LeNet5")
+        act = ReLU if activation == "relu" else Tanh
+        pool = (lambda: MaxPool2d(2)) if activation == "relu" else (lambda: AvgPool2d(2))
+        self.activation = activation
+        self.input_shape = (in_channels, 32, 32)
+        self.conv1 = Conv2d(in_channels, 6, 5)
+        self.act1, self.pool1 = act(), pool()
+        self.conv2 = Conv2d(6, 16, 5)
+        self.act2, self.pool2 = act(), pool()
+        self.flatten = Flatten()
+        self.fc1 = Linear(16 * 5 * 5, 120)
+        self.act3 = act()
+        self.fc2 = Linear(120, 84)
+        self.act4 = act()
+        self.fc3 = Linear(84, num_classes)
+
+    def forward(self, x):
+        x = self.pool1(self.act1(self.conv1(x)))
+        x = self.pool2(self.act2(self.conv2(x)))
+        x = self.act3(self.fc1(self.flatten(x)))
+        return self.fc3(self.act4(self.fc2(x)))
+
+    def extra_repr(self):
+        return f"activation={self.activation!r}"
+
+
+class LeNetTF(Module):
+    """TensorFlow's "Deep MNIST for experts" net on 28 x 28 digits: conv 5x5x32 (padding 2)
+    -> ReLU -> max pool 2 -> conv 5x5x64 (padding 2) -> ReLU -> max pool 2 -> fc 3136-1024
+    -> ReLU -> dropout 0.5 -> fc 1024-num_classes (3,274,634 parameters for 10 classes).
+
+    Weights start from a normal with std 0.1 truncated at 2 std, biases at 0.1, as the
+    tutorial's ``weight_variable`` and ``bias_variable``.  The flattened features are in
+    PyTorch's C x H x W order (TensorFlow's were H x W x C), which only permutes fc1's
+    input columns."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.input_shape = (in_channels, 28, 28)
+        self.conv1 = Conv2d(in_channels, 32, 5, padding=2)
+        self.relu1, self.pool1 = ReLU(), MaxPool2d(2)
+        self.conv2 = Conv2d(32, 64, 5, padding=2)
+        self.relu2, self.pool2 = ReLU(), MaxPool2d(2)
+        self.flatten = Flatten()
+        self.fc1 = Linear(7 * 7 * 64, 1024)
+        self.relu3 = ReLU()
+        self.dropout = Dropout(0.5)
+        self.fc2 = Linear(1024, num_classes)
+        for layer in (self.conv1, self.conv2, self.fc1, self.fc2):
+            init.trunc_normal_(layer.weight, std=0.1)
+            init.constant_(layer.bias, 0.1)
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        x = self.dropout(self.relu3(self.fc1(self.flatten(x))))
+        return self.fc2(x)
+
+
+def lenet5(num_classes=10, activation="relu", in_channels=1):
+    """LeNet-5 for 32 x 32 images (pad 28 x 28 digits by 2); see ``LeNet5``."""
+    return LeNet5(num_classes, activation, in_channels)
+
+
+def lenet_tf(num_classes=10, in_channels=1):
+    """TensorFlow's Deep MNIST net for 28 x 28 images; see ``LeNetTF``."""
+    return LeNetTF(num_classes, in_channels)
