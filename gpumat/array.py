@@ -7,6 +7,7 @@ Array ever sees another change under it, on any backend.  Every operation valida
 arguments here, then calls the backend through the interface in ``backends/base.py``; this
 module knows no backend by name.
 """
+import math
 import numbers
 
 import numpy as np
@@ -416,9 +417,10 @@ def _shape_args(args, allow_minus_one=False):
         args = tuple(int(v) for v in args[0].gather().ravel())
     shape = []
     for s in args:
-        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (numbers.Integral, Array)):
-            raise TypeError(f"shape entries must be integers, got {s!r} in {tuple(args)}")
-        s = int(s)
+        if type(s) is not int:      # plain ints (the common case) skip the ABC checks
+            if isinstance(s, (bool, np.bool_)) or not isinstance(s, (numbers.Integral, Array)):
+                raise TypeError(f"shape entries must be integers, got {s!r} in {tuple(args)}")
+            s = int(s)
         if s < 0 and not (allow_minus_one and s == -1):
             raise ShapeError(f"negative dimension {s} in shape {tuple(args)}")
         shape.append(s)
@@ -426,15 +428,15 @@ def _shape_args(args, allow_minus_one=False):
 
 
 def _resolve_reshape(old, new):
-    size = int(np.prod(old, dtype=np.int64))
+    size = math.prod(old)
     if new.count(-1) > 1:
         raise ShapeError(f"reshape: only one dimension can be -1, got {new}")
     if -1 in new:
-        known = int(np.prod([s for s in new if s != -1], dtype=np.int64))
+        known = math.prod(s for s in new if s != -1)
         if known == 0 or size % known:
             raise ShapeError(f"cannot reshape an Array of shape {old} into shape {new}")
         new = tuple(size // known if s == -1 else s for s in new)
-    if int(np.prod(new, dtype=np.int64)) != size:
+    if math.prod(new) != size:
         raise ShapeError(f"cannot reshape an Array of shape {old} ({size} elements) into "
                          f"shape {new}")
     return new

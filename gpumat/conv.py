@@ -39,7 +39,9 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # ---- argument checks ------------------------------------------------------------------------
 
 def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+    # plain ints (the common case) skip the ABC check
+    return type(v) is int or (isinstance(v, numbers.Integral)
+                              and not isinstance(v, (bool, np.bool_)))
 
 
 def _pair(value, name, what, minimum):
@@ -198,7 +200,9 @@ def _columns(backend, x, geometry, groups):
     if geometry.pointwise:          # stride 1, no padding: the input already is the matrix
         cols = x.reshape(n, c, h * width)
     else:
-        cols = Array._wrap(backend, backend.im2col(x._live, *geometry.args()))
+        # cpu: read-only columns, which the weight gradient reuses from the forward pass
+        shared = {"shared": True} if getattr(backend, "shares_columns", False) else {}
+        cols = Array._wrap(backend, backend.im2col(x._live, *geometry.args(), **shared))
     if groups > 1:
         cols = cols.reshape(n, groups, cols.shape[1] // groups, cols.shape[2])
     return cols

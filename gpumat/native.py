@@ -5,6 +5,11 @@ otherwise falls back to `pack_signs_numpy`, which gives bit-identical results;
 the first fallback warns once with `NativeFallbackWarning`, saying why the
 native module is missing.  This module itself imports without the compiled
 module, so a source checkout that was never built still works (slowly).
+
+The cpu backend's other native kernels (pooling, im2col / col2im, bias +
+activation and their gradients) are reached through `kernels()`, which gives
+the module or, after the same one warning, None; the backend then runs the
+NumPy twin, the array-module method it inherits (gpumat/backends/cpu.py).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 __all__ = [
     "HAVE_NATIVE",
     "NativeFallbackWarning",
+    "kernels",
     "native_import_error",
     "openmp_threads",
     "pack_signs",
@@ -115,6 +121,13 @@ def pack_signs(x: np.ndarray) -> np.ndarray:
         return _native.pack_signs(x)
     _warn_fallback_once()
     return pack_signs_numpy(x)
+
+
+def kernels():
+    """The compiled module gpumat._native, or None (warning once) where it is missing."""
+    if _native is None:
+        _warn_fallback_once()
+    return _native
 
 
 def openmp_threads() -> int:

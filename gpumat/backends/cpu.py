@@ -1,4 +1,13 @@
-"""The cpu backend: NumPy/BLAS, plus gpumat's native module for the kernels NumPy lacks."""
+"""The cpu backend: NumPy/BLAS, plus gpumat's native module for the kernels NumPy lacks.
+
+Pooling, im2col / col2im and the fused activations run in the native module (kernels/cpu/)
+when it is built, and otherwise, after one NativeFallbackWarning, on their NumPy twins: the
+array-module methods this class inherits (gpumat/backends/*_array_module.py), which give the
+same values, bit for bit except the bias gradient (accumulated in float64 natively), elu
+(libm's exp against NumPy's) and average pooling over big tiles (NumPy sums those in
+another order).  The native kernels run on the calling thread for any size a CPU network
+usually has: see kernels/cpu/parallel.hpp for why.
+"""
 import functools
 import os
 import platform
@@ -8,11 +17,20 @@ import numpy as np
 from .. import native
 from ..errors import DeviceMemoryError
 from .array_module import ArrayModuleBackend
+from .base import ACTIVATIONS
+from .cpu_columns import ColumnCache
+
+#: the native max pooling tracks positions in int32: larger planes take the NumPy path
+_NATIVE_PLANE_LIMIT = 2 ** 31
 
 
 class CPUBackend(ArrayModuleBackend):
     name = "cpu"
     xp = np
+
+    def __init__(self):
+        super().__init__()
+        self._columns = ColumnCache()
 
     @property
     def device(self):
@@ -24,8 +42,104 @@ class CPUBackend(ArrayModuleBackend):
         except MemoryError as exc:
             raise DeviceMemoryError(_oom_message("cpu", shape, dtype, exc)) from None
 
+    def memory_info(self):
+        info = super().memory_info()
+        info["bytes_held"] = self._columns.nbytes      # remembered convolution columns
+        return info
+
     def pack_signs(self, a):
         return self._track(native.pack_signs(a))
+
+    def _run(self, make, shape, dtype):
+        """The natives a native-module call returns, counted (out of memory translated)."""
+        return self._track(self._alloc(make, shape, dtype))
+
+    # ---- pooling --------------------------------------------------------------------------
+    def pool2d(self, x, mode, kernel, stride, padding, ceil_mode, count_include_pad, out_hw,
+               return_indices=True):
+        kernels = native.kernels()
+        if (kernels is None or mode not in ("max", "avg")
+                or x.shape[2] * x.shape[3] >= _NATIVE_PLANE_LIMIT):
+            return super().pool2d(x, mode, kernel, stride, padding, ceil_mode,
+                                  count_include_pad, out_hw, return_indices)
+        shape = x.shape[:2] + tuple(out_hw)
+        if mode == "avg":
+            return self._run(lambda: kernels.pool2d_avg(x, kernel, stride, padding, out_hw,
+                                                        count_include_pad),
+                             shape, x.dtype), None
+        out, index = self._alloc(lambda: kernels.pool2d_max(x, kernel, stride, padding, out_hw,
+                                                            return_indices), shape, x.dtype)
+        return self._track(out), (None if index is None else self._track(index))
+
+    def pool2d_backward(self, grad_out, indices, input_shape, mode, kernel, stride, padding,
+                        count_include_pad, out_hw):
+        kernels = native.kernels()
+        if kernels is None or mode not in ("max", "avg"):
+            return super().pool2d_backward(grad_out, indices, input_shape, mode, kernel,
+                                           stride, padding, count_include_pad, out_hw)
+        input_hw = tuple(input_shape[2:])
+        if mode == "max":
+            make = lambda: kernels.pool2d_max_backward(grad_out, indices, input_hw, kernel,
+                                                       stride, padding)
+        else:
+            make = lambda: kernels.pool2d_avg_backward(grad_out, input_hw, kernel, stride,
+                                                       padding, count_include_pad)
+        return self._run(make, tuple(input_shape), grad_out.dtype)
+
+    # ---- convolution lowering -------------------------------------------------------------
+    #: im2col takes shared=True (gpumat/conv.py's own lowering, see cpu_columns.py)
+    shares_columns = True
+
+    def im2col(self, x, kernel, stride, padding, dilation, out_hw, shared=False):
+        """Backend.im2col; with ``shared`` (gpumat/conv.py's lowering) the columns of an
+        input lowered before (the forward pass's, for the weight gradient) are reused: a
+        read-only result, valid until the next shared lowering of an input of that shape
+        in this thread (see cpu_columns.py)."""
+        kernels = native.kernels()
+        if kernels is None:
+            return super().im2col(x, kernel, stride, padding, dilation, out_hw)
+        if not shared:
+            return self._run(lambda: kernels.im2col(x, kernel, stride, padding, dilation,
+                                                    out_hw), None, x.dtype)
+        geometry = (tuple(kernel), tuple(stride), tuple(padding), tuple(dilation),
+                    tuple(out_hw))
+        n, c = x.shape[:2]
+        shape = (n, c * kernel[0] * kernel[1], out_hw[0] * out_hw[1])
+        lower = lambda x, out: kernels.im2col(x, kernel, stride, padding, dilation, out_hw,
+                                              out=out)
+        return self._track(self._alloc(lambda: self._columns.columns(
+            x, geometry, shape, lower, kernels.same_bytes), shape, x.dtype))
+
+    def col2im(self, cols, input_shape, kernel, stride, padding, dilation, out_hw):
+        kernels = native.kernels()
+        if kernels is None:
+            return super().col2im(cols, input_shape, kernel, stride, padding, dilation, out_hw)
+        return self._run(lambda: kernels.col2im(cols, tuple(input_shape), kernel, stride,
+                                                padding, dilation, out_hw),
+                         tuple(input_shape), cols.dtype)
+
+    # ---- activations ----------------------------------------------------------------------
+    def bias_act(self, x, b, axis, act, param):
+        kernels = native.kernels()
+        code = ACTIVATIONS.get(act)
+        if kernels is None or code is None:
+            return super().bias_act(x, b, axis, act, param)
+        return self._run(lambda: kernels.bias_act(x, b, axis, code, param), x.shape, x.dtype)
+
+    def act_backward(self, grad, x, act, param):
+        kernels = native.kernels()
+        code = ACTIVATIONS.get(act)
+        if kernels is None or code is None:
+            return super().act_backward(grad, x, act, param)
+        return self._run(lambda: kernels.act_backward(grad, x, code, param), grad.shape,
+                         grad.dtype)
+
+    def bias_grad(self, grad, axis):
+        kernels = native.kernels()
+        if kernels is None:
+            return super().bias_grad(grad, axis)
+        return self._run(lambda: kernels.bias_grad(grad, axis), (grad.shape[axis],),
+                         grad.dtype)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,65 +1,64 @@
-// gpumat._native: the CPU kernels NumPy has no fast path for, as a nanobind
-// module.  Python-side validation and the pure-NumPy fallback live in
-// gpumat/native.py; this file still checks its inputs itself so that a direct
-// call with a bad argument raises a Python exception instead of crashing.
+// gpumat._native: the CPU kernels of the cpu backend, as a nanobind module.  Sign packing
+// is here because NumPy has no fast path for it; pooling, the convolution lowering
+// (im2col / col2im) and the fused activations because NumPy needs
+// several passes or Python loops over kernel taps for them.  gpumat/native.py and the cpu
+// backend (gpumat/backends/cpu.py) call them, and fall back to NumPy twins where this module
+// is missing; this file still checks its inputs itself, so that a direct call with a bad
+// argument raises a Python exception instead of crashing.  Every loop runs without the GIL.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/array.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 
+#include <array>
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "activations.hpp"
+#include "array_checks.hpp"
+#include "im2col.hpp"
 #include "pack_signs.hpp"
+#include "parallel.hpp"
+#include "pooling.hpp"
 
 namespace nb = nanobind;
+using namespace nb::literals;
 
 namespace {
 
-using AnyCpuArray = nb::ndarray<nb::ro, nb::device::cpu>;
-using Uint32Array = nb::ndarray<nb::numpy, uint32_t>;
+using gpumat::AnyCpuArray;
+using gpumat::Pair;
+using gpumat::extent;
+using gpumat::fail_type;
+using gpumat::fail_value;
+using gpumat::require_at_least;
+using gpumat::require_float;
+using gpumat::require_layout;
+using gpumat::require_same_dtype;
 
-std::string dtype_name(nb::dlpack::dtype dtype) {
-    std::string kind;
-    switch ((nb::dlpack::dtype_code) dtype.code) {
-        case nb::dlpack::dtype_code::Int: kind = "int"; break;
-        case nb::dlpack::dtype_code::UInt: kind = "uint"; break;
-        case nb::dlpack::dtype_code::Float: kind = "float"; break;
-        case nb::dlpack::dtype_code::Bfloat: kind = "bfloat"; break;
-        case nb::dlpack::dtype_code::Complex: kind = "complex"; break;
-        case nb::dlpack::dtype_code::Bool: return "bool";
-        default: kind = "dtype_code" + std::to_string((int) dtype.code) + "_"; break;
-    }
-    std::string name = kind + std::to_string((int) dtype.bits);
-    if (dtype.lanes != 1)
-        name += "x" + std::to_string((int) dtype.lanes);
-    return name;
+// Calls body(T{}) with T = float or double as `is_double` says.
+template <class Body>
+auto with_float(bool is_double, Body &&body) {
+    if (is_double)
+        return body(double{});
+    return body(float{});
 }
 
-bool is_c_contiguous(const AnyCpuArray &array) {
-    // An empty array has no layout to get wrong (NumPy gives it zero strides).
-    if (array.size() == 0)
-        return true;
-    int64_t expected = 1;
-    for (size_t i = array.ndim(); i-- > 0;) {
-        const int64_t extent = (int64_t) array.shape(i);
-        if (extent != 1 && array.stride(i) != expected)
-            return false;
-        expected *= extent;
-    }
-    return true;
-}
-
-Uint32Array pack_signs(const AnyCpuArray &input) {
+nb::object pack_signs(const AnyCpuArray &input) {
     if (input.dtype() != nb::dtype<float>())
         throw nb::type_error(("pack_signs: expected a float32 array, got dtype " +
-                              dtype_name(input.dtype())).c_str());
+                              gpumat::dtype_name(input.dtype())).c_str());
     const size_t ndim = input.ndim();
     if (ndim == 0)
         throw nb::value_error(
             "pack_signs: expected an array with at least 1 dimension (..., n), "
             "got a 0-dimensional array");
-    if (!is_c_contiguous(input))
+    if (!gpumat::is_c_contiguous(input))
         throw nb::value_error(
             "pack_signs: the input array must be C-contiguous "
             "(numpy.ascontiguousarray makes it so)");
@@ -75,21 +74,331 @@ Uint32Array pack_signs(const AnyCpuArray &input) {
         output_shape[i] = input.shape(i);
     output_shape[ndim - 1] = words_per_row;
 
-    const size_t total_words = rows * words_per_row;
-    // Allocate at least one word so that an empty result still owns a valid
-    // pointer; the array's shape says how many words are meaningful.
-    std::unique_ptr<uint32_t[]> output(new uint32_t[total_words ? total_words : 1]);
+    gpumat::Result<uint32_t> output(output_shape, false);
     const float *source = static_cast<const float *>(input.data());
     {
         nb::gil_scoped_release release;
-        gpumat::pack_signs_rows(source, output.get(), rows, n);
+        gpumat::pack_signs_rows(source, output.data(), rows, n);
     }
+    return output.release();
+}
 
-    nb::capsule owner(output.get(), [](void *pointer) noexcept {
-        delete[] static_cast<uint32_t *>(pointer);
+// ---- pooling ---------------------------------------------------------------------------------
+
+gpumat::Pool2dGeometry pool_geometry(const char *what, int64_t planes, int64_t height,
+                                     int64_t width, const Pair &kernel, const Pair &stride,
+                                     const Pair &padding, const Pair &out_hw) {
+    require_at_least(kernel, 1, what, "kernel");
+    require_at_least(stride, 1, what, "stride");
+    require_at_least(padding, 0, what, "padding");
+    require_at_least(out_hw, 0, what, "out_hw");
+    return {planes, height, width, kernel.first, kernel.second, stride.first, stride.second,
+            padding.first, padding.second, out_hw.first, out_hw.second};
+}
+
+nb::tuple pool2d_max(const AnyCpuArray &x, Pair kernel, Pair stride, Pair padding,
+                     Pair out_hw, bool with_indices) {
+    const char *what = "pool2d_max";
+    const bool is_double = require_float(x, what, "x");
+    require_layout(x, what, "x", 4);
+    const int64_t n = extent(x, 0), c = extent(x, 1), h = extent(x, 2), w = extent(x, 3);
+    if (h * w >= (int64_t(1) << 31))
+        fail_value(what, "an input plane must have fewer than 2**31 elements, got " +
+                             std::to_string(h) + " x " + std::to_string(w));
+    const auto g = pool_geometry(what, n * c, h, w, kernel, stride, padding, out_hw);
+    const std::vector<size_t> shape{(size_t) n, (size_t) c, (size_t) g.out_h,
+                                    (size_t) g.out_w};
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> out(shape, false);
+        std::optional<gpumat::Result<int64_t>> index;
+        if (with_indices)
+            index.emplace(shape, false);
+        {
+            nb::gil_scoped_release release;
+            gpumat::max_pool2d(g, static_cast<const T *>(x.data()), out.data(),
+                               index ? index->data() : nullptr);
+        }
+        nb::object indices = index ? index->release() : nb::none();
+        return nb::make_tuple(out.release(), indices);
     });
-    uint32_t *raw = output.release();  // the capsule owns the words from here
-    return Uint32Array(raw, ndim, output_shape.data(), owner);
+}
+
+nb::object pool2d_avg(const AnyCpuArray &x, Pair kernel, Pair stride, Pair padding,
+                      Pair out_hw, bool count_include_pad) {
+    const char *what = "pool2d_avg";
+    const bool is_double = require_float(x, what, "x");
+    require_layout(x, what, "x", 4);
+    const int64_t n = extent(x, 0), c = extent(x, 1);
+    const auto g = pool_geometry(what, n * c, extent(x, 2), extent(x, 3), kernel, stride,
+                                 padding, out_hw);
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> out({(size_t) n, (size_t) c, (size_t) g.out_h, (size_t) g.out_w},
+                              false);
+        {
+            nb::gil_scoped_release release;
+            gpumat::avg_pool2d(g, static_cast<const T *>(x.data()), out.data(),
+                               count_include_pad);
+        }
+        return out.release();
+    });
+}
+
+// The geometry of a pooling backward pass: grad_out is (N, C, OH, OW), the input (N, C, H, W).
+gpumat::Pool2dGeometry pool_backward_geometry(const char *what, const AnyCpuArray &grad_out,
+                                              const Pair &input_hw, const Pair &kernel,
+                                              const Pair &stride, const Pair &padding) {
+    require_layout(grad_out, what, "grad_out", 4);
+    require_at_least(input_hw, 0, what, "input_hw");
+    const Pair out_hw{extent(grad_out, 2), extent(grad_out, 3)};
+    return pool_geometry(what, extent(grad_out, 0) * extent(grad_out, 1), input_hw.first,
+                         input_hw.second, kernel, stride, padding, out_hw);
+}
+
+std::vector<size_t> input_shape_of(const AnyCpuArray &grad_out, const Pair &input_hw) {
+    return {grad_out.shape(0), grad_out.shape(1), (size_t) input_hw.first,
+            (size_t) input_hw.second};
+}
+
+nb::object pool2d_max_backward(const AnyCpuArray &grad_out, const AnyCpuArray &indices,
+                               Pair input_hw, Pair kernel, Pair stride, Pair padding) {
+    const char *what = "pool2d_max_backward";
+    const bool is_double = require_float(grad_out, what, "grad_out");
+    const auto g = pool_backward_geometry(what, grad_out, input_hw, kernel, stride, padding);
+    if (indices.dtype() != nb::dtype<int64_t>())
+        fail_type(what, "indices must be int64, got dtype " +
+                            gpumat::dtype_name(indices.dtype()));
+    require_layout(indices, what, "indices", 4);
+    for (size_t axis = 0; axis < 4; ++axis)
+        if (indices.shape(axis) != grad_out.shape(axis))
+            fail_value(what, "indices have shape " + gpumat::shape_text(indices) +
+                                 " but grad_out has shape " + gpumat::shape_text(grad_out));
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> grad_in(input_shape_of(grad_out, input_hw), false);
+        {
+            nb::gil_scoped_release release;
+            gpumat::max_pool2d_backward(g, static_cast<const T *>(grad_out.data()),
+                                        static_cast<const int64_t *>(indices.data()),
+                                        grad_in.data());
+        }
+        return grad_in.release();
+    });
+}
+
+nb::object pool2d_avg_backward(const AnyCpuArray &grad_out, Pair input_hw, Pair kernel,
+                               Pair stride, Pair padding, bool count_include_pad) {
+    const char *what = "pool2d_avg_backward";
+    const bool is_double = require_float(grad_out, what, "grad_out");
+    const auto g = pool_backward_geometry(what, grad_out, input_hw, kernel, stride, padding);
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> grad_in(input_shape_of(grad_out, input_hw), true);
+        {
+            nb::gil_scoped_release release;
+            gpumat::avg_pool2d_backward(g, static_cast<const T *>(grad_out.data()),
+                                        count_include_pad, grad_in.data());
+        }
+        return grad_in.release();
+    });
+}
+
+// ---- convolution lowering --------------------------------------------------------------------
+
+gpumat::ConvGeometry conv_geometry(const char *what, const std::array<int64_t, 4> &shape,
+                                   const Pair &kernel, const Pair &stride, const Pair &padding,
+                                   const Pair &dilation, const Pair &out_hw) {
+    for (int64_t extent : shape)
+        if (extent < 0)
+            fail_value(what, "input_shape has a negative dimension");
+    require_at_least(kernel, 1, what, "kernel");
+    require_at_least(stride, 1, what, "stride");
+    require_at_least(padding, 0, what, "padding");
+    require_at_least(dilation, 1, what, "dilation");
+    require_at_least(out_hw, 0, what, "out_hw");
+    return {shape[0], shape[1], shape[2], shape[3],
+            kernel.first, kernel.second, stride.first, stride.second,
+            padding.first, padding.second, dilation.first, dilation.second,
+            out_hw.first, out_hw.second};
+}
+
+std::vector<size_t> column_shape(const gpumat::ConvGeometry &g) {
+    return {(size_t) g.batch, (size_t) g.rows(), (size_t) g.pixels()};
+}
+
+using WritableArray = nb::ndarray<nb::device::cpu>;
+
+nb::object im2col(const AnyCpuArray &x, Pair kernel, Pair stride, Pair padding,
+                  Pair dilation, Pair out_hw, std::optional<WritableArray> out) {
+    const char *what = "im2col";
+    const bool is_double = require_float(x, what, "x");
+    require_layout(x, what, "x", 4);
+    const auto g = conv_geometry(what, {extent(x, 0), extent(x, 1), extent(x, 2), extent(x, 3)},
+                                 kernel, stride, padding, dilation, out_hw);
+    const auto shape = column_shape(g);
+    if (out) {
+        const AnyCpuArray target(*out);
+        require_same_dtype(x, target, what, "x", "out");
+        require_layout(target, what, "out", (int) shape.size());
+        for (size_t axis = 0; axis < shape.size(); ++axis)
+            if (target.shape(axis) != shape[axis])
+                fail_value(what, "out has shape " + gpumat::shape_text(target) +
+                                     ", not the shape of the columns");
+    }
+    return with_float(is_double, [&](auto zero) -> nb::object {
+        using T = decltype(zero);
+        std::optional<gpumat::Result<T>> fresh;
+        T *cols;
+        if (out) {
+            cols = static_cast<T *>(out->data());
+        } else {
+            fresh.emplace(shape, false);
+            cols = fresh->data();
+        }
+        {
+            nb::gil_scoped_release release;
+            gpumat::im2col(g, static_cast<const T *>(x.data()), cols);
+        }
+        return out ? nb::none() : fresh->release();
+    });
+}
+
+nb::object col2im(const AnyCpuArray &cols, std::array<int64_t, 4> input_shape, Pair kernel,
+                  Pair stride, Pair padding, Pair dilation, Pair out_hw) {
+    const char *what = "col2im";
+    const bool is_double = require_float(cols, what, "cols");
+    const auto g = conv_geometry(what, input_shape, kernel, stride, padding, dilation, out_hw);
+    const auto expected = column_shape(g);
+    require_layout(cols, what, "cols", (int) expected.size());
+    for (size_t axis = 0; axis < expected.size(); ++axis)
+        if (cols.shape(axis) != expected[axis]) {
+            std::string wanted = "(";
+            for (size_t i = 0; i < expected.size(); ++i)
+                wanted += (i ? ", " : "") + std::to_string(expected[i]);
+            fail_value(what, "cols has shape " + gpumat::shape_text(cols) + ", but this "
+                             "geometry gives columns of shape " + wanted + ")");
+        }
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> x({(size_t) input_shape[0], (size_t) input_shape[1],
+                             (size_t) input_shape[2], (size_t) input_shape[3]}, false);
+        {
+            nb::gil_scoped_release release;
+            gpumat::col2im(g, static_cast<const T *>(cols.data()), x.data());
+        }
+        return x.release();
+    });
+}
+
+bool same_bytes(const AnyCpuArray &a, const AnyCpuArray &b) {
+    const char *what = "same_bytes";
+    require_layout(a, what, "a", -1);
+    require_layout(b, what, "b", -1);
+    if (a.nbytes() != b.nbytes())
+        return false;
+    nb::gil_scoped_release release;
+    return std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
+// ---- activations -----------------------------------------------------------------------------
+
+void require_activation(int act, const char *what) {
+    if (!gpumat::is_activation(act))
+        fail_value(what, "unknown activation code " + std::to_string(act) +
+                             " (0 identity, 1 relu, 2 leaky_relu, 3 relu6, 4 elu)");
+}
+
+// (outer, channels, inner) of `a` around `axis`.
+std::array<int64_t, 3> around_axis(const AnyCpuArray &a, int64_t axis, const char *what) {
+    if (axis < 0 || axis >= (int64_t) a.ndim())
+        fail_value(what, "axis " + std::to_string(axis) + " is out of range for a " +
+                             std::to_string(a.ndim()) + "-dimensional array");
+    int64_t outer = 1, inner = 1;
+    for (int64_t i = 0; i < axis; ++i)
+        outer *= extent(a, (size_t) i);
+    for (size_t i = (size_t) axis + 1; i < a.ndim(); ++i)
+        inner *= extent(a, i);
+    return {outer, extent(a, (size_t) axis), inner};
+}
+
+std::vector<size_t> shape_of(const AnyCpuArray &a) {
+    std::vector<size_t> shape(a.ndim());
+    for (size_t i = 0; i < a.ndim(); ++i)
+        shape[i] = a.shape(i);
+    return shape;
+}
+
+nb::object bias_act(const AnyCpuArray &x, std::optional<AnyCpuArray> bias, int64_t axis,
+                    int act, double param) {
+    const char *what = "bias_act";
+    const bool is_double = require_float(x, what, "x");
+    require_layout(x, what, "x", -1);
+    require_activation(act, what);
+    std::array<int64_t, 3> dims{1, 1, (int64_t) x.size()};
+    if (bias) {
+        require_float(*bias, what, "bias");
+        require_same_dtype(x, *bias, what, "x", "bias");
+        dims = around_axis(x, axis, what);
+        require_layout(*bias, what, "bias", 1);
+        if (extent(*bias, 0) != dims[1])
+            fail_value(what, "bias has " + std::to_string(extent(*bias, 0)) + " elements but "
+                             "x has " + std::to_string(dims[1]) + " along axis " +
+                             std::to_string(axis));
+    }
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> out(shape_of(x), false);
+        const T *b = bias ? static_cast<const T *>(bias->data()) : nullptr;
+        {
+            nb::gil_scoped_release release;
+            gpumat::bias_act(static_cast<const T *>(x.data()), b, out.data(), dims[0], dims[1],
+                             dims[2], act, (T) param);
+        }
+        return out.release();
+    });
+}
+
+nb::object act_backward(const AnyCpuArray &grad, const AnyCpuArray &x, int act,
+                        double param) {
+    const char *what = "act_backward";
+    const bool is_double = require_float(grad, what, "grad");
+    require_float(x, what, "x");
+    require_same_dtype(grad, x, what, "grad", "x");
+    require_layout(grad, what, "grad", -1);
+    require_layout(x, what, "x", -1);
+    require_activation(act, what);
+    if (shape_of(grad) != shape_of(x))
+        fail_value(what, "grad has shape " + gpumat::shape_text(grad) + " but x has shape " +
+                             gpumat::shape_text(x));
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> out(shape_of(grad), false);
+        {
+            nb::gil_scoped_release release;
+            gpumat::act_backward(static_cast<const T *>(grad.data()),
+                                 static_cast<const T *>(x.data()), out.data(),
+                                 (int64_t) grad.size(), act, (T) param);
+        }
+        return out.release();
+    });
+}
+
+nb::object bias_grad(const AnyCpuArray &grad, int64_t axis) {
+    const char *what = "bias_grad";
+    const bool is_double = require_float(grad, what, "grad");
+    require_layout(grad, what, "grad", -1);
+    const auto dims = around_axis(grad, axis, what);
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> out({(size_t) dims[1]}, false);
+        {
+            nb::gil_scoped_release release;
+            gpumat::bias_grad(static_cast<const T *>(grad.data()), out.data(), dims[0],
+                              dims[1], dims[2]);
+        }
+        return out.release();
+    });
 }
 
 }  // namespace
@@ -102,6 +411,40 @@ NB_MODULE(_native, module) {
                "into uint32 words of shape (..., ceil(n / 32)): bit j of word w\n"
                "is 1 iff x[..., 32 * w + j] >= 0 (NaN gives 0, -0.0 gives 1);\n"
                "padding bits are 0.");
+
+    module.def("pool2d_max", &pool2d_max, "x"_a.noconvert(), "kernel"_a, "stride"_a,
+               "padding"_a, "out_hw"_a, "with_indices"_a,
+               "Max pooling of a C-contiguous float NCHW array with torch's semantics:\n"
+               "(out, int64 flat h * W + w indices, or None without with_indices).");
+    module.def("pool2d_avg", &pool2d_avg, "x"_a.noconvert(), "kernel"_a, "stride"_a,
+               "padding"_a, "out_hw"_a, "count_include_pad"_a,
+               "Average pooling of a C-contiguous float NCHW array with torch's semantics.");
+    module.def("pool2d_max_backward", &pool2d_max_backward, "grad_out"_a.noconvert(),
+               "indices"_a.noconvert(), "input_hw"_a, "kernel"_a, "stride"_a, "padding"_a,
+               "Gradient of max pooling: each output's gradient added at its index (an\n"
+               "index outside its output's window contributes nothing).");
+    module.def("pool2d_avg_backward", &pool2d_avg_backward, "grad_out"_a.noconvert(),
+               "input_hw"_a, "kernel"_a, "stride"_a, "padding"_a, "count_include_pad"_a,
+               "Gradient of average pooling.");
+    module.def("im2col", &im2col, "x"_a.noconvert(), "kernel"_a, "stride"_a, "padding"_a,
+               "dilation"_a, "out_hw"_a, "out"_a.noconvert() = nb::none(),
+               "The (N, C*kh*kw, OH*OW) columns of a C-contiguous float NCHW array,\n"
+               "written into `out` (a writable C-contiguous array of that shape and x's\n"
+               "dtype) when given, which returns None.");
+    module.def("col2im", &col2im, "cols"_a.noconvert(), "input_shape"_a, "kernel"_a,
+               "stride"_a, "padding"_a, "dilation"_a, "out_hw"_a,
+               "im2col's adjoint: the NCHW array of input_shape where each pixel sums\n"
+               "the column entries im2col copies from it, in kernel order.");
+    module.def("same_bytes", &same_bytes, "a"_a.noconvert(), "b"_a.noconvert(),
+               "Whether two C-contiguous arrays hold the same bytes (memcmp).");
+    module.def("bias_act", &bias_act, "x"_a.noconvert(), "bias"_a.noconvert().none(),
+               "axis"_a, "act"_a, "param"_a,
+               "act(x + bias broadcast along axis) (bias None: act(x)); act is a code of\n"
+               "gpumat.backends.base.ACTIVATIONS, param the slope or alpha.");
+    module.def("act_backward", &act_backward, "grad"_a.noconvert(), "x"_a.noconvert(),
+               "act"_a, "param"_a, "grad * act'(x), with torch's values at the kinks.");
+    module.def("bias_grad", &bias_grad, "grad"_a.noconvert(), "axis"_a,
+               "grad summed over every axis but axis (accumulated in float64).");
 
     module.def("openmp_threads", &gpumat::openmp_max_threads,
                "The number of threads an OpenMP parallel region may use (1 without OpenMP).");

@@ -14,9 +14,7 @@
 #define GPUMAT_PACK_SIGNS_SSE2 1
 #endif
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "parallel.hpp"
 
 namespace gpumat {
 
@@ -75,22 +73,6 @@ inline void pack_signs_rows(const float *input, uint32_t *output, size_t rows,
                                           : pack_partial_word(source, tail);
     }
     (void) parallel_threshold;
-}
-
-inline int openmp_max_threads() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-inline bool openmp_enabled() {
-#ifdef _OPENMP
-    return true;
-#else
-    return false;
-#endif
 }
 
 }  // namespace gpumat
