@@ -3,7 +3,9 @@ loss and optimizer: LeNet-5 at batch 64 and ResNet-20 (CIFAR, 32 x 32) at batch 
 step = forward, softmax cross-entropy, backward, SGD with momentum.  The rate unit is
 thousands of images per second (kimg/s): the harness's "work" for a case is its batch in
 units of 1e-6 GImages.  Both sides start from the same weights (ours, loaded into torch),
-so they run the same arithmetic.
+so they run the same arithmetic, and cycle through the same BATCHES pre-uploaded batches:
+each timed step sees new data, as in training (a step repeated on one batch would let a
+cache of the last lowering serve the next step's forward).
 """
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ CASES = {"quick": [("lenet5", 64, (1, 32, 32)), ("resnet20", 32, (3, 32, 32))],
          "full": [("lenet5", 64, (1, 32, 32)), ("lenet5", 256, (1, 32, 32)),
                   ("resnet20", 32, (3, 32, 32)), ("resnet20", 128, (3, 32, 32))]}
 LR, MOMENTUM = 0.01, 0.9
+BATCHES = 4
 
 
 def _ours(name):
@@ -113,16 +116,25 @@ def _cases():
 def test_training_step(benchmark, case, impl):
     name, batch, shape = case
     generator = harness.rng()
-    x_host = generator.standard_normal((batch,) + shape).astype(np.float32)
-    y_host = generator.integers(0, 10, batch)
+    x_hosts = [generator.standard_normal((batch,) + shape).astype(np.float32)
+               for _ in range(BATCHES)]
+    y_hosts = [generator.integers(0, 10, batch) for _ in range(BATCHES)]
+    step = [0]
+
+    def next_batch(xs, ys):
+        i = step[0] = (step[0] + 1) % BATCHES
+        return xs[i], ys[i]
+
     gm.seed(0)
     model = _ours(name)
     if impl.role == "gpumat":
         model.to(impl.backend)
-        x, y = harness.upload(impl, x_host, y_host)
+        uploaded = harness.upload(impl, *x_hosts, *y_hosts)
+        xs, ys = uploaded[:BATCHES], uploaded[BATCHES:]
         optimizer = nn.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
         def call():
+            x, y = next_batch(xs, ys)
             optimizer.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
@@ -135,12 +147,13 @@ def test_training_step(benchmark, case, impl):
         theirs.load_state_dict({k: torch.from_numpy(np.array(v.gather()))
                                 for k, v in model.state_dict().items()})
         theirs.to(device)
-        x = torch.from_numpy(x_host).to(device)
-        y = torch.from_numpy(y_host).to(device)
+        xs = [torch.from_numpy(x).to(device) for x in x_hosts]
+        ys = [torch.from_numpy(y).to(device) for y in y_hosts]
         optimizer = torch.optim.SGD(theirs.parameters(), lr=LR, momentum=MOMENTUM)
         loss_fn = torch.nn.functional.cross_entropy
 
         def call():
+            x, y = next_batch(xs, ys)
             optimizer.zero_grad()
             loss = loss_fn(theirs(x), y)
             loss.backward()

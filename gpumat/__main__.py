@@ -107,12 +107,12 @@ def main(argv=None):
 def _train(args, parser):
     from .errors import GpumatError
     from .nn import cli as train_cli
-    from .nn.train import TrainingInterrupted
+    from .nn.train import TrainingDiverged, TrainingInterrupted
     try:
         return train_cli.run(args, parser)
     except TrainingInterrupted:
         return 130
-    except (GpumatError, FileNotFoundError) as exc:    # bad files, missing data: no traceback
+    except (GpumatError, FileNotFoundError, TrainingDiverged) as exc:   # no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

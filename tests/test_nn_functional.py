@@ -265,6 +265,8 @@ def test_topk_accuracy(backend):
     assert F.top5(x, target) == 1.0
     ranks = (-logits).argsort(1)
     assert F.topk_correct(x, target, 1) == sum(ranks[i, 0] == target[i] for i in (0, 1, 2)) + 1
+    logits[0, 2] = logits[1, 1] = np.nan          # a NaN anywhere in a row makes it a miss
+    assert F.topk_correct(gm.array(logits, backend=backend), target, 5) == 2
 
 
 # ---- finite differences: every op in double precision ------------------------------------------

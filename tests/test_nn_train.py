@@ -117,6 +117,13 @@ def test_ctrl_c_saves_a_checkpoint(backend, tmp_path, capsys):
     assert [e["epoch"] for e in history] == [1, 2, 3]
 
 
+def test_divergence_stops_with_a_clear_error(backend):
+    model, opt, sched, train, test = setup(backend)
+    opt.param_groups[0]["lr"] = 1e30
+    with pytest.raises(FloatingPointError, match="diverged; lower --lr"):
+        fit(model, opt, train, test, 2)
+
+
 def test_progress_bar_lines(capsys):
     import sys
     bar = Progress(10, "epoch 1/1", sys.stdout, lines=2)

@@ -112,10 +112,14 @@ def test_wheel_contains_native_module_and_kernels(wheel):
     assert f"gpumat/_native{ext_suffix}" in names, sorted(n for n in names if "_native" in n)
     for module in ("gpumat/native.py", "gpumat/kernels.py"):
         assert module in names, f"{module} missing from {wheel.name}"
-    for package_dir in ("gpumat/backends/", "gpumat/nn/"):
-        source_files = sorted(p.name for p in (REPO_ROOT / package_dir).glob("*.py"))
-        for name in source_files:
-            assert f"{package_dir}{name}" in names, f"{package_dir}{name} missing from the wheel"
+    # every module and data file of the package, subpackages (gpumat/nn/models, ...) and the
+    # shipped network definitions (gpumat/nn/netdefs/*.json) included
+    package_files = sorted(p.relative_to(REPO_ROOT).as_posix()
+                           for p in (REPO_ROOT / "gpumat").rglob("*")
+                           if p.suffix in (".py", ".json") and "__pycache__" not in p.parts)
+    assert "gpumat/nn/netdefs/lenet5.json" in package_files
+    missing = [rel for rel in package_files if rel not in names]
+    assert not missing, f"package files missing from {wheel.name}: {missing}"
 
 
 def test_installed_wheel_finds_its_own_kernels_and_native(venv_python, tmp_path):

@@ -8,7 +8,8 @@ Fashion-MNIST or CIFAR-10 on the best backend (or the one named), from the comma
 
 Images are scaled to [0, 1] and normalised with the dataset's mean and std, and zero-padded
 to the model's input size (28 x 28 digits become 32 x 32 for LeNet-5 and the CIFAR ResNets).
-CIFAR-10 trains with random 4-pixel crops and horizontal flips unless ``--no-augment``.
+CIFAR-10 trains with random 4-pixel crops and horizontal flips unless ``--no-augment``
+(``--augment`` turns them on for the others, with 2-pixel crops for 28 x 28 images).
 """
 import argparse
 import os
@@ -23,7 +24,7 @@ from .data import DataLoader, load_dataset
 from .train import fit
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10")
-DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
+DEFAULT_LR = {"sgd": 0.02, "adam": 1e-3}
 
 
 def add_arguments(parser):
@@ -38,7 +39,7 @@ def add_arguments(parser):
                         help="fail instead of downloading missing dataset files")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, help="learning rate (default: sgd 0.05, adam 1e-3)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: sgd 0.02, adam 1e-3)")
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     parser.add_argument("--weight-decay", type=float, default=0.0)
@@ -47,8 +48,12 @@ def add_arguments(parser):
                              "the epochs)")
     parser.add_argument("--warmup", type=int, default=0, help="epochs of linear warm-up")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--no-augment", action="store_true",
-                        help="no random crops and flips (CIFAR-10 uses them by default)")
+    augment = parser.add_mutually_exclusive_group()
+    augment.add_argument("--augment", dest="augment", action="store_true", default=None,
+                         help="random crops (4 pixels of padding; 2 for 28 x 28 images) and "
+                              "horizontal flips while training (the default for CIFAR-10)")
+    augment.add_argument("--no-augment", dest="augment", action="store_false",
+                         help="no random crops and flips")
     parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "opencl", "cuda"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", metavar="DIR", default=None,
@@ -95,10 +100,11 @@ def _loaders(args, train, test, input_shape):
         raise SystemExit(f"error: the model takes {height}x{width} images but {args.dataset} "
                          f"has {h}x{w}")
     pad = (height, width) if (h, w) != (height, width) else None
-    augment = args.dataset == "cifar10" and not args.no_augment
+    augment = args.dataset == "cifar10" if args.augment is None else args.augment
+    crop = (4 if h >= 32 else 2) if augment else None
     common = dict(batch_size=args.batch_size, normalize=True, pad_to=pad, backend=args.backend)
     train_loader = DataLoader(train, shuffle=True, drop_last=False, seed=args.seed,
-                              random_crop=4 if augment else None, hflip=augment, **common)
+                              random_crop=crop, hflip=augment, **common)
     test_loader = DataLoader(test, **common)
     return train_loader, test_loader
 

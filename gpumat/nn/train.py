@@ -10,6 +10,7 @@ Ctrl-C saves a checkpoint of the current weights before exiting; resuming from i
 the interrupted epoch from its beginning with those weights.
 """
 import json
+import math
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ from . import functional as F
 from .autograd import no_grad
 from .serialization import load_checkpoint, save, save_checkpoint
 
-__all__ = ["fit", "evaluate", "Progress", "TrainingInterrupted"]
+__all__ = ["fit", "evaluate", "Progress", "TrainingInterrupted", "TrainingDiverged"]
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"
@@ -114,6 +115,7 @@ def _train_epoch(model, optimizer, loader, progress, label_smoothing):
         count += batch
         if progress.due(step):
             seconds = time.perf_counter() - started
+            _check_finite(float(loss_sum.item()), step, optimizer)
             progress.update(step, f"loss {float(loss_sum.item()) / count:.4f} "
                                   f"acc {100 * int(hits.item()) / count:5.2f}% "
                                   f"{count / max(seconds, 1e-9):,.0f} img/s")
@@ -123,6 +125,18 @@ def _train_epoch(model, optimizer, loader, progress, label_smoothing):
     seconds = time.perf_counter() - started
     return {"train_loss": loss_value, "train_top1": top1, "images_per_second": count / seconds,
             "train_seconds": seconds}
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def _check_finite(loss_sum, step, optimizer):
+    if not math.isfinite(loss_sum):
+        lr = optimizer.param_groups[0]["lr"]
+        raise TrainingDiverged(f"the training loss became {loss_sum} by step {step} of the "
+                               f"epoch (learning rate {lr:g}): the model diverged; lower "
+                               f"--lr, or resume from the last checkpoint with a lower one")
 
 
 def _write_json(path, data):

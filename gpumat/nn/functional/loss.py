@@ -144,13 +144,15 @@ def topk_hits(logits, target, k):
     """How many rows of ``logits`` (N x C) rank their target class among their ``k`` highest
     scores, as a 0-d int64 Array left on the device (sum it over batches, read it once).  A
     row's rank is the number of classes scored strictly higher than the target, so ties
-    count in the target's favour."""
+    count in the target's favour; a row holding a NaN counts as a miss (a diverged model
+    must not look accurate)."""
     x = logits.data if isinstance(logits, Variable) else logits
     t = _targets(target, x, "topk_correct")
     is_target = one_hot(t, x.shape[1], "logical")
     target_score = gm.where(is_target, x, 0).sum(axis=1, keepdims=True)
     higher = (x > target_score).astype("int32").sum(axis=1)
-    return (higher < k).sum()
+    finite = ~gm.isnan(x).any(axis=1)
+    return ((higher < k) & finite).sum()
 
 
 def topk_correct(logits, target, k):
