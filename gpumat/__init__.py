@@ -28,6 +28,8 @@ from .functions import (abs, all, allclose, any, argmax, argmin, broadcast_to, c
 from .io import load, save
 from .memory import keep, memory_info, scope
 from .native import pack_signs as _pack_signs_host
+from .normalization import (BatchNormForward, BatchNormGradients, batch_norm_backward,
+                            batch_norm_forward)
 from .optimizers import adam_update, sgd_update
 from .pooling import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d,
                       global_avg_pool2d_backward, max_pool2d, max_pool2d_backward)

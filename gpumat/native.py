@@ -7,9 +7,10 @@ native module is missing.  This module itself imports without the compiled
 module, so a source checkout that was never built still works (slowly).
 
 The cpu backend's other native kernels (pooling, im2col / col2im, bias +
-activation and their gradients) are reached through `kernels()`, which gives
-the module or, after the same one warning, None; the backend then runs the
-NumPy twin, the array-module method it inherits (gpumat/backends/cpu.py).
+activation, batch normalisation and their gradients) are reached through
+`kernels()`, which gives the module or, after the same one warning, None; the
+backend then runs the NumPy twin, the array-module method it inherits
+(gpumat/backends/cpu.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ activation and their gradients): the compiled kernel against its NumPy twin (the
 method the cpu backend falls back to) and an independent reference (torch, or loops written
 from the specification), over awkward shapes (1, primes, an empty batch, large), special
 values, every input check of the module itself, and the fallback when the module is
-missing."""
+missing (batch norm's kernels take part in that one; test_batchnorm.py tests the rest)."""
 import warnings
 
 import numpy as np
@@ -441,7 +441,12 @@ def run_lenet_ops():
     gx = gm.conv2d_backward_input(gy, w, x.shape, padding=1)
     gw = gm.conv2d_backward_weight(gy, x, w.shape, padding=1)
     gb = gm.bias_add_backward(gy, axis=1)
-    return [t.gather() for t in (y, p, idx, a, gp, ga, gy, gx, gw, gb)]
+    bn = gm.batch_norm_forward(y, b, b)
+    bn_grads = gm.batch_norm_backward(gy, y, bn.mean, bn.inv_std, b)
+    bn_eval = gm.batch_norm_forward(y, b, None, bn.mean, bn.var)
+    bn_eval_grads = gm.batch_norm_backward(gy, y, bn.mean, bn_eval.inv_std, b, training=False)
+    return [t.gather() for t in (y, p, idx, a, gp, ga, gy, gx, gw, gb, *bn, *bn_grads,
+                                 bn_eval.y, *bn_eval_grads)]
 
 
 def test_fallback_to_numpy_twins_warns_once_and_agrees(monkeypatch):

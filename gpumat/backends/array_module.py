@@ -145,11 +145,13 @@ class ArrayModuleBackend(Backend):
         dtype = a.dtype.type
 
         def compute():
-            out = xp.matmul(op_a, op_b)
-            if alpha != 1:
-                out *= dtype(alpha)
-            if c is not None and beta != 0:
-                out += dtype(beta) * c
+            # a kernel entry point: overflow gives inf silently, as the device kernels do
+            with np.errstate(all="ignore"):
+                out = xp.matmul(op_a, op_b)
+                if alpha != 1:
+                    out *= dtype(alpha)
+                if c is not None and beta != 0:
+                    out += dtype(beta) * c
             return xp.ascontiguousarray(out)
         return self._new(compute)
 
@@ -189,3 +191,4 @@ class ArrayModuleBackend(Backend):
 from . import pool_array_module  # noqa: E402,F401  (attaches pool2d / pool2d_backward)
 from . import activations_array_module  # noqa: E402,F401  (bias_act, softmax, ...)
 from . import optimizers_array_module  # noqa: E402,F401  (fused SGD / Adam updates)
+from . import batchnorm_array_module  # noqa: E402,F401  (batch_norm_forward / _backward)

@@ -245,6 +245,27 @@ class Backend:
         """Gradient of softmax / log_softmax given its output ``y``."""
         raise NotImplementedError
 
+    # ---- batch normalisation (gpumat/normalization.py checks the arguments) ---------------
+    # x and grad are contiguous float natives of one dtype with ndim >= 2, seen as
+    # (N, C, inner) with C = shape[1] and M = N * inner values per channel; weight, bias,
+    # mean, var and inv_std are 1-d natives of C elements of that dtype; weight / bias None
+    # stand for 1 / 0.
+    def batch_norm_forward(self, x, weight, bias, mean, var, eps):
+        """(y, mean, var, inv_std) with inv_std = 1 / sqrt(var + eps) and
+        y = (x - mean) * (inv_std * weight) + bias per channel.  Training when ``mean`` and
+        ``var`` are None (M >= 1 when C >= 1): the batch's mean and biased variance, accurate
+        for a large mean with a small spread (never a one-pass sum of squares in x's
+        precision).  Evaluation otherwise: the given natives are returned as they are."""
+        raise NotImplementedError
+
+    def batch_norm_backward(self, grad, x, mean, inv_std, weight, training, input_grad,
+                            param_grads):
+        """(dx, dweight, dbias), each None unless asked for (``input_grad``,
+        ``param_grads``).  With xhat = (x - mean) * inv_std: dbias = sum(grad) and
+        dweight = sum(grad * xhat) per channel; dx = weight * inv_std * (grad - dbias / M -
+        xhat * dweight / M) when ``training`` (M >= 1), else grad * weight * inv_std."""
+        raise NotImplementedError
+
     # ---- fused optimizer updates (gpumat/optimizers.py checks the arguments) --------------
     # p, g and the state buffers are contiguous float natives of one dtype and shape; the
     # updates write p and the buffers *in place* (the Array layer made them private first).
@@ -265,6 +286,28 @@ def gemm_dims(a_shape, b_shape, trans_a, trans_b):
     M, K = (a_shape[2], a_shape[1]) if trans_a else (a_shape[1], a_shape[2])
     N = b_shape[1] if trans_b else b_shape[2]
     return max(a_shape[0], b_shape[0]), M, N, K
+
+
+def batch_norm_dims(shape):
+    """(N, C, inner) of the N x C x ... shape of a batch-norm input."""
+    return int(shape[0]), int(shape[1]), int(np.prod(shape[2:], dtype=np.int64))
+
+
+#: batch-norm reductions on opencl and cuda (kernels/common/batchnorm.h) walk rows at least
+#: this long row by row, shorter ones value by value ...
+BATCH_NORM_ROW_WALK = 256
+#: ... and give each work-group at least this many values of its channel
+BATCH_NORM_MIN_CHUNK = 8192
+
+
+def batch_norm_chunks(channels, per_channel, target_groups):
+    """How many work-groups (chunks) share each channel of a batch-norm reduction: enough
+    for ``target_groups`` groups in all where the channels alone are fewer, none smaller
+    than BATCH_NORM_MIN_CHUNK values, at most 4096."""
+    if channels == 0 or channels >= target_groups:
+        return 1
+    wanted = -(-target_groups // channels)
+    return max(1, min(wanted, per_channel // BATCH_NORM_MIN_CHUNK, 4096))
 
 
 _FLOAT_SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}

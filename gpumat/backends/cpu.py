@@ -1,12 +1,14 @@
 """The cpu backend: NumPy/BLAS, plus gpumat's native module for the kernels NumPy lacks.
 
-Pooling, im2col / col2im and the fused activations run in the native module (kernels/cpu/)
-when it is built, and otherwise, after one NativeFallbackWarning, on their NumPy twins: the
-array-module methods this class inherits (gpumat/backends/*_array_module.py), which give the
-same values, bit for bit except the bias gradient (accumulated in float64 natively), elu
-(libm's exp against NumPy's) and average pooling over big tiles (NumPy sums those in
-another order).  The native kernels run on the calling thread for any size a CPU network
-usually has: see kernels/cpu/parallel.hpp for why.
+Pooling, im2col / col2im, the fused activations and batch normalisation run in the native
+module (kernels/cpu/) when it is built, and otherwise, after one NativeFallbackWarning, on
+their NumPy twins: the array-module methods this class inherits
+(gpumat/backends/*_array_module.py), which give the same values, bit for bit except the bias
+gradient (accumulated in float64 natively), elu (libm's exp against NumPy's), average
+pooling over big tiles (NumPy sums those in another order) and batch norm's statistics and
+gradient sums (both accumulated in float64, in other orders: the values computed from them
+may differ in the last bits).  The native kernels run on the calling thread for any size a
+CPU network usually has: see kernels/cpu/parallel.hpp for why.
 """
 import functools
 import os
@@ -140,6 +142,29 @@ class CPUBackend(ArrayModuleBackend):
             return super().bias_grad(grad, axis)
         return self._run(lambda: kernels.bias_grad(grad, axis), (grad.shape[axis],),
                          grad.dtype)
+
+    # ---- batch normalisation ----------------------------------------------------------------
+    def batch_norm_forward(self, x, weight, bias, mean, var, eps):
+        kernels = native.kernels()
+        if kernels is None:
+            return super().batch_norm_forward(x, weight, bias, mean, var, eps)
+        y, batch_mean, batch_var, inv_std = self._alloc(
+            lambda: kernels.batch_norm_forward(x, weight, bias, mean, var, eps), x.shape,
+            x.dtype)
+        if mean is None:
+            mean, var = self._track(batch_mean), self._track(batch_var)
+        return self._track(y), mean, var, self._track(inv_std)
+
+    def batch_norm_backward(self, grad, x, mean, inv_std, weight, training, input_grad,
+                            param_grads):
+        kernels = native.kernels()
+        if kernels is None:
+            return super().batch_norm_backward(grad, x, mean, inv_std, weight, training,
+                                               input_grad, param_grads)
+        results = self._alloc(lambda: kernels.batch_norm_backward(
+            grad, x, mean, inv_std, weight, training, input_grad, param_grads), x.shape,
+            x.dtype)
+        return tuple(None if r is None else self._track(r) for r in results)
 
 
 @functools.lru_cache(maxsize=None)

@@ -144,6 +144,7 @@ def create():
     from . import cuda_activations  # noqa: F401  (bias + activation, softmax kernels)
     from . import cuda_gemm  # noqa: F401  (adds the gemm kernel)
     from . import cuda_optimizers  # noqa: F401  (fused SGD / Adam updates)
+    from . import cuda_batchnorm  # noqa: F401  (batch-norm statistics, maps and gradients)
     backend = CUDABackend(0)
     try:       # a device can be listed yet unusable (e.g. all busy in exclusive mode)
         backend.free(backend.from_numpy(np.zeros(1, np.float32)))

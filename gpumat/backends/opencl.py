@@ -220,4 +220,5 @@ def create():
     from . import opencl_gemm  # noqa: F401  (adds gemm; matmul routes floats to it)
     from . import opencl_activations  # noqa: F401
     from . import opencl_optimizers  # noqa: F401
+    from . import opencl_batchnorm  # noqa: F401
     return OpenCLBackend(device)

@@ -1,6 +1,6 @@
 // gpumat._native: the CPU kernels of the cpu backend, as a nanobind module.  Sign packing
 // is here because NumPy has no fast path for it; pooling, the convolution lowering
-// (im2col / col2im) and the fused activations because NumPy needs
+// (im2col / col2im), the fused activations and batch normalisation because NumPy needs
 // several passes or Python loops over kernel taps for them.  gpumat/native.py and the cpu
 // backend (gpumat/backends/cpu.py) call them, and fall back to NumPy twins where this module
 // is missing; this file still checks its inputs itself, so that a direct call with a bad
@@ -21,6 +21,7 @@
 
 #include "activations.hpp"
 #include "array_checks.hpp"
+#include "batchnorm.hpp"
 #include "im2col.hpp"
 #include "pack_signs.hpp"
 #include "parallel.hpp"
@@ -401,6 +402,132 @@ nb::object bias_grad(const AnyCpuArray &grad, int64_t axis) {
     });
 }
 
+// ---- batch normalisation -----------------------------------------------------------------------
+
+// (batch, channels, inner) of an N x C x ... array.
+gpumat::BatchNormShape batch_norm_shape(const AnyCpuArray &x, const char *what,
+                                        const char *name) {
+    require_layout(x, what, name, -1);
+    if (x.ndim() < 2)
+        fail_value(what, std::string(name) + " must be N x C or N x C x ... (at least "
+                                             "2-dimensional), got shape " +
+                             gpumat::shape_text(x));
+    int64_t inner = 1;
+    for (size_t i = 2; i < x.ndim(); ++i)
+        inner *= extent(x, i);
+    return {extent(x, 0), extent(x, 1), inner};
+}
+
+// A per-channel vector: x's dtype, 1-d, C elements.
+template <class T>
+const T *channel_vector(const std::optional<AnyCpuArray> &v, const AnyCpuArray &x,
+                        int64_t channels, const char *what, const char *name) {
+    if (!v)
+        return nullptr;
+    require_float(*v, what, name);
+    require_same_dtype(x, *v, what, "x", name);
+    require_layout(*v, what, name, 1);
+    if (extent(*v, 0) != channels)
+        fail_value(what, std::string(name) + " has " + std::to_string(extent(*v, 0)) +
+                             " elements but x has " + std::to_string(channels) +
+                             " channels");
+    return static_cast<const T *>(v->data());
+}
+
+nb::tuple batch_norm_forward(const AnyCpuArray &x, std::optional<AnyCpuArray> weight,
+                             std::optional<AnyCpuArray> bias, std::optional<AnyCpuArray> mean,
+                             std::optional<AnyCpuArray> var, double eps) {
+    const char *what = "batch_norm_forward";
+    const bool is_double = require_float(x, what, "x");
+    const auto shape = batch_norm_shape(x, what, "x");
+    if (mean.has_value() != var.has_value())
+        fail_value(what, "mean and var must be given together (evaluation) or both None "
+                         "(training)");
+    const bool training = !mean.has_value();
+    if (training && shape.per_channel() == 0 && shape.channels > 0)
+        fail_value(what, "training needs at least one value per channel, got x of shape " +
+                             gpumat::shape_text(x));
+    if (!(eps >= 0.0))
+        fail_value(what, "eps must be >= 0, got " + std::to_string(eps));
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        const size_t channels = (size_t) shape.channels;
+        gpumat::BatchNormForward<T> f{};
+        f.x = static_cast<const T *>(x.data());
+        f.weight = channel_vector<T>(weight, x, shape.channels, what, "weight");
+        f.bias = channel_vector<T>(bias, x, shape.channels, what, "bias");
+        f.mean_in = channel_vector<T>(mean, x, shape.channels, what, "mean");
+        f.var_in = channel_vector<T>(var, x, shape.channels, what, "var");
+        f.eps = eps;
+        gpumat::Result<T> y(shape_of(x), false), inv_std({channels}, false);
+        std::optional<gpumat::Result<T>> batch_mean, batch_var;
+        if (training) {
+            batch_mean.emplace(std::vector<size_t>{channels}, false);
+            batch_var.emplace(std::vector<size_t>{channels}, false);
+            f.mean = batch_mean->data();
+            f.var = batch_var->data();
+        }
+        f.y = y.data();
+        f.inv_std = inv_std.data();
+        {
+            nb::gil_scoped_release release;
+            gpumat::batch_norm_forward(f, shape);
+        }
+        nb::object mean_out = training ? batch_mean->release() : nb::none();
+        nb::object var_out = training ? batch_var->release() : nb::none();
+        return nb::make_tuple(y.release(), mean_out, var_out, inv_std.release());
+    });
+}
+
+nb::tuple batch_norm_backward(const AnyCpuArray &grad, const AnyCpuArray &x,
+                              const AnyCpuArray &mean, const AnyCpuArray &inv_std,
+                              std::optional<AnyCpuArray> weight, bool training,
+                              bool input_grad, bool param_grads) {
+    const char *what = "batch_norm_backward";
+    const bool is_double = require_float(grad, what, "grad");
+    require_float(x, what, "x");
+    require_same_dtype(grad, x, what, "grad", "x");
+    const auto shape = batch_norm_shape(x, what, "x");
+    require_layout(grad, what, "grad", -1);
+    if (shape_of(grad) != shape_of(x))
+        fail_value(what, "grad has shape " + gpumat::shape_text(grad) + " but x has shape " +
+                             gpumat::shape_text(x));
+    if (training && shape.per_channel() == 0 && shape.channels > 0)
+        fail_value(what, "training needs at least one value per channel, got x of shape " +
+                             gpumat::shape_text(x));
+    const std::optional<AnyCpuArray> mean_arg(mean), inv_std_arg(inv_std);
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        const size_t channels = (size_t) shape.channels;
+        gpumat::BatchNormBackward<T> b{};
+        b.grad = static_cast<const T *>(grad.data());
+        b.x = static_cast<const T *>(x.data());
+        b.mean = channel_vector<T>(mean_arg, x, shape.channels, what, "mean");
+        b.inv_std = channel_vector<T>(inv_std_arg, x, shape.channels, what, "inv_std");
+        b.weight = channel_vector<T>(weight, x, shape.channels, what, "weight");
+        b.training = training;
+        std::optional<gpumat::Result<T>> grad_x, grad_weight, grad_bias;
+        if (input_grad) {
+            grad_x.emplace(shape_of(x), false);
+            b.grad_x = grad_x->data();
+        }
+        if (param_grads) {
+            grad_weight.emplace(std::vector<size_t>{channels}, false);
+            grad_bias.emplace(std::vector<size_t>{channels}, false);
+            b.grad_weight = grad_weight->data();
+            b.grad_bias = grad_bias->data();
+        }
+        {
+            nb::gil_scoped_release release;
+            gpumat::batch_norm_backward(b, shape);
+        }
+        auto out = [](std::optional<gpumat::Result<T>> &r) -> nb::object {
+            return r ? r->release() : nb::none();
+        };
+        return nb::make_tuple(out(grad_x), out(grad_weight), out(grad_bias));
+    });
+}
+
 }  // namespace
 
 NB_MODULE(_native, module) {
@@ -445,6 +572,17 @@ NB_MODULE(_native, module) {
                "act"_a, "param"_a, "grad * act'(x), with torch's values at the kinks.");
     module.def("bias_grad", &bias_grad, "grad"_a.noconvert(), "axis"_a,
                "grad summed over every axis but axis (accumulated in float64).");
+    module.def("batch_norm_forward", &batch_norm_forward, "x"_a.noconvert(),
+               "weight"_a.noconvert().none(), "bias"_a.noconvert().none(),
+               "mean"_a.noconvert().none(), "var"_a.noconvert().none(), "eps"_a,
+               "Batch norm of an N x C x ... array over channel axis 1: (y, mean, var,\n"
+               "inv_std); training (mean and var None) computes the batch's mean and\n"
+               "biased variance, evaluation uses the given ones (returned as None).");
+    module.def("batch_norm_backward", &batch_norm_backward, "grad"_a.noconvert(),
+               "x"_a.noconvert(), "mean"_a.noconvert(), "inv_std"_a.noconvert(),
+               "weight"_a.noconvert().none(), "training"_a, "input_grad"_a, "param_grads"_a,
+               "Gradients of batch_norm_forward: (dx, dweight, dbias), None where not\n"
+               "asked for.");
 
     module.def("openmp_threads", &gpumat::openmp_max_threads,
                "The number of threads an OpenMP parallel region may use (1 without OpenMP).");

@@ -1,8 +1,8 @@
 """Differentiable batch normalisation, local response normalisation and dropout.
 
-Per-channel statistics use ``gm.bias_add_backward`` (the sum over every axis but the channel
-axis, one kernel) and per-channel affine maps use ``gm.bias_add`` and broadcasting products,
-so batch norm is a handful of passes over the activations on every backend.
+Batch norm runs on the fused kernels of ``gm.batch_norm_forward`` / ``gm.batch_norm_backward``
+(one pass for the statistics and one for the output, one for the gradient sums and one for
+dx); it keeps x and the per-channel mean and inv_std for backward, not the normalised input.
 """
 import gpumat as gm
 
@@ -10,15 +10,6 @@ from ...errors import ShapeError
 from ..autograd import Function
 
 __all__ = ["batch_norm", "local_response_norm", "dropout"]
-
-
-def _channel_view(v, ndim):
-    """A per-channel vector shaped to broadcast over N x C (x H x W)."""
-    return v.reshape((1, v.shape[0]) + (1,) * (ndim - 2))
-
-
-def _channel_sum(x):
-    return gm.bias_add_backward(x, axis=1)
 
 
 class BatchNorm(Function):
@@ -41,25 +32,17 @@ class BatchNorm(Function):
             if count < 2:
                 raise ShapeError(f"batch_norm: training needs more than one value per channel "
                                  f"to estimate a variance, got input shape {x.shape}")
-            mean = _channel_sum(x) / count
-            centred = gm.bias_add(x, -mean, axis=1)
-            var = _channel_sum(centred * centred) / count
-            self._update_running(mean, var, count)
+            out = gm.batch_norm_forward(x, weight, bias, eps=self.eps, training=True)
+            self._update_running(out.mean, out.var, count)
         else:
             if self.running_mean is None:
                 raise ValueError("batch_norm: evaluation needs running statistics "
                                  "(track_running_stats=True)")
-            centred = gm.bias_add(x, -self.running_mean, axis=1)
-            var = self.running_var
-        inv_std = 1 / gm.sqrt(var + self.eps)
-        normalized = centred * _channel_view(inv_std, x.ndim)
-        scale = inv_std if weight is None else inv_std * weight
-        y = normalized if weight is None else normalized * _channel_view(weight, x.ndim)
-        if bias is not None:
-            y = gm.bias_add(y, bias, axis=1)
+            out = gm.batch_norm_forward(x, weight, bias, self.running_mean, self.running_var,
+                                        eps=self.eps, training=False)
         if self.recording:
-            self.normalized, self.scale, self.count = normalized, scale, count
-        return y
+            self.x, self.weight, self.mean, self.inv_std = x, weight, out.mean, out.inv_std
+        return out.y
 
     def _update_running(self, mean, var, count):
         if self.running_mean is None:
@@ -72,19 +55,9 @@ class BatchNorm(Function):
 
     def backward(self, grad):
         gx, gw, gb = (self.needs_grad + (False, False))[:3]
-        normalized, ndim = self.normalized, grad.ndim
-        grad_bias = _channel_sum(grad)
-        grad_weight = _channel_sum(grad * normalized)
-        grad_x = None
-        if gx:
-            if self.training:
-                # d/dx of the batch statistics: remove the gradient's mean and its projection
-                # on the normalised input, per channel
-                correction = gm.bias_add(normalized * _channel_view(grad_weight / self.count, ndim),
-                                         grad_bias / self.count, axis=1)
-                grad_x = (grad - correction) * _channel_view(self.scale, ndim)
-            else:
-                grad_x = grad * _channel_view(self.scale, ndim)
+        grad_x, grad_weight, grad_bias = gm.batch_norm_backward(
+            grad, self.x, self.mean, self.inv_std, self.weight, training=self.training,
+            input_grad=gx, param_grads=gw or gb)
         return grad_x, grad_weight if gw else None, grad_bias if gb else None
 
 
