@@ -77,6 +77,17 @@ def gemm(A, B, C=None, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     return Array._wrap(backend, native)
 
 
+def matmul_2d(A, B, trans_a=False, trans_b=False):
+    """``op(A) @ op(B)`` for two 2-d float Arrays of one dtype on one backend whose inner
+    dimensions the caller has already checked (the layer library's products, run a few times
+    per step, skip ``gemm``'s argument handling)."""
+    backend = A._backend
+    a, b = A._live, B._live
+    out = backend.gemm(backend.reshape(a, (1,) + a.shape), backend.reshape(b, (1,) + b.shape),
+                       None, 1.0, 0.0, trans_a, trans_b)
+    return Array._wrap(backend, backend.reshape(out, tuple(out.shape[1:])))
+
+
 def gemm_parameters(backend=None):
     """(parameters, source) of the gemm kernel on ``backend`` (default: the current one);
     ``(None, reason)`` where the backend runs no tunable kernel."""

@@ -42,8 +42,12 @@ def _check(what, param, **arrays):
 
 def _real(what, **values):
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise TypeError(f"{what}: {name} must be a finite real number, got {v!r}")
+        if type(v) is float or type(v) is int:      # the common case, without the ABC check
+            if math.isfinite(v):
+                continue
+        elif not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v):
+            continue
+        raise TypeError(f"{what}: {name} must be a finite real number, got {v!r}")
 
 
 def sgd_update(param, grad, buffer=None, lr=0.01, momentum=0.0, dampening=0.0,

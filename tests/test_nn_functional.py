@@ -108,6 +108,14 @@ def test_matmul_and_linear(backend):
     check_against_torch(F.linear, torch.nn.functional.linear, [x, w, bias], backend)
 
 
+def test_products_check_dtypes(backend):
+    x, w = var(host(2, 3), backend, "single"), var(host(4, 3), backend, "double")
+    with pytest.raises(TypeError, match="share one float dtype"):
+        F.linear(x, w)
+    with pytest.raises(ValueError, match="matching inner dimensions"):
+        F.matmul(x, x)
+
+
 def test_differentiable_indexing_rejects_index_arrays(backend):
     x = var(host(4), backend)
     with pytest.raises(IndexError, match="slices"):

@@ -8,7 +8,8 @@ import numbers
 
 import gpumat as gm
 
-from ...errors import ShapeError
+from ...blas import matmul_2d
+from ...errors import DtypeError, ShapeError
 from ..autograd import Function, Variable
 
 __all__ = ["add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "matmul",
@@ -175,20 +176,34 @@ def sqrt(a):
 
 # ---- products -------------------------------------------------------------------------------
 
+def _check_product(what, a, b):
+    """Two 2-d float Arrays of one dtype and backend (then matmul_2d needs no more checks)."""
+    if not (isinstance(a, gm.Array) and isinstance(b, gm.Array)):
+        raise TypeError(f"{what}: operands must be Arrays or Variables, got "
+                        f"{type(a).__name__} and {type(b).__name__}")
+    if a.dtype != b.dtype or a.dtype.kind != "f":
+        raise DtypeError(f"{what}: operands must share one float dtype, got {a.dtype} and "
+                         f"{b.dtype}")
+    if a.backend != b.backend:
+        raise gm.BackendMismatchError(f"{what}: operands live on {a.backend!r} and "
+                                      f"{b.backend!r}")
+
+
 class MatMul(Function):
     """2-d @ 2-d (the products of the layers; batched products go through conv/linear)."""
 
     def forward(self, a, b):
-        if a.ndim != 2 or b.ndim != 2:
-            raise ShapeError(f"matmul: differentiable products take 2-d operands, got shapes "
-                             f"{a.shape} and {b.shape}")
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+            raise ShapeError(f"matmul: differentiable products take 2-d operands with "
+                             f"matching inner dimensions, got shapes {a.shape} and {b.shape}")
+        _check_product("matmul", a, b)
         self.a, self.b = a, b
-        return a @ b
+        return matmul_2d(a, b)
 
     def backward(self, grad):
         ga, gb = self.needs_grad
-        return (gm.gemm(grad, self.b, trans_b=True) if ga else None,
-                gm.gemm(self.a, grad, trans_a=True) if gb else None)
+        return (matmul_2d(grad, self.b, trans_b=True) if ga else None,
+                matmul_2d(self.a, grad, trans_a=True) if gb else None)
 
 
 class Linear(Function):
@@ -201,14 +216,15 @@ class Linear(Function):
                              f"{w.shape}")
         if b is not None and b.shape != (w.shape[0],):
             raise ShapeError(f"linear: the bias must have shape ({w.shape[0]},), got {b.shape}")
+        _check_product("linear", x, w)
         self.x, self.w = x, w
-        y = gm.gemm(x, w, trans_b=True)
+        y = matmul_2d(x, w, trans_b=True)
         return y if b is None else gm.bias_add(y, b, axis=1)
 
     def backward(self, grad):
         gx, gw, gb = (self.needs_grad + (False,))[:3]
-        return (gm.gemm(grad, self.w) if gx else None,
-                gm.gemm(grad, self.x, trans_a=True) if gw else None,
+        return (matmul_2d(grad, self.w) if gx else None,
+                matmul_2d(grad, self.x, trans_a=True) if gw else None,
                 gm.bias_add_backward(grad, axis=1) if gb else None)
 
 
