@@ -14,6 +14,9 @@ C tiny GEMMs.  The gradients follow the same paths:
     grad_w = sum over images of grad_y @ cols^T      conv2d_backward_weight
     grad_b = grad_y summed over N, H, W              conv2d_backward_bias
 
+On cpu, ungrouped passes first ask the backend's direct kernels (``conv2d_direct`` and its
+gradient twins, gpumat/backends/cpu_conv.py: no column matrix at all), which decline the
+layers that im2col + BLAS does faster; everything below is then the way.
 Ungrouped products run through ``backend.conv_gemm`` where the backend has it (opencl, cpu):
 one launch over the batch that reads W^T and grad_y^T in place (strides, packing or BLAS
 transpose flags) instead of permute copies.  With stride 1 and a weight much smaller than x,
@@ -181,10 +184,24 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
             x._live, w._live, geometry.stride, geometry.padding, geometry.dilation, o // c,
             geometry.out_hw))
     else:
-        y = _gemm_forward(backend, x, w, geometry, groups).reshape(n, o, oh, ow)
+        y = _direct(backend, groups, "conv2d_direct", x._live, w._live, geometry.stride,
+                    geometry.padding, geometry.dilation, geometry.out_hw)
+        if y is None:
+            y = _gemm_forward(backend, x, w, geometry, groups).reshape(n, o, oh, ow)
     if bias is not None:
         y = y + bias.reshape(1, o, 1, 1)
     return y
+
+
+def _direct(backend, groups, method, *args):
+    """The backend's direct kernel for an ungrouped convolution pass (``method``: cpu's
+    conv2d_direct and its gradient twins, gpumat/backends/cpu_conv.py) as an Array, or None
+    where there is none or it declines the layer (im2col + GEMM is then the way)."""
+    direct = getattr(backend, method, None)
+    if direct is None or groups != 1:
+        return None
+    out = direct(*args)
+    return None if out is None else Array._wrap(backend, out)
 
 
 def _weight_matrix(w, groups):
@@ -267,6 +284,10 @@ def conv2d_backward_input(grad_out, w, input_shape, stride=1, padding=0, dilatio
         return Array._wrap(backend, backend.depthwise_conv2d_backward_input(
             grad_out._live, w._live, input_shape, geometry.stride, geometry.padding,
             geometry.dilation, o // c, geometry.out_hw))
+    grad_x = _direct(backend, groups, "conv2d_direct_backward_input", grad_out._live, w._live,
+                     input_shape, geometry.stride, geometry.padding, geometry.dilation)
+    if grad_x is not None:
+        return grad_x
     if _as_forward_conv(input_shape, w.shape, geometry, groups):
         return _backward_input_by_forward(grad_out, w, geometry)
     length = geometry.out_hw[0] * geometry.out_hw[1]
@@ -343,6 +364,10 @@ def conv2d_backward_weight(grad_out, x, weight_shape, stride=1, padding=0, dilat
             geometry.dilation, o // c, geometry.out_hw))
     if n == 0:                      # no images: nothing to sum
         return Array._wrap(backend, backend.full(weight_shape, 0, x.dtype))
+    grad_w = _direct(backend, groups, "conv2d_direct_backward_weight", grad_out._live, x._live,
+                     weight_shape, geometry.stride, geometry.padding, geometry.dilation)
+    if grad_w is not None:
+        return grad_w
     length = geometry.out_hw[0] * geometry.out_hw[1]
     cols = _columns(backend, x, geometry, groups)
     grad = grad_out.reshape(n, o, length) if groups == 1 else \

@@ -6,11 +6,12 @@ the first fallback warns once with `NativeFallbackWarning`, saying why the
 native module is missing.  This module itself imports without the compiled
 module, so a source checkout that was never built still works (slowly).
 
-The cpu backend's other native kernels (pooling, im2col / col2im, bias +
-activation, batch normalisation and their gradients) are reached through
-`kernels()`, which gives the module or, after the same one warning, None; the
-backend then runs the NumPy twin, the array-module method it inherits
-(gpumat/backends/cpu.py).
+The cpu backend's other native kernels (pooling, im2col / col2im, the direct
+convolutions, bias + activation, batch normalisation and their gradients) are
+reached through `kernels()`, which gives the module or, after the same one
+warning, None; the backend then runs the NumPy twin, the array-module method it
+inherits (gpumat/backends/cpu.py), or for the direct convolutions im2col + BLAS
+(gpumat/backends/cpu_conv.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 __all__ = [
     "HAVE_NATIVE",
+    "buffer_cache_bytes",
     "NativeFallbackWarning",
     "kernels",
     "native_import_error",
@@ -129,6 +131,13 @@ def kernels():
     if _native is None:
         _warn_fallback_once()
     return _native
+
+
+def buffer_cache_bytes() -> int:
+    """Bytes of freed native results kept for reuse (0 without the module)."""
+    if _native is None:
+        return 0
+    return int(_native.buffer_cache_bytes())
 
 
 def openmp_threads() -> int:

@@ -193,7 +193,15 @@ def _calls(backend, x_shape, w_shape, **kw):
             "weight": lambda: gm.conv2d_backward_weight(y, X, w_shape, **kw)}
 
 
+def _lowering_only(monkeypatch):
+    """cpu: the lowering's own paths, without the direct kernels that run first
+    (gpumat/backends/cpu_conv.py; tests/test_cpu_direct_conv.py tests those)."""
+    from gpumat.backends import cpu_conv
+    monkeypatch.setattr(cpu_conv, "FORCE", False)
+
+
 def _counts(monkeypatch, backend, call):
+    _lowering_only(monkeypatch)
     counter = _Counter(monkeypatch, get_backend(backend), _PATH_METHODS)
     call()
     monkeypatch.undo()
@@ -509,6 +517,7 @@ def test_lowering_bad_arguments(backend):
 
 def _force_forward_route(monkeypatch):
     from gpumat import conv as conv_module
+    _lowering_only(monkeypatch)
     monkeypatch.setattr(conv_module, "BACKWARD_INPUT_WEIGHT_RATIO", 0)
     monkeypatch.setattr(conv_module, "BACKWARD_INPUT_AREA_RATIO", 1e9)
 

@@ -23,6 +23,14 @@ pytestmark = pytest.mark.skipif(native._native is None,
 DTYPES = [np.float32, np.float64]
 CPU = get_backend("cpu")
 
+
+@pytest.fixture(autouse=True)
+def _lowering_only(monkeypatch):
+    """gm.conv2d here runs the lowering these kernels serve, not the direct convolutions
+    that the cpu backend prefers for most layers (tests/test_cpu_direct_conv.py)."""
+    from gpumat.backends import cpu_conv
+    monkeypatch.setattr(cpu_conv, "FORCE", False)
+
 #: (input shape, kernel, stride, padding, ceil_mode): 1s, primes, overhanging ceil windows,
 #: overlapping and disjoint windows, an empty batch, and one large input
 POOL_CASES = [
@@ -505,6 +513,7 @@ def test_remembered_columns_never_serve_a_changed_input():
 def test_remembered_columns_are_read_only_and_counted_as_held():
     x = np.random.default_rng(22).standard_normal((2, 3, 6, 6)).astype(np.float32)
     CPU._columns.clear()
+    native._native.clear_buffer_cache()     # freed native results kept for reuse
     assert CPU.memory_info()["bytes_held"] == 0
     cols = CPU.im2col(x, (3, 3), (1, 1), (1, 1), (1, 1), (6, 6), shared=True)
     assert not cols.flags.writeable

@@ -8,7 +8,10 @@ gradient (accumulated in float64 natively), elu (libm's exp against NumPy's), av
 pooling over big tiles (NumPy sums those in another order) and batch norm's statistics and
 gradient sums (both accumulated in float64, in other orders: the values computed from them
 may differ in the last bits).  The native kernels run on the calling thread for any size a
-CPU network usually has: see kernels/cpu/parallel.hpp for why.
+CPU network usually has (see kernels/cpu/parallel.hpp for why), except the direct
+convolutions (cpu_conv.py), which split the batch over a pool of threads that sleep between
+calls.  Freed native results wait in a small cache for the next result of their size
+(kernels/cpu/array_checks.hpp), counted in memory_info()'s bytes_held.
 """
 import functools
 import os
@@ -46,8 +49,34 @@ class CPUBackend(ArrayModuleBackend):
 
     def memory_info(self):
         info = super().memory_info()
-        info["bytes_held"] = self._columns.nbytes      # remembered convolution columns
+        # remembered convolution columns, and freed native results kept for reuse
+        info["bytes_held"] = self._columns.nbytes + native.buffer_cache_bytes()
         return info
+
+    # ---- products -------------------------------------------------------------------------
+    #: 2-d products of at most this many multiply-adds (a small network's dense layers) run
+    #: in the native module on the calling thread: BLAS would run them on its threads, which
+    #: then spin for a long while after each call on the core the convolutions' threads need
+    #: (LeNet-5, 2 cores, another process busy on one: 7.2 ms a step with BLAS's threads,
+    #: 3.1 ms without)
+    SMALL_GEMM = 1 << 23
+    #: ... and whose op(b) has at most this many elements (copied into cache-sized rows;
+    #: past L2 BLAS's blocking wins: 64 x 1024 x 512 ran at 32 GFLOP/s natively, 200 in BLAS)
+    SMALL_GEMM_B = 1 << 18
+
+    def gemm(self, a, b, c, alpha, beta, trans_a, trans_b):
+        kernels = native.kernels()
+        if (kernels is None or a.shape[0] != 1 or b.shape[0] != 1
+                or b.shape[1] * b.shape[2] > self.SMALL_GEMM_B
+                or a.shape[1] * a.shape[2] * (b.shape[1] if trans_b else b.shape[2])
+                > self.SMALL_GEMM):
+            return super().gemm(a, b, c, alpha, beta, trans_a, trans_b)
+        m = a.shape[2] if trans_a else a.shape[1]
+        n = b.shape[1] if trans_b else b.shape[2]
+        c2 = None if c is None or beta == 0 else c[0]
+        out = self._run(lambda: kernels.gemm(a[0], b[0], c2, alpha, beta, trans_a, trans_b),
+                        (m, n), a.dtype)
+        return out.reshape((1, m, n))
 
     def pack_signs(self, a):
         return self._track(native.pack_signs(a))
@@ -191,4 +220,5 @@ def _oom_message(backend, shape, dtype, exc):
 
 def create():
     from . import conv_array_module  # noqa: F401  (adds im2col, col2im, depthwise)
+    from . import cpu_conv  # noqa: F401  (adds the direct convolutions)
     return CPUBackend()

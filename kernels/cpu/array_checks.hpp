@@ -6,8 +6,12 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
 #include <new>
 #include <string>
 #include <utility>
@@ -106,7 +110,107 @@ inline int64_t extent(const AnyCpuArray &array, size_t axis) {
     return (int64_t) array.shape(axis);
 }
 
-// A malloc'ed (calloc'ed when `zeroed`) buffer of `count` T that becomes a NumPy array.
+// The buffers of the results below.  Large ones that NumPy frees come back here and serve
+// later results of the same size: glibc hands large freed blocks back to the kernel (munmap,
+// or a trimmed heap) once its adaptive thresholds allow, and then every page of the next
+// allocation faults again -- measured 1500 faults and +50% time per LeNet-5 training step,
+// whose layers allocate the same few sizes every step.  At most kMaxHeld bytes wait here
+// (the oldest go first); clear() frees them, held() counts them.
+class BufferCache {
+  public:
+    static constexpr size_t kHeader = 64;              // the size, and 64-byte alignment
+    static constexpr size_t kMinCached = size_t(64) << 10;
+    static constexpr size_t kMaxHeld = size_t(64) << 20;
+
+    static BufferCache &instance() {
+        static BufferCache *cache = new BufferCache();  // never destroyed: NumPy may free
+        return *cache;                                 // results after static destructors
+    }
+
+    // A 64-byte-aligned buffer of at least `bytes`.
+    void *take(size_t bytes) {
+        const size_t size = rounded(bytes);
+        if (size >= kMinCached) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            for (size_t i = entries_.size(); i-- > 0;)
+                if (entries_[i].first == size) {
+                    char *base = entries_[i].second;
+                    entries_.erase(entries_.begin() + (std::ptrdiff_t) i);
+                    held_ -= size;
+                    return base + kHeader;
+                }
+        }
+        char *base = static_cast<char *>(std::malloc(size + 2 * kHeader));
+        if (base == nullptr)
+            throw std::bad_alloc();
+        // align the user pointer to 64 bytes; the header just before it keeps what free()
+        // and the cache need
+        char *user = base + kHeader + (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
+        Header *header = reinterpret_cast<Header *>(user - kHeader);
+        header->size = size;
+        header->base = base;
+        return user;
+    }
+
+    // Takes back a buffer from take().
+    void give(void *pointer) noexcept {
+        if (pointer == nullptr)
+            return;
+        char *user = static_cast<char *>(pointer);
+        const Header *header = reinterpret_cast<const Header *>(user - kHeader);
+        const size_t size = header->size;
+        if (size < kMinCached || size > kMaxHeld) {
+            std::free(header->base);
+            return;
+        }
+        std::vector<char *> spill;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            entries_.emplace_back(size, user - kHeader);
+            held_ += size;
+            while (held_ > kMaxHeld) {
+                spill.push_back(entries_.front().second);
+                held_ -= entries_.front().first;
+                entries_.erase(entries_.begin());
+            }
+        }
+        for (char *entry : spill)
+            std::free(reinterpret_cast<Header *>(entry)->base);
+    }
+
+    size_t held() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return held_;
+    }
+
+    void clear() {
+        std::vector<std::pair<size_t, char *>> entries;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            entries.swap(entries_);
+            held_ = 0;
+        }
+        for (auto &entry : entries)
+            std::free(reinterpret_cast<Header *>(entry.second)->base);
+    }
+
+  private:
+    struct Header {
+        size_t size;
+        char *base;
+    };
+
+    // cached sizes in whole pages, so that near sizes share buffers
+    static size_t rounded(size_t bytes) {
+        return bytes < kMinCached ? bytes : (bytes + 4095) / 4096 * 4096;
+    }
+
+    std::mutex mutex_;
+    std::vector<std::pair<size_t, char *>> entries_;   // (size, header), oldest first
+    size_t held_ = 0;
+};
+
+// A buffer of `count` T (zero-filled when `zeroed`) that becomes a NumPy array.
 template <class T>
 class Result {
   public:
@@ -115,20 +219,23 @@ class Result {
         for (size_t extent : shape_)
             count *= extent;
         const size_t allocated = count ? count : 1;   // an empty result still owns a pointer
-        data_ = static_cast<T *>(zeroed ? std::calloc(allocated, sizeof(T))
-                                        : std::malloc(allocated * sizeof(T)));
-        if (data_ == nullptr)
+        if (allocated > std::numeric_limits<size_t>::max() / (2 * sizeof(T)))
             throw std::bad_alloc();
+        data_ = static_cast<T *>(BufferCache::instance().take(allocated * sizeof(T)));
+        if (zeroed)
+            std::memset(static_cast<void *>(data_), 0, allocated * sizeof(T));
     }
     Result(const Result &) = delete;
     Result &operator=(const Result &) = delete;
-    ~Result() { std::free(data_); }
+    ~Result() { BufferCache::instance().give(data_); }
 
     T *data() { return data_; }
 
     // The NumPy array owning the buffer (this Result no longer does).
     nb::object release() {
-        nb::capsule owner(data_, [](void *pointer) noexcept { std::free(pointer); });
+        nb::capsule owner(data_, [](void *pointer) noexcept {
+            BufferCache::instance().give(pointer);
+        });
         T *raw = data_;
         data_ = nullptr;
         return nb::cast(nb::ndarray<nb::numpy, T>(raw, shape_.size(), shape_.data(), owner));

@@ -10,6 +10,8 @@
 #include <nanobind/stl/array.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include <array>
 #include <cstdint>
@@ -22,6 +24,7 @@
 #include "activations.hpp"
 #include "array_checks.hpp"
 #include "batchnorm.hpp"
+#include "direct_conv.hpp"
 #include "im2col.hpp"
 #include "pack_signs.hpp"
 #include "parallel.hpp"
@@ -300,6 +303,241 @@ bool same_bytes(const AnyCpuArray &a, const AnyCpuArray &b) {
         return false;
     nb::gil_scoped_release release;
     return std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
+// ---- direct convolution ----------------------------------------------------------------------
+
+// The checked geometry of conv2d (groups = 1) of an input of `input` shape with a weight of
+// out_channels x weight_channels x kernel.
+gpumat::direct::Geometry direct_geometry(const char *what, const std::array<int64_t, 4> &input,
+                                         int64_t out_channels, int64_t weight_channels,
+                                         const Pair &kernel, const Pair &stride,
+                                         const Pair &padding, const Pair &dilation) {
+    if (out_channels < 0)
+        fail_value(what, "the weight has a negative dimension");
+    // the input shape and the hyper-parameters, checked as for im2col
+    const auto lowering = conv_geometry(what, input, kernel, stride, padding, dilation, {0, 0});
+    if (weight_channels != input[1])
+        fail_value(what, "the input has " + std::to_string(input[1]) + " channels but the "
+                         "weight has " + std::to_string(weight_channels) + " (groups = 1)");
+    const int64_t limit = int64_t(1) << 31;
+    if (kernel.first > limit || kernel.second > limit || stride.first > limit ||
+        stride.second > limit || padding.first > limit || padding.second > limit ||
+        dilation.first > limit || dilation.second > limit || input[2] > limit ||
+        input[3] > limit)
+        fail_value(what, "a size or geometry value is too large (over 2**31)");
+    auto out_size = [&](int64_t size, int64_t k, int64_t s, int64_t p, int64_t d,
+                        const char *axis) {
+        const int64_t span = d * (k - 1) + 1;
+        if (size + 2 * p < span)
+            fail_value(what, std::string("the dilated kernel ") + axis + " " +
+                                 std::to_string(span) + " exceeds the padded input " + axis +
+                                 " " + std::to_string(size + 2 * p));
+        return (size + 2 * p - span) / s + 1;
+    };
+    gpumat::direct::Geometry g{lowering.batch, lowering.channels, lowering.height,
+                               lowering.width, out_channels, lowering.kernel_h,
+                               lowering.kernel_w, lowering.stride_h, lowering.stride_w,
+                               lowering.pad_h, lowering.pad_w, lowering.dilation_h,
+                               lowering.dilation_w, 0, 0};
+    g.out_h = out_size(g.height, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, "height");
+    g.out_w = out_size(g.width, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, "width");
+    // the phase planes of one image, and the work, must stay addressable
+    const double planes = (double) g.channels * (g.out_h + (double) (g.kernel_h - 1) *
+                          g.dilation_h) * (g.out_w + (double) (g.kernel_w - 1) * g.dilation_w);
+    if (planes > 1e12 || (double) g.taps() * (double) out_channels > 1e12)
+        fail_value(what, "the layer is too large for the direct convolution");
+    return g;
+}
+
+std::array<int64_t, 4> shape4(const AnyCpuArray &a) {
+    return {extent(a, 0), extent(a, 1), extent(a, 2), extent(a, 3)};
+}
+
+// Checks the (N, O, OH, OW) gradient of the output against the geometry.
+void require_grad_out(const char *what, const AnyCpuArray &grad_out,
+                      const gpumat::direct::Geometry &g) {
+    const std::array<int64_t, 4> expected{g.batch, g.out_channels, g.out_h, g.out_w};
+    if (shape4(grad_out) != expected)
+        fail_value(what, "grad_out has shape " + gpumat::shape_text(grad_out) + " but this "
+                         "convolution's output has shape (" + std::to_string(g.batch) + ", " +
+                         std::to_string(g.out_channels) + ", " + std::to_string(g.out_h) +
+                         ", " + std::to_string(g.out_w) + ")");
+}
+
+// Checks the two operands of a direct convolution pass: 4-d, C-contiguous, one float dtype
+// (returned: whether float64).
+bool require_operands(const char *what, const AnyCpuArray &a, const char *name_a,
+                      const AnyCpuArray &b, const char *name_b) {
+    const bool is_double = require_float(a, what, name_a);
+    require_same_dtype(a, b, what, name_a, name_b);
+    require_layout(a, what, name_a, 4);
+    require_layout(b, what, name_b, 4);
+    return is_double;
+}
+
+// A fresh result of `shape` that kernel(a, b, out) fills without the GIL, with T the float
+// type `is_double` says.
+template <class Kernel>
+nb::object direct_result(bool is_double, const std::vector<size_t> &shape, const AnyCpuArray &a,
+                         const AnyCpuArray &b, Kernel &&kernel) {
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> out(shape, false);
+        {
+            nb::gil_scoped_release release;
+            kernel(static_cast<const T *>(a.data()), static_cast<const T *>(b.data()),
+                   out.data());
+        }
+        return out.release();
+    });
+}
+
+nb::object conv2d_direct(const AnyCpuArray &x, const AnyCpuArray &w, Pair stride, Pair padding,
+                         Pair dilation) {
+    const char *what = "conv2d_direct";
+    const bool is_double = require_operands(what, x, "x", w, "w");
+    const auto g = direct_geometry(what, shape4(x), extent(w, 0), extent(w, 1),
+                                   {extent(w, 2), extent(w, 3)}, stride, padding, dilation);
+    const std::vector<size_t> shape{(size_t) g.batch, (size_t) g.out_channels,
+                                    (size_t) g.out_h, (size_t) g.out_w};
+    return direct_result(is_double, shape, x, w, [&](auto x_data, auto w_data, auto y) {
+        gpumat::direct::forward(g, x_data, w_data, y);
+    });
+}
+
+nb::object conv2d_direct_backward_input(const AnyCpuArray &grad_out, const AnyCpuArray &w,
+                                        std::array<int64_t, 4> input_shape, Pair stride,
+                                        Pair padding, Pair dilation) {
+    const char *what = "conv2d_direct_backward_input";
+    const bool is_double = require_operands(what, grad_out, "grad_out", w, "w");
+    const auto g = direct_geometry(what, input_shape, extent(w, 0), extent(w, 1),
+                                   {extent(w, 2), extent(w, 3)}, stride, padding, dilation);
+    require_grad_out(what, grad_out, g);
+    const std::vector<size_t> shape{(size_t) input_shape[0], (size_t) input_shape[1],
+                                    (size_t) input_shape[2], (size_t) input_shape[3]};
+    return direct_result(is_double, shape, grad_out, w, [&](auto dy, auto w_data, auto dx) {
+        gpumat::direct::backward_input(g, dy, w_data, dx);
+    });
+}
+
+nb::object conv2d_direct_backward_weight(const AnyCpuArray &grad_out, const AnyCpuArray &x,
+                                         Pair kernel, Pair stride, Pair padding,
+                                         Pair dilation) {
+    const char *what = "conv2d_direct_backward_weight";
+    const bool is_double = require_operands(what, grad_out, "grad_out", x, "x");
+    if (grad_out.shape(0) != x.shape(0))
+        fail_value(what, "grad_out has " + std::to_string(grad_out.shape(0)) + " images but "
+                         "x has " + std::to_string(x.shape(0)));
+    const auto g = direct_geometry(what, shape4(x), extent(grad_out, 1), extent(x, 1), kernel,
+                                   stride, padding, dilation);
+    require_grad_out(what, grad_out, g);
+    const std::vector<size_t> shape{(size_t) g.out_channels, (size_t) g.channels,
+                                    (size_t) g.kernel_h, (size_t) g.kernel_w};
+    return direct_result(is_double, shape, grad_out, x, [&](auto dy, auto x_data, auto dw) {
+        gpumat::direct::backward_weight(g, dy, x_data, dw);
+    });
+}
+
+nb::object small_gemm(const AnyCpuArray &a, const AnyCpuArray &b, std::optional<AnyCpuArray> c,
+                      double alpha, double beta, bool trans_a, bool trans_b) {
+    const char *what = "gemm";
+    const bool is_double = require_float(a, what, "a");
+    require_same_dtype(a, b, what, "a", "b");
+    require_layout(a, what, "a", 2);
+    require_layout(b, what, "b", 2);
+    const int64_t m = extent(a, trans_a ? 1 : 0), k = extent(a, trans_a ? 0 : 1);
+    const int64_t k_b = extent(b, trans_b ? 1 : 0), n = extent(b, trans_b ? 0 : 1);
+    if (k != k_b)
+        fail_value(what, "op(a) is " + std::to_string(m) + " x " + std::to_string(k) +
+                             " but op(b) is " + std::to_string(k_b) + " x " +
+                             std::to_string(n));
+    if (c) {
+        require_same_dtype(a, *c, what, "a", "c");
+        require_layout(*c, what, "c", 2);
+        if (extent(*c, 0) != m || extent(*c, 1) != n)
+            fail_value(what, "c has shape " + gpumat::shape_text(*c) + ", not the product's (" +
+                                 std::to_string(m) + ", " + std::to_string(n) + ")");
+    }
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> out({(size_t) m, (size_t) n}, false);
+        const T *c_data = c ? static_cast<const T *>(c->data()) : nullptr;
+        {
+            nb::gil_scoped_release release;
+            gpumat::direct::small_gemm(static_cast<const T *>(a.data()),
+                                       static_cast<const T *>(b.data()), c_data, out.data(), m,
+                                       n, k, trans_a, trans_b, (T) alpha, (T) beta);
+        }
+        return out.release();
+    });
+}
+
+std::vector<std::string> direct_conv_isas() {
+    std::vector<std::string> names;
+    for (auto isa : gpumat::direct::supported_isas())
+        names.emplace_back(gpumat::direct::isa_name(isa));
+    return names;
+}
+
+void set_direct_conv_isa(const std::string &name) {
+    if (!gpumat::direct::select_isa(name)) {
+        std::string known = "auto";
+        for (const auto &isa : direct_conv_isas())
+            known += ", " + isa;
+        fail_value("set_direct_conv_isa", "'" + name + "' is not an instruction set this CPU "
+                                          "and build run; choose one of: " + known);
+    }
+}
+
+gpumat::direct::Pass direct_conv_pass(const std::string &name) {
+    using gpumat::direct::Pass;
+    if (name == "forward")
+        return Pass::forward;
+    if (name == "backward_input")
+        return Pass::input;
+    if (name == "backward_weight_pixels")
+        return Pass::weight;
+    if (name == "backward_weight_channels")
+        return Pass::weight_transposed;
+    if (name == "forward_channels")
+        return Pass::forward_channels;
+    fail_value("direct_conv", "unknown pass '" + name + "' (forward, forward_channels, "
+                              "backward_input, backward_weight_pixels, "
+                              "backward_weight_channels)");
+}
+
+// The accumulator block shapes the current instruction set's copy has, per pass (float32).
+nb::dict direct_conv_tiles() {
+    const auto &k = gpumat::direct::kernels_for<float>(gpumat::direct::current_isa());
+    auto listed = [](const gpumat::direct::TileShape *shapes, size_t count) {
+        nb::list out;
+        for (size_t i = 0; i < count; ++i)
+            out.append(nb::make_tuple(shapes[i].first, shapes[i].second));
+        return out;
+    };
+    nb::dict tiles;
+    tiles["forward"] = listed(k.forward.shapes, k.forward.count);
+    tiles["forward_channels"] = listed(k.forward_channels.shapes, k.forward_channels.count);
+    tiles["backward_input"] = listed(k.input.shapes, k.input.count);
+    tiles["backward_weight_pixels"] = listed(k.weight.shapes, k.weight.count);
+    tiles["backward_weight_channels"] =
+        listed(k.weight_transposed.shapes, k.weight_transposed.count);
+    return tiles;
+}
+
+void force_direct_conv_tile(const std::string &pass, int index) {
+    if (index < -1)
+        fail_value("force_direct_conv_tile", "index must be -1 (the cost model) or a menu "
+                                             "entry, got " + std::to_string(index));
+    gpumat::direct::forced_shape(direct_conv_pass(pass)).store(index);
+}
+
+void set_native_threads(int count) {
+    if (count < 1)
+        fail_value("set_native_threads", "the thread count must be at least 1, got " +
+                                             std::to_string(count));
+    gpumat::ThreadPool::instance().set_threads(count);
 }
 
 // ---- activations -----------------------------------------------------------------------------
@@ -583,6 +821,50 @@ NB_MODULE(_native, module) {
                "weight"_a.noconvert().none(), "training"_a, "input_grad"_a, "param_grads"_a,
                "Gradients of batch_norm_forward: (dx, dweight, dbias), None where not\n"
                "asked for.");
+
+    module.def("conv2d_direct", &conv2d_direct, "x"_a.noconvert(), "w"_a.noconvert(),
+               "stride"_a, "padding"_a, "dilation"_a,
+               "conv2d (groups 1) of C-contiguous float NCHW x and O x C x kh x kw w by\n"
+               "the direct kernels: no im2col columns, vectorised for the CPU's\n"
+               "instruction set, images split over the native threads.");
+    module.def("conv2d_direct_backward_input", &conv2d_direct_backward_input,
+               "grad_out"_a.noconvert(), "w"_a.noconvert(), "input_shape"_a, "stride"_a,
+               "padding"_a, "dilation"_a,
+               "The gradient of conv2d_direct with respect to its input.");
+    module.def("conv2d_direct_backward_weight", &conv2d_direct_backward_weight,
+               "grad_out"_a.noconvert(), "x"_a.noconvert(), "kernel"_a, "stride"_a,
+               "padding"_a, "dilation"_a,
+               "The gradient of conv2d_direct with respect to its weight (O x C x kh x kw).");
+    module.def("gemm", &small_gemm, "a"_a.noconvert(), "b"_a.noconvert(),
+               "c"_a.noconvert().none(), "alpha"_a, "beta"_a, "trans_a"_a, "trans_b"_a,
+               "alpha * op(a) @ op(b) + beta * c (c None: no c) for C-contiguous 2-d float\n"
+               "arrays of one dtype, op transposing where asked, on the calling thread\n"
+               "(the cpu backend's small products: no BLAS threads).");
+    module.def("direct_conv_isa",
+               [] { return std::string(gpumat::direct::isa_name(gpumat::direct::current_isa())); },
+               "The instruction set the direct convolutions use: baseline (SSE2 on\n"
+               "x86-64, the compiler's flags elsewhere), avx2 (with FMA) or avx512.");
+    module.def("direct_conv_isas", &direct_conv_isas,
+               "The instruction sets this CPU and build can run, best last.");
+    module.def("set_direct_conv_isa", &set_direct_conv_isa, "name"_a,
+               "Use the named instruction set ('auto': the best); for tests and\n"
+               "comparisons (GPUMAT_CPU_ISA caps it at import).");
+    module.def("direct_conv_tiles", &direct_conv_tiles,
+               "Per pass, the accumulator block shapes compiled for the current\n"
+               "instruction set.");
+    module.def("force_direct_conv_tile", &force_direct_conv_tile, "pass_name"_a, "index"_a,
+               "Force a pass to one entry of direct_conv_tiles() (-1: the cost model\n"
+               "picks); forcing a backward_weight form also forces that form.");
+    module.def("native_threads", [] { return gpumat::ThreadPool::instance().threads(); },
+               "Threads the direct convolutions use (the caller included):\n"
+               "GPUMAT_NUM_THREADS, else OMP_NUM_THREADS, else the usable CPUs.");
+    module.def("set_native_threads", &set_native_threads, "count"_a,
+               "Set the thread count of the direct convolutions.");
+
+    module.def("buffer_cache_bytes", [] { return gpumat::BufferCache::instance().held(); },
+               "Bytes of freed result buffers the module keeps for reuse (at most 64 MiB).");
+    module.def("clear_buffer_cache", [] { gpumat::BufferCache::instance().clear(); },
+               "Free the result buffers kept for reuse.");
 
     module.def("openmp_threads", &gpumat::openmp_max_threads,
                "The number of threads an OpenMP parallel region may use (1 without OpenMP).");

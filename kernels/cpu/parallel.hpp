@@ -34,7 +34,8 @@ inline bool openmp_enabled() {
 // while after every GEMM, and libgomp's workers spin after every parallel region, so on a
 // machine whose cores BLAS already uses a parallel region costs up to a scheduler time slice
 // (measured on 2 cores: LeNet training 5x slower with every kernel parallel).  Only loops of
-// several milliseconds pay for that.
+// several milliseconds pay for that.  The direct convolutions, whose work is worth two cores
+// even at LeNet's sizes, use thread_pool.hpp instead: workers that sleep between calls.
 constexpr int64_t kParallelThreshold = int64_t(1) << 22;
 
 // Calls body(begin, end) on disjoint chunks covering [0, count), one chunk per thread, with
