@@ -118,7 +118,7 @@ def _subset(dataset, limit):
 
 
 def _optimizer(args, model, epochs):
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    lr = args.lr
     if args.optimizer == "sgd":
         opt = optim.SGD(model.parameters(), lr=lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, nesterov=args.momentum > 0)
@@ -135,11 +135,21 @@ def _optimizer(args, model, epochs):
     return opt, after
 
 
+def _command_line():
+    """How this run was started, as a user would type it again."""
+    argv = list(sys.argv)
+    if argv and os.path.basename(argv[0]) == "__main__.py":
+        argv[0:1] = ["python", "-m", "gpumat"]
+    return " ".join(argv)
+
+
 def run(args, parser=None):
     parser = parser or argparse.ArgumentParser()
     _check(args, parser)
     backend = gm.use(args.backend)
     args.backend = backend
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.optimizer]
     gm.seed(args.seed)
     name = args.model or os.path.splitext(os.path.basename(args.netdef))[0]
     out = args.out or os.path.join("runs", f"{name}-{args.dataset}")
@@ -158,8 +168,8 @@ def run(args, parser=None):
     print(f"{args.optimizer} lr {optimizer.param_groups[0]['lr']:g}, batch {args.batch_size}, "
           f"{args.epochs} epochs, schedule {args.schedule}; writing to {out}/")
     info = {"model": name, "dataset": args.dataset, "backend": backend, "device": device,
-            "parameters": params, "host": platform.node(), "started": time.strftime(
-                "%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv),
+            "parameters": params, "gpumat": gm.__version__, "host": platform.node(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": _command_line(),
             "arguments": {k: v for k, v in vars(args).items() if k != "func"}}
     history = fit(model, optimizer, train_loader, test_loader, args.epochs, scheduler, out,
                   resume=args.resume, label_smoothing=args.label_smoothing, info=info)

@@ -147,7 +147,7 @@ def _write_json(path, data):
     os.replace(tmp, path)
 
 
-def plot_curves(history, path):
+def plot_curves(history, path, title=None):
     """Loss and accuracy per epoch as a PNG; returns False (with a warning, once) when
     matplotlib is not installed."""
     try:
@@ -172,6 +172,8 @@ def plot_curves(history, path):
     right.legend()
     for axis in (left, right):
         axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -253,4 +255,8 @@ def _save_epoch(out_dir, model, optimizer, scheduler, loader, epochs_done, histo
     metrics["epochs"] = history
     metrics["best_test_top1"] = max(e["test_top1"] for e in history)
     _write_json(os.path.join(out_dir, METRICS), metrics)
-    plot_curves(history, os.path.join(out_dir, CURVES))
+    info = info or {}
+    title = " ".join(str(info[k]) for k in ("model", "dataset") if k in info)
+    if "backend" in info:
+        title += f" (gpumat {info['backend']} backend)"
+    plot_curves(history, os.path.join(out_dir, CURVES), title.strip() or None)
