@@ -10,6 +10,8 @@ from . import backends as _backends_module
 from . import backends   # callable: gm.backends() reports each backend, device or reason
 from .array import Array, cumsum, matmul, mean, std, var
 from .blas import gemm
+from .binary import (pack_conv_input, pack_conv_weight, pack_signs, xnor_conv2d,
+                     xnor_gemm)
 from .activations import *  # noqa: F401,F403  (bias_add, relu, softmax, ... and backward)
 from .conv import (col2im, conv2d, conv2d_backward_bias, conv2d_backward_input,
                    conv2d_backward_weight, im2col)
@@ -27,7 +29,6 @@ from .functions import (abs, all, allclose, any, argmax, argmin, broadcast_to, c
                         where)
 from .io import load, save
 from .memory import keep, memory_info, scope
-from .native import pack_signs as _pack_signs_host
 from .normalization import (BatchNormForward, BatchNormGradients, batch_norm_backward,
                             batch_norm_forward)
 from .optimizers import adam_update, sgd_update
@@ -55,17 +56,3 @@ def gather(a):
     """MATLAB's gather: a NumPy copy of an Array (other values pass through np.asarray)."""
     import numpy as np
     return a.gather() if isinstance(a, Array) else np.asarray(a)
-
-
-def pack_signs(a):
-    """Pack the signs of a single-precision Array along its last axis into uint32 words:
-    bit j of word w is 1 where ``a[..., 32*w + j] >= 0`` (NaN counts as negative).  The first
-    brick of the binarized (XNOR-popcount) convolution; runs as a kernel on every backend."""
-    from .errors import DtypeError as _DtypeError, ShapeError as _ShapeError
-    a = a if isinstance(a, Array) else array(a)
-    if a.dtype != "float32":
-        raise _DtypeError(f"pack_signs needs a single (float32) Array, got {a.dtype}")
-    if a.ndim == 0:
-        raise _ShapeError("pack_signs needs at least one dimension, got a 0-d Array")
-    backend = a._backend
-    return Array._wrap(backend, backend.pack_signs(a._live))

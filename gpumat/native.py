@@ -6,6 +6,11 @@ the first fallback warns once with `NativeFallbackWarning`, saying why the
 native module is missing.  This module itself imports without the compiled
 module, so a source checkout that was never built still works (slowly).
 
+The XNOR-popcount kernels of binarised networks work the same way: `pack_conv_input`
+(an NCHW float32 input's channel signs packed per pixel), `xnor_gemm` (the products of packed
++-1 rows) and `xnor_conv2d` (the binary convolution, exact at zero-padded borders) call the
+module and otherwise their NumPy twins (`*_numpy`, bit-identical, on np.bitwise_count).
+
 The cpu backend's other native kernels (pooling, im2col / col2im, the direct
 convolutions, bias + activation, batch normalisation and their gradients) are
 reached through `kernels()`, which gives the module or, after the same one
@@ -28,8 +33,14 @@ __all__ = [
     "kernels",
     "native_import_error",
     "openmp_threads",
+    "pack_conv_input",
+    "pack_conv_input_numpy",
     "pack_signs",
     "pack_signs_numpy",
+    "xnor_conv2d",
+    "xnor_conv2d_numpy",
+    "xnor_gemm",
+    "xnor_gemm_numpy",
 ]
 
 
@@ -124,6 +135,245 @@ def pack_signs(x: np.ndarray) -> np.ndarray:
         return _native.pack_signs(x)
     _warn_fallback_once()
     return pack_signs_numpy(x)
+
+
+# ---- XNOR-popcount ------------------------------------------------------------------------------
+
+_WORD_BITS = 32
+#: the largest k (and kh * kw * channels) the kernels take: their int32 sums stay far from
+#: overflowing (the native module has the same limit)
+MAX_XNOR_BITS = 1 << 28
+#: elements of the NumPy twins' XOR temporaries, per chunk
+_TWIN_CHUNK = 1 << 22
+
+if hasattr(np, "bitwise_count"):                      # NumPy >= 2.0
+    _popcount = np.bitwise_count
+else:                                                 # pragma: no cover (NumPy 1.x)
+    _BYTE_COUNTS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+    def _popcount(words):
+        counts = _BYTE_COUNTS[np.ascontiguousarray(words).view(np.uint8)]
+        return counts.reshape(words.shape + (4,)).sum(axis=-1, dtype=np.uint8)
+
+
+def _words(bits):
+    return (bits + _WORD_BITS - 1) // _WORD_BITS
+
+
+def _tail_mask(bits):
+    rest = bits % _WORD_BITS
+    return np.uint32(0xFFFFFFFF if rest == 0 else (1 << rest) - 1)
+
+
+def _float_input(x, what):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{what}: x must be a numpy.ndarray of float32, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise TypeError(f"{what}: x must be float32, got dtype {x.dtype}")
+    if x.ndim != 4:
+        raise ValueError(f"{what}: x must be 4-dimensional (N, C, H, W), got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def _packed(a, what, name, layout):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what}: {name} must be a numpy.ndarray of uint32 (packed signs), got "
+                        f"{type(a).__name__}")
+    if a.dtype != np.uint32:
+        raise TypeError(f"{what}: {name} must be uint32 (packed signs), got dtype {a.dtype}")
+    if a.ndim != len(layout):
+        raise ValueError(f"{what}: {name} must be {len(layout)}-dimensional "
+                         f"({', '.join(layout)}), got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _count(value, what, name, minimum, maximum=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what}: {name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ValueError(f"{what}: {name} must be {bound}, got {value}")
+    return value
+
+
+def _int_pair(value, what, name, minimum):
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"{what}: {name} must be an int or a pair of ints, got {value!r}")
+    return tuple(_count(v, what, name, minimum) for v in pair)
+
+
+def _out_dtype(out_dtype, what):
+    try:
+        dtype = np.dtype(out_dtype)
+    except TypeError:
+        raise TypeError(f"{what}: out_dtype must be int32 or float32, got {out_dtype!r}") from None
+    if dtype not in (np.dtype(np.int32), np.dtype(np.float32)):
+        raise TypeError(f"{what}: out_dtype must be int32 or float32, got {dtype}")
+    return dtype
+
+
+def _check_gemm(a, b, k, out_dtype):
+    what = "xnor_gemm"
+    a = _packed(a, what, "a", ("M", "ceil(k/32)"))
+    b = _packed(b, what, "b", ("N", "ceil(k/32)"))
+    k = _count(k, what, "k", 1, MAX_XNOR_BITS)
+    words = _words(k)
+    if a.shape[1] != words or b.shape[1] != words:
+        raise ValueError(f"{what}: k = {k} needs {words} words per row, but a has shape "
+                         f"{a.shape} and b has shape {b.shape}")
+    return a, b, k, _out_dtype(out_dtype, what)
+
+
+def _check_conv(xp, wp, channels, stride, padding, out_hw, out_dtype):
+    what = "xnor_conv2d"
+    xp = _packed(xp, what, "xp", ("N", "H", "W", "ceil(C/32)"))
+    wp = _packed(wp, what, "wp", ("O", "kh", "kw", "ceil(C/32)"))
+    channels = _count(channels, what, "channels", 1)
+    stride = _int_pair(stride, what, "stride", 1)
+    padding = _int_pair(padding, what, "padding", 0)
+    out_dtype = _out_dtype(out_dtype, what)
+    words = _words(channels)
+    if xp.shape[3] != words or wp.shape[3] != words:
+        raise ValueError(f"{what}: {channels} channels need {words} words per pixel, but xp has "
+                         f"shape {xp.shape} and wp has shape {wp.shape}")
+    n, h, w, _ = xp.shape
+    kh, kw = wp.shape[1:3]
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{what}: the kernel must be at least 1 x 1, got wp of shape {wp.shape}")
+    if kh * kw * words * _WORD_BITS > MAX_XNOR_BITS:
+        raise ValueError(f"{what}: the kernel {kh} x {kw} x {channels} channels is too large")
+    if h + 2 * padding[0] < kh or w + 2 * padding[1] < kw:
+        raise ValueError(f"{what}: the kernel {kh} x {kw} exceeds the padded input "
+                         f"{h + 2 * padding[0]} x {w + 2 * padding[1]}")
+    geometry = ((h + 2 * padding[0] - kh) // stride[0] + 1,
+                (w + 2 * padding[1] - kw) // stride[1] + 1)
+    if out_hw is None:
+        out_hw = geometry
+    out_hw = _int_pair(out_hw, what, "out_hw", 0)
+    if out_hw != geometry:
+        raise ValueError(f"{what}: out_hw is {out_hw} but this geometry gives {geometry}")
+    return xp, wp, channels, stride, padding, out_hw, out_dtype
+
+
+def pack_conv_input_numpy(x: np.ndarray) -> np.ndarray:
+    """NumPy twin of the native `pack_conv_input`: same checks, same bits."""
+    x = _float_input(x, "pack_conv_input")
+    n, c, h, w = x.shape
+    words = _words(c)
+    bits = np.zeros((n, h, w, words * _WORD_BITS), dtype=bool)
+    # `>=` is False for NaN and True for -0.0, as the spec asks
+    bits[..., :c] = (x >= 0).transpose(0, 2, 3, 1)
+    packed = np.ascontiguousarray(np.packbits(bits, axis=-1, bitorder="little"))
+    return packed.view("<u4").astype(np.uint32, copy=False).reshape(n, h, w, words)
+
+
+def pack_conv_input(x: np.ndarray) -> np.ndarray:
+    """The channel signs of each pixel of a float32 (N, C, H, W) array, packed.
+
+    Returns uint32 (N, H, W, ceil(C / 32)): bit j of word w of pixel (n, h, x) is 1 iff
+    x[n, 32*w + j, h, x] >= 0 (NaN 0, -0.0 1); padding bits are 0.  The native kernel reads
+    the NCHW floats and writes the words directly.  TypeError for another dtype, ValueError
+    for another number of dimensions.
+    """
+    x = _float_input(x, "pack_conv_input")
+    if _native is not None:
+        return _native.pack_conv_input(x)
+    _warn_fallback_once()
+    return pack_conv_input_numpy(x)
+
+
+def _masked(a, mask):
+    """a with its last word masked (a copy where the mask clears anything)."""
+    if a.size and mask != 0xFFFFFFFF:
+        a = a.copy()
+        a[..., -1] &= mask
+    return a
+
+
+def xnor_gemm_numpy(a: np.ndarray, b: np.ndarray, k: int, out_dtype=np.int32) -> np.ndarray:
+    """NumPy twin of the native `xnor_gemm`: same checks, same values."""
+    a, b, k, out_dtype = _check_gemm(a, b, k, out_dtype)
+    mask = _tail_mask(k)
+    a, b = _masked(a, mask), _masked(b, mask)
+    m, n = a.shape[0], b.shape[0]
+    out = np.empty((m, n), dtype=np.int64)
+    rows = max(1, _TWIN_CHUNK // max(1, n * a.shape[1]))
+    for r0 in range(0, m, rows):
+        differing = _popcount(a[r0:r0 + rows, None, :] ^ b[None, :, :]).sum(axis=-1,
+                                                                             dtype=np.int64)
+        out[r0:r0 + rows] = k - 2 * differing
+    return out.astype(out_dtype)
+
+
+def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int, out_dtype=np.int32) -> np.ndarray:
+    """The (M, N) products of the +-1 vectors packed in the rows of uint32 a (M, ceil(k/32))
+    and b (N, ceil(k/32)): out[m, n] = k - 2 * popcount(a[m] ^ b[n]), the last word masked
+    to its k % 32 real bits (when k % 32 != 0).  out_dtype is int32 or float32 (the exact
+    integer, rounded once).  TypeError for dtypes, ValueError for shapes and k.
+    """
+    a, b, k, out_dtype = _check_gemm(a, b, k, out_dtype)
+    if _native is not None:
+        return _native.xnor_gemm(a, b, k, out_dtype.name)
+    _warn_fallback_once()
+    return xnor_gemm_numpy(a, b, k, out_dtype)
+
+
+def _valid_range(size, out_size, stride, pad, tap):
+    """The output positions [first, last) whose tap `tap` reads inside [0, size), and the
+    input position of the first."""
+    first = max(0, -(-(pad - tap) // stride))
+    last = min(out_size, (size - 1 + pad - tap) // stride + 1) if size - 1 + pad - tap >= 0 else 0
+    return first, max(first, last), first * stride - pad + tap
+
+
+def xnor_conv2d_numpy(xp, wp, channels, stride=1, padding=0, out_hw=None,
+                      out_dtype=np.float32) -> np.ndarray:
+    """NumPy twin of the native `xnor_conv2d`: same checks, same values (tap by tap, the
+    taps outside the image skipped)."""
+    xp, wp, channels, stride, padding, out_hw, out_dtype = _check_conv(
+        xp, wp, channels, stride, padding, out_hw, out_dtype)
+    mask = _tail_mask(channels)
+    xp, wp = _masked(xp, mask), _masked(wp, mask)
+    n, h, w, words = xp.shape
+    o, kh, kw, _ = wp.shape
+    (sh, sw), (ph, pw), (oh, ow) = stride, padding, out_hw
+    out = np.zeros((n, o, oh, ow), dtype=np.int64)
+    for i in range(kh):
+        r0, r1, ih = _valid_range(h, oh, sh, ph, i)
+        for j in range(kw):
+            c0, c1, iw = _valid_range(w, ow, sw, pw, j)
+            if r0 >= r1 or c0 >= c1:
+                continue
+            pixels = xp[:, ih:ih + (r1 - r0 - 1) * sh + 1:sh, iw:iw + (c1 - c0 - 1) * sw + 1:sw]
+            chunk = max(1, _TWIN_CHUNK // max(1, pixels.size))
+            for f0 in range(0, o, chunk):
+                taps = wp[f0:f0 + chunk, i, j]                       # (filters, words)
+                differing = _popcount(pixels[:, None] ^ taps[None, :, None, None, :]).sum(
+                    axis=-1, dtype=np.int64)
+                out[:, f0:f0 + chunk, r0:r1, c0:c1] += channels - 2 * differing
+    return out.astype(out_dtype)
+
+
+def xnor_conv2d(xp, wp, channels, stride=1, padding=0, out_hw=None,
+                out_dtype=np.float32) -> np.ndarray:
+    """conv2d(b(x), b(w)) with zero padding, exactly, from packed signs.
+
+    xp is uint32 (N, H, W, ceil(C/32)) (pack_conv_input), wp uint32 (O, kh, kw, ceil(C/32))
+    (the weights' channel signs per tap), channels = C.  Returns (N, O, OH, OW) of out_dtype
+    (float32 or int32): out[n, o, oh, ow] sums C - 2 * popcount(xp[n, ih, iw] ^ wp[o, i, j])
+    over the taps (i, j) whose input pixel (ih, iw) = (oh*sh - ph + i, ow*sw - pw + j) lies in
+    the image, the channel tail masked.  Taps outside contribute 0, exactly as the zero
+    padding of a float convolution of the +-1 values would.  out_hw, when given, must be the
+    geometry's output size.  TypeError for dtypes, ValueError for shapes and geometry.
+    """
+    xp, wp, channels, stride, padding, out_hw, out_dtype = _check_conv(
+        xp, wp, channels, stride, padding, out_hw, out_dtype)
+    if _native is not None:
+        return _native.xnor_conv2d(xp, wp, channels, stride, padding, out_hw, out_dtype.name)
+    _warn_fallback_once()
+    return xnor_conv2d_numpy(xp, wp, channels, stride, padding, out_hw, out_dtype)
 
 
 def kernels():

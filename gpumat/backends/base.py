@@ -178,6 +178,26 @@ class Backend:
         is 1 iff a[..., 32*w + j] >= 0 (NaN -> 0); padding bits are 0."""
         raise NotImplementedError
 
+    # ---- binarized (XNOR-popcount) kernels (gpumat/binary.py checks the arguments) --------
+    # A packed row: ceil(n/32) uint32 words in pack_signs' layout; a set bit stands for +1,
+    # a clear bit for -1.  Kernels mask the last word, so its padding bits never count.
+    def pack_conv_input(self, x):
+        """Channel signs of float32 NCHW ``x`` packed per pixel: uint32 (N, H, W, ceil(C/32)),
+        bit j of word w of pixel (n, h, w') is x[n, 32*w + j, h, w'] >= 0."""
+        raise NotImplementedError
+
+    def xnor_gemm(self, a, b, k, out_dtype):
+        """(M, N) ``out_dtype`` (int32 or float32) products of the +-1 rows of uint32 ``a``
+        (M, ceil(k/32)) and ``b`` (N, ceil(k/32)): k - 2 * popcount(a[m] ^ b[n])."""
+        raise NotImplementedError
+
+    def xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype):
+        """conv2d(b(x), b(w)) with zero padding, exactly, from packed ``xp`` (N, H, W, Wc) and
+        ``wp`` (O, kh, kw, Wc), Wc = ceil(channels/32): out (N, O, OH, OW) of ``out_dtype``
+        (int32 or float32) sums channels - 2 * popcount(xp[pixel] ^ wp[o, i, j]) over the taps
+        whose input pixel lies inside the image (outside ones are zeros, contributing 0)."""
+        raise NotImplementedError
+
     # ---- pooling (gpumat/pooling.py checks the arguments and computes out_hw) -------------
     def pool2d(self, x, mode, kernel, stride, padding, ceil_mode, count_include_pad, out_hw,
                return_indices=True):

@@ -221,4 +221,5 @@ def _oom_message(backend, shape, dtype, exc):
 def create():
     from . import conv_array_module  # noqa: F401  (adds im2col, col2im, depthwise)
     from . import cpu_conv  # noqa: F401  (adds the direct convolutions)
+    from . import cpu_xnor  # noqa: F401  (adds the XNOR-popcount kernels)
     return CPUBackend()

@@ -145,6 +145,7 @@ def create():
     from . import cuda_gemm  # noqa: F401  (adds the gemm kernel)
     from . import cuda_optimizers  # noqa: F401  (fused SGD / Adam updates)
     from . import cuda_batchnorm  # noqa: F401  (batch-norm statistics, maps and gradients)
+    from . import cuda_xnor  # noqa: F401  (pack_conv_input, xnor_gemm, xnor_conv2d)
     backend = CUDABackend(0)
     try:       # a device can be listed yet unusable (e.g. all busy in exclusive mode)
         backend.free(backend.from_numpy(np.zeros(1, np.float32)))

@@ -221,4 +221,5 @@ def create():
     from . import opencl_activations  # noqa: F401
     from . import opencl_optimizers  # noqa: F401
     from . import opencl_batchnorm  # noqa: F401
+    from . import opencl_xnor  # noqa: F401  (pack_conv_input, xnor_gemm, xnor_conv2d)
     return OpenCLBackend(device)

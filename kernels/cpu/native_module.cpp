@@ -29,6 +29,7 @@
 #include "pack_signs.hpp"
 #include "parallel.hpp"
 #include "pooling.hpp"
+#include "xnor.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -766,6 +767,143 @@ nb::tuple batch_norm_backward(const AnyCpuArray &grad, const AnyCpuArray &x,
     });
 }
 
+// ---- XNOR-popcount (binarised networks) --------------------------------------------------------
+
+void require_packed(const AnyCpuArray &a, const char *what, const char *name, int ndim) {
+    if (a.dtype() != nb::dtype<uint32_t>())
+        fail_type(what, std::string(name) + " must be uint32 (packed signs), got dtype " +
+                            gpumat::dtype_name(a.dtype()));
+    require_layout(a, what, name, ndim);
+}
+
+// Whether `out_dtype` ("int32" or "float32") asks for float32; a TypeError for anything else.
+bool float_output(const std::string &out_dtype, const char *what) {
+    if (out_dtype == "float32")
+        return true;
+    if (out_dtype != "int32")
+        fail_type(what, "out_dtype must be int32 or float32, got " + out_dtype);
+    return false;
+}
+
+// A fresh int32 or float32 result of `shape` that kernel(out) fills without the GIL.
+template <class Kernel>
+nb::object xnor_result(bool is_float, const std::vector<size_t> &shape, Kernel &&kernel) {
+    auto run = [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> out(shape, false);
+        {
+            nb::gil_scoped_release release;
+            kernel(static_cast<void *>(out.data()));
+        }
+        return out.release();
+    };
+    return is_float ? run(float{}) : run(int32_t{});
+}
+
+nb::object pack_conv_input(const AnyCpuArray &x) {
+    const char *what = "pack_conv_input";
+    if (x.dtype() != nb::dtype<float>())
+        fail_type(what, "x must be float32, got dtype " + gpumat::dtype_name(x.dtype()));
+    require_layout(x, what, "x", 4);
+    const int64_t n = extent(x, 0), c = extent(x, 1), h = extent(x, 2), w = extent(x, 3);
+    const int64_t words = (c + 31) / 32;
+    gpumat::Result<uint32_t> out({(size_t) n, (size_t) h, (size_t) w, (size_t) words}, false);
+    const float *source = static_cast<const float *>(x.data());
+    {
+        nb::gil_scoped_release release;
+        gpumat::xnor::pack_conv_input(source, out.data(), n, c, h, w);
+    }
+    return out.release();
+}
+
+// the largest k (or kh * kw * C) whose sums stay well inside int32
+constexpr int64_t kMaxXnorBits = int64_t(1) << 28;
+
+nb::object xnor_gemm(const AnyCpuArray &a, const AnyCpuArray &b, int64_t k,
+                     const std::string &out_dtype) {
+    const char *what = "xnor_gemm";
+    require_packed(a, what, "a", 2);
+    require_packed(b, what, "b", 2);
+    const bool is_float = float_output(out_dtype, what);
+    if (k < 1 || k > kMaxXnorBits)
+        fail_value(what, "k must be between 1 and " + std::to_string(kMaxXnorBits) + ", got " +
+                             std::to_string(k));
+    const int64_t words = (k + 31) / 32;
+    if (extent(a, 1) != words || extent(b, 1) != words)
+        fail_value(what, "k = " + std::to_string(k) + " needs " + std::to_string(words) +
+                             " words per row, but a has shape " + gpumat::shape_text(a) +
+                             " and b has shape " + gpumat::shape_text(b));
+    const int64_t m = extent(a, 0), n = extent(b, 0);
+    const uint32_t *a_data = static_cast<const uint32_t *>(a.data());
+    const uint32_t *b_data = static_cast<const uint32_t *>(b.data());
+    return xnor_result(is_float, {(size_t) m, (size_t) n}, [&](void *out) {
+        gpumat::xnor::xnor_gemm(a_data, b_data, m, n, k, out, is_float);
+    });
+}
+
+nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t channels,
+                       Pair stride, Pair padding, Pair out_hw, const std::string &out_dtype) {
+    const char *what = "xnor_conv2d";
+    require_packed(xp, what, "xp", 4);
+    require_packed(wp, what, "wp", 4);
+    const bool is_float = float_output(out_dtype, what);
+    require_at_least(stride, 1, what, "stride");
+    require_at_least(padding, 0, what, "padding");
+    require_at_least(out_hw, 0, what, "out_hw");
+    if (channels < 1)
+        fail_value(what, "channels must be at least 1, got " + std::to_string(channels));
+    const int64_t words = (channels + 31) / 32;
+    if (extent(xp, 3) != words || extent(wp, 3) != words)
+        fail_value(what, std::to_string(channels) + " channels need " + std::to_string(words) +
+                             " words per pixel, but xp has shape " + gpumat::shape_text(xp) +
+                             " and wp has shape " + gpumat::shape_text(wp));
+    const int64_t n = extent(xp, 0), h = extent(xp, 1), w = extent(xp, 2);
+    const int64_t o = extent(wp, 0), kh = extent(wp, 1), kw = extent(wp, 2);
+    if (kh < 1 || kw < 1)
+        fail_value(what, "the kernel must be at least 1 x 1, got wp of shape " +
+                             gpumat::shape_text(wp));
+    const int64_t limit = int64_t(1) << 31;
+    if (h >= limit || w >= limit || kh >= limit || kw >= limit || stride.first >= limit ||
+        stride.second >= limit || padding.first >= limit || padding.second >= limit ||
+        kh * kw * words * 32 > kMaxXnorBits)
+        fail_value(what, "a size or geometry value is too large");
+    if (h + 2 * padding.first < kh || w + 2 * padding.second < kw)
+        fail_value(what, "the kernel " + std::to_string(kh) + " x " + std::to_string(kw) +
+                             " exceeds the padded input " + std::to_string(h + 2 * padding.first) +
+                             " x " + std::to_string(w + 2 * padding.second));
+    const int64_t oh = (h + 2 * padding.first - kh) / stride.first + 1;
+    const int64_t ow = (w + 2 * padding.second - kw) / stride.second + 1;
+    if (out_hw.first != oh || out_hw.second != ow)
+        fail_value(what, "out_hw is (" + std::to_string(out_hw.first) + ", " +
+                             std::to_string(out_hw.second) + ") but this geometry gives (" +
+                             std::to_string(oh) + ", " + std::to_string(ow) + ")");
+    const uint32_t *x_data = static_cast<const uint32_t *>(xp.data());
+    const uint32_t *w_data = static_cast<const uint32_t *>(wp.data());
+    return xnor_result(is_float, {(size_t) n, (size_t) o, (size_t) oh, (size_t) ow},
+                       [&](void *out) {
+        gpumat::xnor::xnor_conv2d(x_data, w_data, n, channels, h, w, o, kh, kw, stride.first,
+                                  stride.second, padding.first, padding.second, oh, ow, out,
+                                  is_float);
+    });
+}
+
+std::vector<std::string> xnor_isas() {
+    std::vector<std::string> names;
+    for (auto isa : gpumat::xnor::supported_isas())
+        names.emplace_back(gpumat::xnor::isa_name(isa));
+    return names;
+}
+
+void set_xnor_isa(const std::string &name) {
+    if (!gpumat::xnor::set_isa(name)) {
+        std::string known = "auto";
+        for (const auto &isa : xnor_isas())
+            known += ", " + isa;
+        fail_value("set_xnor_isa", "'" + name + "' is not an instruction set this CPU and "
+                                   "build run; choose one of: " + known);
+    }
+}
+
 }  // namespace
 
 NB_MODULE(_native, module) {
@@ -855,6 +993,31 @@ NB_MODULE(_native, module) {
     module.def("force_direct_conv_tile", &force_direct_conv_tile, "pass_name"_a, "index"_a,
                "Force a pass to one entry of direct_conv_tiles() (-1: the cost model\n"
                "picks); forcing a backward_weight form also forces that form.");
+    module.def("pack_conv_input", &pack_conv_input, "x"_a.noconvert(),
+               "The channel signs of each pixel of a C-contiguous float32 N x C x H x W\n"
+               "array, packed: uint32 N x H x W x ceil(C / 32), bit j of word w of pixel\n"
+               "(n, h, x) set iff x[n, 32 w + j, h, x] >= 0 (NaN 0, -0.0 1), padding 0.");
+    module.def("xnor_gemm", &xnor_gemm, "a"_a.noconvert(), "b"_a.noconvert(), "k"_a,
+               "out_dtype"_a,
+               "k - 2 popcount(a[i] XOR b[j]) for packed uint32 rows a (m x ceil(k / 32))\n"
+               "and b (n x ceil(k / 32)) of k signs: the m x n products of the +-1\n"
+               "vectors, int32 or float32 (out_dtype); the padding bits never count.");
+    module.def("xnor_conv2d", &xnor_conv2d, "xp"_a.noconvert(), "wp"_a.noconvert(),
+               "channels"_a, "stride"_a, "padding"_a, "out_hw"_a, "out_dtype"_a,
+               "conv2d(b(x), b(w)) with zero padding, b = +1 for a set bit and -1 else, of\n"
+               "a packed input xp (N x H x W x ceil(C / 32), from pack_conv_input) and\n"
+               "packed weights wp (O x kh x kw x ceil(C / 32)): N x O x OH x OW, int32 or\n"
+               "float32 (out_dtype); out_hw must be the geometry's output size.");
+    module.def("xnor_isa",
+               [] { return std::string(gpumat::xnor::isa_name(gpumat::xnor::current_isa())); },
+               "The instruction set the XNOR kernels use: baseline, avx2, avx512bw or\n"
+               "avx512vpopcntdq.");
+    module.def("xnor_isas", &xnor_isas,
+               "The instruction sets this CPU and build can run the XNOR kernels with, best\n"
+               "last.");
+    module.def("set_xnor_isa", &set_xnor_isa, "name"_a,
+               "Use the named instruction set for the XNOR kernels ('auto': the best,\n"
+               "'avx512': the best AVX-512 one); GPUMAT_CPU_ISA caps it at import.");
     module.def("native_threads", [] { return gpumat::ThreadPool::instance().threads(); },
                "Threads the direct convolutions use (the caller included):\n"
                "GPUMAT_NUM_THREADS, else OMP_NUM_THREADS, else the usable CPUs.");

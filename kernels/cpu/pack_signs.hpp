@@ -6,6 +6,7 @@
 // to 1; the padding bits of a row's last word are 0.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -14,7 +15,7 @@
 #define GPUMAT_PACK_SIGNS_SSE2 1
 #endif
 
-#include "parallel.hpp"
+#include "thread_pool.hpp"
 
 namespace gpumat {
 
@@ -49,7 +50,7 @@ inline uint32_t pack_partial_word(const float *x, size_t count) {
 
 // Packs `rows` rows of `n` floats (row-major, contiguous) into `rows` rows of
 // ceil(n / 32) words.  Below `parallel_threshold` words the work is too small
-// to pay for waking the OpenMP team.
+// to pay for waking the thread pool's workers.
 inline void pack_signs_rows(const float *input, uint32_t *output, size_t rows,
                             size_t n, size_t parallel_threshold = 1 << 14) {
     const size_t words_per_row = (n + 31) / 32;
@@ -61,18 +62,22 @@ inline void pack_signs_rows(const float *input, uint32_t *output, size_t rows,
 
     // One flat loop over every output word balances the work whatever the
     // shape: many short rows and a few long ones parallelise equally well.
-    const std::ptrdiff_t total = (std::ptrdiff_t) total_words;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (total_words >= parallel_threshold)
-#endif
-    for (std::ptrdiff_t index = 0; index < total; ++index) {
-        const size_t row = (size_t) index / words_per_row;
-        const size_t word = (size_t) index % words_per_row;
-        const float *source = input + row * n + word * 32;
-        output[index] = word < full_words ? pack_full_word(source)
-                                          : pack_partial_word(source, tail);
-    }
-    (void) parallel_threshold;
+    // The blocking pool rather than OpenMP: an OpenMP team spins after each
+    // region and starves the caller's next kernel on small machines.
+    constexpr size_t kChunkWords = 4096;
+    const int64_t chunks = (int64_t) ((total_words + kChunkWords - 1) / kChunkWords);
+    const int threads = total_words >= parallel_threshold ? ThreadPool::instance().threads() : 1;
+    ThreadPool::instance().run(chunks, threads, [&](int64_t chunk) {
+        const size_t first = (size_t) chunk * kChunkWords;
+        const size_t last = std::min(total_words, first + kChunkWords);
+        for (size_t index = first; index < last; ++index) {
+            const size_t row = index / words_per_row;
+            const size_t word = index % words_per_row;
+            const float *source = input + row * n + word * 32;
+            output[index] = word < full_words ? pack_full_word(source)
+                                              : pack_partial_word(source, tail);
+        }
+    });
 }
 
 }  // namespace gpumat

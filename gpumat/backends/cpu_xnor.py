@@ -1,0 +1,54 @@
+"""The cpu backend's XNOR-popcount kernels for binarized networks (gpumat/binary.py checks the
+arguments): ``pack_conv_input``, ``xnor_gemm`` and ``xnor_conv2d``.
+
+They run in the native module (kernels/cpu/xnor.hpp): the input's channel signs are packed
+straight from NCHW floats, and the products are XOR + popcount over 32 signs a word,
+vectorised for the CPU's instruction set (AVX-512 VPOPCNTDQ, AVX-512BW, AVX2 or a portable
+baseline, picked at run time; GPUMAT_CPU_ISA caps it, ``kernels().set_xnor_isa`` changes it)
+and split over the native thread pool (GPUMAT_NUM_THREADS) where the work pays for it.
+Without the module (after the usual NativeFallbackWarning) their NumPy twins in
+gpumat/native.py give the same values.
+"""
+import numpy as np
+
+from .. import native
+from .cpu import CPUBackend
+
+
+def _words(bits):
+    return (bits + 31) // 32
+
+
+def _pack_conv_input(self, x):
+    n, c, h, w = x.shape
+    shape = (n, h, w, _words(c))
+    kernels = native.kernels()
+    if kernels is None:
+        return self._run(lambda: native.pack_conv_input_numpy(x), shape, np.uint32)
+    return self._run(lambda: kernels.pack_conv_input(x), shape, np.uint32)
+
+
+def _xnor_gemm(self, a, b, k, out_dtype):
+    out_dtype = np.dtype(out_dtype)
+    shape = (a.shape[0], b.shape[0])
+    kernels = native.kernels()
+    if kernels is None:
+        return self._run(lambda: native.xnor_gemm_numpy(a, b, k, out_dtype), shape, out_dtype)
+    return self._run(lambda: kernels.xnor_gemm(a, b, int(k), out_dtype.name), shape, out_dtype)
+
+
+def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype):
+    out_dtype = np.dtype(out_dtype)
+    stride, padding, out_hw = tuple(stride), tuple(padding), tuple(out_hw)
+    shape = (xp.shape[0], wp.shape[0]) + out_hw
+    kernels = native.kernels()
+    if kernels is None:
+        return self._run(lambda: native.xnor_conv2d_numpy(
+            xp, wp, channels, stride, padding, out_hw, out_dtype), shape, out_dtype)
+    return self._run(lambda: kernels.xnor_conv2d(xp, wp, int(channels), stride, padding, out_hw,
+                                                 out_dtype.name), shape, out_dtype)
+
+
+CPUBackend.pack_conv_input = _pack_conv_input
+CPUBackend.xnor_gemm = _xnor_gemm
+CPUBackend.xnor_conv2d = _xnor_conv2d

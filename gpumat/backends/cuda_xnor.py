@@ -1,0 +1,135 @@
+"""XNOR-popcount kernels for binarised networks on the cuda backend: pack_conv_input,
+xnor_gemm and xnor_conv2d from kernels/cuda/xnor.cu, the kernels of kernels/common/xnor.h
+that the OpenCL tests run on PoCL (tests/test_opencl_xnor.py also builds them with
+:data:`DEFINES` and launches them with :func:`conv_launches`'s geometry).
+
+Importing this module adds the three methods to ``CUDABackend``; the launch logic mirrors
+gpumat/backends/opencl_xnor.py (GPU parameters).
+"""
+import numpy as np
+
+from .. import errors
+from .cuda import CUDABackend, cupy
+
+_SOURCE = "cuda/xnor.cu"
+_INT_MAX = 2**31 - 1
+#: The kernel's tunables (xnor.cu fixes XNOR_VW = XNOR_PACK_VW = 1): a thread keeps
+#: XNOR_PB pixels x XNOR_NV filters, blocks of XNOR_WG threads interleave their pixels so
+#: loads coalesce, and popcounts are the __popc instruction.  XNOR_NV is the most; a layer
+#: with fewer filters uses a smaller power of two.
+DEFINES = {"XNOR_NV": 8, "XNOR_PB": 4, "XNOR_WG": 128, "XNOR_FLAT_STAGE": 1,
+           "XNOR_LOCAL_WORDS": 4096, "XNOR_CSA": 0, "XNOR_CONTIGUOUS": 0}
+_PACK_BLOCK = 256
+_MAX_BLOCKS = 65535 * 32      # pack's grid-stride loop covers the rest
+_MAX_GRID_Y = 65535
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def conv_defines(filters):
+    """:data:`DEFINES` with XNOR_NV cut to the power of two covering ``filters``."""
+    nv = 1
+    while nv < filters and nv < DEFINES["XNOR_NV"]:
+        nv *= 2
+    return dict(DEFINES, XNOR_NV=min(nv, DEFINES["XNOR_NV"]))
+
+
+def conv_launches(images, image_pixels, filters, defines):
+    """[(first image, images, grid, block)] for xnor_conv2d: batches cut so that pixel
+    indices fit the kernel's ints; grid y covers the filter blocks."""
+    wg, pb, nv = defines["XNOR_WG"], defines["XNOR_PB"], defines["XNOR_NV"]
+    room = _INT_MAX - 2 * wg * pb
+    if image_pixels > room:
+        raise errors.ShapeError(
+            f"xnor_conv2d: an output image of {image_pixels:,} pixels is more than the "
+            f"kernel's int pixel indices cover ({room:,})")
+    if _cdiv(filters, nv) > _MAX_GRID_Y:
+        raise errors.ShapeError(
+            f"xnor_conv2d: {filters:,} filters need more than {_MAX_GRID_Y} blocks of "
+            f"{nv} along grid y")
+    step = max(1, room // max(image_pixels, 1))
+    return [(first, min(step, images - first),
+             (_cdiv(min(step, images - first) * image_pixels, wg * pb), _cdiv(filters, nv)),
+             (wg, 1, 1))
+            for first in range(0, images, step)]
+
+
+def gemm_roles(m, n):
+    """Whose rows play the filters in xnor_gemm's 1 x 1 convolution ('a' or 'b'), as
+    opencl_xnor.gemm_roles: the one that pads the launch less."""
+    def padded(pixels, filters):
+        d = conv_defines(filters)
+        block = d["XNOR_WG"] * d["XNOR_PB"]
+        return _cdiv(pixels, block) * block * _cdiv(filters, d["XNOR_NV"]) * d["XNOR_NV"]
+    return "a" if padded(n, m) <= padded(m, n) else "b"
+
+
+def _launch_conv(self, x, w, out, images, height, width, words, channels, filters, kernel,
+                 stride, padding, out_hw, out_strides):
+    defines = conv_defines(filters)
+    function = self.module(_SOURCE, defines).get_function("xnor_conv2d")
+    geometry = tuple(np.int32(v) for v in (
+        height, width, words, channels, filters, kernel[0], kernel[1], stride[0],
+        stride[1], padding[0], padding[1], out_hw[0], out_hw[1]))
+    strides = tuple(np.int64(s) for s in out_strides)
+    out_float = np.int32(np.dtype(out.dtype) == np.float32)
+    x, w = cupy.ascontiguousarray(x), cupy.ascontiguousarray(w)
+    with self.cuda_device:
+        for first, count, grid, block in conv_launches(images, out_hw[0] * out_hw[1],
+                                                       filters, defines):
+            function(grid, block, (x, w, out, np.int32(first), np.int32(count))
+                     + geometry + strides + (out_float,))
+
+
+def _pack_conv_input(self, x):
+    n, c, h, w = x.shape
+    words = _cdiv(c, 32)
+    out = self.empty((n, h, w, words), np.uint32)
+    blocks = n * words * h * w
+    if blocks == 0:
+        return out
+    function = self.module(_SOURCE, DEFINES).get_function("xnor_pack_conv_input")
+    with self.cuda_device:
+        function((min(_cdiv(blocks, _PACK_BLOCK), _MAX_BLOCKS),), (_PACK_BLOCK,),
+                 (cupy.ascontiguousarray(x), out, np.int64(n), np.int64(c),
+                  np.int64(h * w), np.int64(words)))
+    return out
+
+
+def _xnor_gemm(self, a, b, k, out_dtype):
+    m, n = a.shape[0], b.shape[0]
+    out = self.empty((m, n), out_dtype)
+    if out.size == 0:
+        return out
+    if k == 0:
+        out.fill(0)
+        return out
+    if gemm_roles(m, n) == "a":      # filters = a's rows, pixels = b's rows
+        x, w, pixels, filters, strides = b, a, n, m, (0, n, 1)
+    else:                            # filters = b's rows, pixels = a's rows
+        x, w, pixels, filters, strides = a, b, m, n, (0, 1, n)
+    _launch_conv(self, x, w, out, 1, 1, pixels, a.shape[1], k, filters, (1, 1), (1, 1),
+                 (0, 0), (1, pixels), strides)
+    return out
+
+
+def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype):
+    n, h, w, words = xp.shape
+    o, kh, kw = wp.shape[:3]
+    oh, ow = out_hw
+    out = self.empty((n, o, oh, ow), out_dtype)
+    if out.size == 0:
+        return out
+    if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside
+        out.fill(0)
+        return out
+    _launch_conv(self, xp, wp, out, n, h, w, words, channels, o, (kh, kw), stride, padding,
+                 out_hw, (o * oh * ow, oh * ow, 1))
+    return out
+
+
+CUDABackend.pack_conv_input = _pack_conv_input
+CUDABackend.xnor_gemm = _xnor_gemm
+CUDABackend.xnor_conv2d = _xnor_conv2d

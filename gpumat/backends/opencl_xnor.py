@@ -1,0 +1,181 @@
+"""XNOR-popcount kernels for binarised networks on the opencl backend: pack_conv_input,
+xnor_gemm and xnor_conv2d, from kernels/opencl/xnor.cl (the kernels live in
+kernels/common/xnor.h, shared with the cuda build).
+
+Importing this module adds the three methods to ``OpenCLBackend``.  gpumat/binary.py checks
+shapes and dtypes first, so these only plan and launch.  The kernels' tunables are
+preprocessor defines: CPU devices (PoCL) get 16-filter vectors, bit counting by shifts and
+carry-save adders and whole runs of pixels per work-item; GPUs get the scalar register block
+that the cuda build runs (see :func:`parameters`).  One program is built per set of defines
+(``OpenCLBackend.program`` caches it) and its kernels are kept in a dict.
+"""
+import numpy as np
+
+from .. import errors
+from .opencl import OpenCLBackend, cl
+from .opencl_elementwise import _live
+
+_SOURCE = "opencl/xnor.cl"
+_I32, _I64 = np.int32, np.int64
+_INT_MAX = 2**31 - 1
+
+#: Shipped parameters per device kind (the defines of kernels/common/xnor.h, plus PACK_WG,
+#: the work-group size of xnor_pack_conv_input).  XNOR_NV is the most filter vectors per
+#: work-item; a launch uses fewer (a power of two) when the layer has fewer filters.
+#: Measured on PoCL 3.1 (2-core AVX-512 VM): PB 64 and WG 4 amortise the filter staging
+#: and the per-pixel set-up; NV 2 and 4 tie.
+CPU_PARAMETERS = {"XNOR_VW": 16, "XNOR_NV": 2, "XNOR_PB": 64, "XNOR_WG": 4,
+                  "XNOR_FLAT_STAGE": 0, "XNOR_LOCAL_WORDS": 16384, "XNOR_CSA": 1,
+                  "XNOR_PACK_VW": 16, "PACK_WG": 64}
+GPU_PARAMETERS = {"XNOR_VW": 1, "XNOR_NV": 8, "XNOR_PB": 4, "XNOR_WG": 64,
+                  "XNOR_FLAT_STAGE": 1, "XNOR_LOCAL_WORDS": 4096, "XNOR_CSA": 0,
+                  "XNOR_PACK_VW": 1, "PACK_WG": 256}
+#: Set to a dict of the keys above to force parameters on every device (tests, tuning).
+PARAMETERS = None
+#: most work-groups one pack launch asks for; its grid-stride loop covers the rest
+_MAX_GROUPS = 1 << 16
+
+
+def parameters(backend):
+    """The parameters ``backend`` launches with: :data:`PARAMETERS` when set, else the
+    shipped ones for its device kind."""
+    if PARAMETERS is not None:
+        return dict(PARAMETERS)
+    cpu = bool(backend.cl_device.type & cl.device_type.CPU)
+    return dict(CPU_PARAMETERS if cpu else GPU_PARAMETERS)
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def kernel_defines(params, filters=None):
+    """The kernel defines of ``params``; with ``filters``, no more filter vectors per
+    work-item than a power of two covering the layer's filters (fewer programs to build)."""
+    defines = {k: int(v) for k, v in params.items() if k.startswith("XNOR_")}
+    if filters is not None:
+        vectors = _cdiv(max(filters, 1), defines["XNOR_VW"])
+        nv = 1
+        while nv < vectors and nv < defines["XNOR_NV"]:
+            nv *= 2
+        defines["XNOR_NV"] = min(nv, defines["XNOR_NV"])
+    return defines
+
+
+def _kernel(self, name, defines):
+    try:
+        cache = self._xnor_kernels
+    except AttributeError:
+        cache = self._xnor_kernels = {}
+    key = (name, tuple(sorted(defines.items())))
+    knl = cache.get(key)
+    if knl is None:
+        knl = cl.Kernel(self.program(_SOURCE, defines), name)
+        if name == "xnor_conv2d":
+            knl.set_scalar_arg_dtypes([None] * 3 + [_I32] * 15 + [_I64] * 3 + [_I32])
+        else:
+            knl.set_scalar_arg_dtypes([None] * 2 + [_I64] * 4)
+        cache[key] = knl
+    return knl
+
+
+def images_per_launch(image_pixels, defines):
+    """Most images one xnor_conv2d launch may cover: the kernel indexes pixels with ints."""
+    room = _INT_MAX - 2 * defines["XNOR_WG"] * defines["XNOR_PB"]
+    if image_pixels > room:
+        raise errors.ShapeError(
+            f"xnor_conv2d: an output image of {image_pixels:,} pixels is more than the "
+            f"kernel's int pixel indices cover ({room:,})")
+    return max(1, room // max(image_pixels, 1))
+
+
+def launch_conv(self, x, w, out, images, height, width, words, channels, filters, kernel,
+                stride, padding, out_hw, out_strides, params=None):
+    """Run xnor_conv2d over ``images`` packed (height, width, words) images ``x`` and
+    ``filters`` packed (kernel, words) filters ``w`` into ``out`` (int32 or float32) at
+    element strides ``out_strides`` = (image, filter, output pixel)."""
+    params = parameters(self) if params is None else params
+    defines = kernel_defines(params, filters)
+    wg, pb = defines["XNOR_WG"], defines["XNOR_PB"]
+    ob = defines["XNOR_NV"] * defines["XNOR_VW"]
+    image_pixels = out_hw[0] * out_hw[1]
+    step = images_per_launch(image_pixels, defines)
+    knl = _kernel(self, "xnor_conv2d", defines)
+    out_float = int(np.dtype(out.dtype) == np.float32)
+    for first in range(0, images, step):
+        count = min(step, images - first)
+        grid = (_cdiv(count * image_pixels, wg * pb) * wg, _cdiv(filters, ob))
+        knl(self.queue, grid, (wg, 1), _live(x), _live(w), out.data, first, count, height,
+            width, words, channels, filters, kernel[0], kernel[1], stride[0], stride[1],
+            padding[0], padding[1], out_hw[0], out_hw[1], *out_strides, out_float)
+
+
+def _padded_work(pixels, filters, defines):
+    """Output slots a launch over ``pixels`` x ``filters`` outputs computes."""
+    block = defines["XNOR_WG"] * defines["XNOR_PB"]
+    ob = defines["XNOR_NV"] * defines["XNOR_VW"]
+    return _cdiv(pixels, block) * block * _cdiv(filters, ob) * ob
+
+
+def gemm_roles(m, n, params):
+    """Whose rows play the filters in xnor_gemm's 1 x 1 convolution, 'a' or 'b': the one
+    that pads the launch less (ties: 'a', so the stores run along b's rows, the pixels)."""
+    b_filters = _padded_work(m, n, kernel_defines(params, n))  # pixels = a rows
+    a_filters = _padded_work(n, m, kernel_defines(params, m))  # pixels = b rows
+    return "a" if a_filters <= b_filters else "b"
+
+
+# ---- backend methods ----------------------------------------------------------------------
+
+def _pack_conv_input(self, x):
+    n, c, h, w = x.shape
+    words = _cdiv(c, 32)
+    out = self.empty((n, h, w, words), np.uint32)
+    params = parameters(self)
+    blocks = n * words * _cdiv(h * w, params["XNOR_PACK_VW"])
+    if blocks == 0:
+        return out
+    wg = params["PACK_WG"]
+    groups = min(_cdiv(blocks, wg), _MAX_GROUPS)
+    knl = _kernel(self, "xnor_pack_conv_input", kernel_defines(params))
+    knl(self.queue, (groups * wg,), (wg,), _live(x), out.data, n, c, h * w, words)
+    return out
+
+
+def _xnor_gemm(self, a, b, k, out_dtype):
+    m, n = a.shape[0], b.shape[0]
+    words = a.shape[1]
+    out = self.empty((m, n), out_dtype)
+    if out.size == 0:
+        return out
+    if k == 0:
+        self.free(out)
+        return self.full((m, n), 0, out_dtype)
+    params = parameters(self)
+    if gemm_roles(m, n, params) == "a":      # filters = a's rows, pixels = b's rows
+        x, w, pixels, filters, strides = b, a, n, m, (0, n, 1)
+    else:                                    # filters = b's rows, pixels = a's rows
+        x, w, pixels, filters, strides = a, b, m, n, (0, 1, n)
+    launch_conv(self, x, w, out, 1, 1, pixels, words, k, filters, (1, 1), (1, 1), (0, 0),
+                (1, pixels), strides, params)
+    return out
+
+
+def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype):
+    n, h, w, words = xp.shape
+    o, kh, kw = wp.shape[:3]
+    oh, ow = out_hw
+    out = self.empty((n, o, oh, ow), out_dtype)
+    if out.size == 0:
+        return out
+    if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside
+        self.free(out)
+        return self.full((n, o, oh, ow), 0, out_dtype)
+    launch_conv(self, xp, wp, out, n, h, w, words, channels, o, (kh, kw), stride, padding,
+                out_hw, (o * oh * ow, oh * ow, 1))
+    return out
+
+
+OpenCLBackend.pack_conv_input = _pack_conv_input
+OpenCLBackend.xnor_gemm = _xnor_gemm
+OpenCLBackend.xnor_conv2d = _xnor_conv2d

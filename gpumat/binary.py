@@ -1,0 +1,240 @@
+"""Binarized (XNOR-popcount) kernels: sign packing, the +-1 matrix product and convolution.
+
+    wp = gm.pack_conv_weight(w)                 # O x C x kh x kw float -> O x kh x kw x Wc words
+    y = gm.xnor_conv2d(x, wp, stride=1, padding=1, channels=C)   # == conv2d(b(x), b(w))
+    c = gm.xnor_gemm(gm.pack_signs(a), gm.pack_signs(b), k)      # == b(a) @ b(b).T
+
+b(v) is +1 where v >= 0 and -1 elsewhere (NaN included).  Signs are stored one bit each in
+uint32 words, bit j (least significant first) of word w standing for element 32*w + j; a set
+bit is +1, a clear bit -1, and the padding bits of a row's last word are 0.  The dot product
+of two packed +-1 rows of length k is then k - 2 * popcount(a XOR b) summed over the words;
+every kernel masks the last word, so padding bits never count, whatever they hold.
+
+Convolutions pack the channels of each pixel (``pack_conv_input``: N x H x W x ceil(C/32)
+words) and of each filter tap (``pack_conv_weight``: O x kh x kw x ceil(C/32)), so a tap is
+ceil(C/32) XOR-popcounts.  Zero padding has no +-1 code: a padded pixel of the float
+convolution contributes 0, which a -1 (or +1) bit would not.  The kernels therefore visit only
+the taps whose input pixel lies inside the image and add channels - 2 * popcount for each: the
+result equals conv2d(b(x), b(w)) with ordinary zero padding exactly, at the border too.  The
+input is binarized and packed straight from NCHW floats; no float im2col matrix is made.
+
+Results are int32, or float32 (exact: |value| <= C * kh * kw, far below 2**24 for any layer).
+Every argument is checked here with errors that name it; the backends get valid input only.
+"""
+import numpy as np
+
+from .array import Array, _as_array
+from .conv import _is_int, _pair
+from .errors import DtypeError, ShapeError
+
+__all__ = ["pack_signs", "pack_conv_input", "pack_conv_weight", "xnor_gemm", "xnor_conv2d"]
+
+_WORD_BITS = 32
+_UINT32 = np.dtype(np.uint32)
+_FLOAT32 = np.dtype(np.float32)
+_RESULT_DTYPES = {"int32": np.dtype(np.int32), "float32": np.dtype(np.float32),
+                  "single": np.dtype(np.float32)}
+
+
+def words(n):
+    """uint32 words holding n packed signs."""
+    return (n + _WORD_BITS - 1) // _WORD_BITS
+
+
+def _array(value, what, name):
+    try:
+        return _as_array(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what}: {name} must be an Array or array-like, got "
+                        f"{type(value).__name__} ({exc})") from None
+
+
+def _result_dtype(dtype, what):
+    key = str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype
+    if key not in _RESULT_DTYPES:
+        raise DtypeError(f"{what}: dtype must be 'int32' or 'float32', got {dtype!r}")
+    return _RESULT_DTYPES[key]
+
+
+def _need_float32(a, what, name):
+    if a.dtype != _FLOAT32:
+        raise DtypeError(f"{what}: {name} must be single (float32) to be binarized, got "
+                         f"{a.dtype}; convert with .astype('single')")
+
+
+def _same_backend(what, **arrays):
+    backends = {name: a._backend for name, a in arrays.items()}
+    first = next(iter(backends.values()))
+    for name, backend in backends.items():
+        if backend is not first:
+            from .errors import BackendMismatchError
+            names = ", ".join(f"{n} on {b.name!r}" for n, b in backends.items())
+            raise BackendMismatchError(f"{what}: operands live on two backends ({names}); "
+                                       f"move one with A.to({first.name!r})")
+    return first
+
+
+# ---- packing --------------------------------------------------------------------------------
+
+def pack_signs(x, axis=-1):
+    """Pack the signs of a single-precision Array along ``axis`` into uint32 words.
+
+    The result has x's shape with that axis shortened to ceil(n/32) words: bit j of word w is
+    1 where the element 32*w + j along the axis is >= 0 (NaN counts as negative, -0.0 as
+    positive) and the padding bits of the last word are 0."""
+    what = "pack_signs"
+    x = _array(x, what, "x")
+    _need_float32(x, what, "x")
+    if x.ndim == 0:
+        raise ShapeError(f"{what} needs at least one dimension, got a 0-d Array")
+    if not _is_int(axis) or not -x.ndim <= axis < x.ndim:
+        raise ShapeError(f"{what}: axis {axis!r} is out of range for a {x.ndim}-d Array "
+                         f"of shape {x.shape}")
+    axis = int(axis) % x.ndim
+    backend = x._backend
+    last = x.ndim - 1
+    if axis == last:
+        return Array._wrap(backend, backend.pack_signs(x._live))
+    order = [d for d in range(x.ndim) if d != axis] + [axis]
+    moved = x.permute(order)     # held: the kernel reads its buffer
+    packed = Array._wrap(backend, backend.pack_signs(moved._live))
+    back = list(range(last))
+    back.insert(axis, last)
+    return packed.permute(back)
+
+
+def pack_conv_input(x):
+    """The channel signs of each pixel of float32 N x C x H x W ``x`` as uint32
+    N x H x W x ceil(C/32) words: the input layout of ``xnor_conv2d``, made in one pass."""
+    what = "pack_conv_input"
+    x = _array(x, what, "x")
+    _need_float32(x, what, "x")
+    if x.ndim != 4:
+        raise ShapeError(f"{what}: x must be 4-d (N, C, H, W), got shape {x.shape}")
+    backend = x._backend
+    return Array._wrap(backend, backend.pack_conv_input(x._live))
+
+
+def pack_conv_weight(w):
+    """The signs of float32 O x C x kh x kw filters as uint32 O x kh x kw x ceil(C/32) words
+    (each tap's channels packed): the weight layout of ``xnor_conv2d``."""
+    what = "pack_conv_weight"
+    w = _array(w, what, "w")
+    _need_float32(w, what, "w")
+    if w.ndim != 4:
+        raise ShapeError(f"{what}: w must be 4-d (O, C, kh, kw), got shape {w.shape}")
+    backend = w._backend
+    channels_last = w.permute((0, 2, 3, 1))     # held: the kernel reads its buffer
+    return Array._wrap(backend, backend.pack_signs(channels_last._live))
+
+
+# ---- products -------------------------------------------------------------------------------
+
+def _check_k(k, what):
+    if not _is_int(k) or k < 1:
+        raise ShapeError(f"{what}: k (the length of the +-1 vectors) must be a positive int, "
+                         f"got {k!r}")
+    return int(k)
+
+
+def xnor_gemm(a, b, k=None, dtype="int32"):
+    """Products of +-1 rows from their packed signs: out[m, n] = sum_i b(a)[m, i] b(b)[n, i].
+
+    ``a`` (M x words) and ``b`` (N x words) are uint32 rows packed by ``pack_signs`` from
+    vectors of length ``k`` (words = ceil(k/32)); float32 M x k and N x k Arrays are packed
+    here first (k then defaults to their width).  Returns the M x N products as ``dtype``,
+    'int32' (default) or 'float32', each k - 2 * popcount(a[m] ^ b[n]), exact for every k."""
+    what = "xnor_gemm"
+    a, b = _array(a, what, "a"), _array(b, what, "b")
+    backend = _same_backend(what, a=a, b=b)
+    out_dtype = _result_dtype(dtype, what)
+    for name, arr in (("a", a), ("b", b)):
+        if arr.ndim != 2:
+            raise ShapeError(f"{what}: {name} must be 2-d (rows x packed words), got shape "
+                             f"{arr.shape}")
+    floats = [arr.dtype == _FLOAT32 for arr in (a, b)]
+    if any(floats) and not all(floats):
+        raise DtypeError(f"{what}: a is {a.dtype} and b is {b.dtype}; give both packed "
+                         f"(uint32, from pack_signs) or both single (float32)")
+    if all(floats):
+        if a.shape[1] != b.shape[1]:
+            raise ShapeError(f"{what}: a {a.shape} and b {b.shape} must have the same number "
+                             f"of columns")
+        if k is None:
+            k = a.shape[1]
+        if _check_k(k, what) != a.shape[1]:
+            raise ShapeError(f"{what}: k={k} but the float rows have {a.shape[1]} columns")
+        a, b = pack_signs(a), pack_signs(b)
+    else:
+        for name, arr in (("a", a), ("b", b)):
+            if arr.dtype != _UINT32:
+                raise DtypeError(f"{what}: {name} must hold packed signs (uint32, from "
+                                 f"pack_signs) or single (float32) values, got {arr.dtype}")
+        if k is None:
+            raise ShapeError(f"{what}: k (the length of the +-1 vectors) is needed with packed "
+                             f"rows; a has {a.shape[1]} words, so k is in "
+                             f"{32 * a.shape[1] - 31}..{32 * a.shape[1]}")
+        k = _check_k(k, what)
+        if a.shape[1] != b.shape[1] or a.shape[1] != words(k):
+            raise ShapeError(f"{what}: k={k} needs {words(k)} words per row, but a is {a.shape} "
+                             f"and b is {b.shape}")
+    return Array._wrap(backend, backend.xnor_gemm(a._live, b._live, k, out_dtype))
+
+
+def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32"):
+    """conv2d(b(x), b(w), stride, padding) with ordinary zero padding, exactly.
+
+    ``x`` is float32 N x C x H x W (binarized and packed here, in one pass) or packed
+    N x H x W x ceil(C/32) uint32 from ``pack_conv_input``; ``w`` is float32 O x C x kh x kw
+    or packed O x kh x kw x ceil(C/32) uint32 from ``pack_conv_weight``.  ``channels`` (C)
+    is needed only when both are packed, and is checked against the float one otherwise.
+    Returns N x O x OH x OW as ``dtype``, 'float32' (default) or 'int32'."""
+    what = "xnor_conv2d"
+    x, w = _array(x, what, "x"), _array(w, what, "w")
+    backend = _same_backend(what, x=x, w=w)
+    out_dtype = _result_dtype(dtype, what)
+    layouts = {"x": ("N, C, H, W", "N, H, W, ceil(C/32)"),
+               "w": ("O, C, kh, kw", "O, kh, kw, ceil(C/32)")}
+    for name, arr in (("x", x), ("w", w)):
+        if arr.dtype not in (_FLOAT32, _UINT32):
+            raise DtypeError(f"{what}: {name} must be single (float32) or packed signs "
+                             f"(uint32), got {arr.dtype}")
+        if arr.ndim != 4:
+            layout = layouts[name][arr.dtype == _UINT32]
+            raise ShapeError(f"{what}: {name} must be 4-d ({layout}), got shape {arr.shape}")
+    known = {}
+    if x.dtype == _FLOAT32:
+        known["x"] = x.shape[1]
+    if w.dtype == _FLOAT32:
+        known["w"] = w.shape[1]
+    if channels is not None:
+        if not _is_int(channels) or channels < 1:
+            raise ShapeError(f"{what}: channels must be a positive int, got {channels!r}")
+        known["channels"] = int(channels)
+    if not known:
+        raise ShapeError(f"{what}: x and w are both packed, so channels= (C, the input "
+                         f"channels the words hold) is needed")
+    if len(set(known.values())) > 1:
+        listed = ", ".join(f"{name} says {c}" for name, c in known.items())
+        raise ShapeError(f"{what}: the input channel counts disagree ({listed})")
+    c = next(iter(known.values()))
+    xp = pack_conv_input(x) if x.dtype == _FLOAT32 else x
+    wp = pack_conv_weight(w) if w.dtype == _FLOAT32 else w
+    for name, arr in (("x", xp), ("w", wp)):
+        if arr.shape[3] != words(c):
+            raise ShapeError(f"{what}: packed {name} {arr.shape} has {arr.shape[3]} words per "
+                             f"pixel, but {c} channels need {words(c)}")
+    kernel = wp.shape[1:3]
+    stride = _pair(stride, "stride", what, 1)
+    padding = _pair(padding, "padding", what, 0)
+    if min(kernel) < 1:
+        raise ShapeError(f"{what}: the kernel {tuple(kernel)} is empty")
+    out_hw = []
+    for axis, size, k, s, p in zip(("height", "width"), xp.shape[1:3], kernel, stride, padding):
+        if size + 2 * p < k:
+            raise ShapeError(f"{what}: the kernel {axis} {k} is larger than the padded input "
+                             f"{axis} {size} + 2*{p} = {size + 2 * p}; the output would be "
+                             f"empty")
+        out_hw.append((size + 2 * p - k) // s + 1)
+    return Array._wrap(backend, backend.xnor_conv2d(xp._live, wp._live, c, stride, padding,
+                                                    tuple(out_hw), out_dtype))

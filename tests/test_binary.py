@@ -1,0 +1,259 @@
+"""gm.pack_signs / pack_conv_input / pack_conv_weight / xnor_gemm / xnor_conv2d on every backend.
+
+The references are independent of the packed formulation: float64 products and convolutions
+of the +-1 matrices b(v) = +1 where v >= 0, else -1 (NaN -> -1), with zero padding applied to
+the *binarized* input, which is exactly what the XNOR kernels promise.
+"""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpumat as gm
+from conftest import TESTED, assert_same
+
+
+def signs(v):
+    return np.where(np.asarray(v) >= 0, 1.0, -1.0)
+
+
+def reference_pack(x, axis=-1):
+    """Bit j of word w = x[..., 32w + j] >= 0 along ``axis``, built bit by bit."""
+    bits = np.moveaxis(np.asarray(x) >= 0, axis, -1)
+    n = bits.shape[-1]
+    words = (n + 31) // 32
+    padded = np.zeros(bits.shape[:-1] + (words * 32,), np.uint64)
+    padded[..., :n] = bits
+    weights = np.uint64(1) << np.arange(32, dtype=np.uint64)
+    packed = (padded.reshape(bits.shape[:-1] + (words, 32)) * weights).sum(-1)
+    return np.moveaxis(packed.astype(np.uint32), -1, axis)
+
+
+def reference_conv(x, w, stride, padding):
+    """conv2d(b(x), b(w)) in float64 with zero padding of the binarized input."""
+    sh, sw = stride
+    ph, pw = padding
+    bx = np.pad(signs(x), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    bw = signs(w)
+    kh, kw = w.shape[2:]
+    windows = np.lib.stride_tricks.sliding_window_view(bx, (kh, kw), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw]                     # N, C, OH, OW, kh, kw
+    return np.einsum("nchwij,ocij->nohw", windows, bw)
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def with_garbage_tails(packed, n, rng):
+    """The same packed signs with random bits in the padding of each row's last word."""
+    packed = np.array(packed, copy=True)
+    if n % 32:
+        tail = rng.integers(0, 2**32, packed.shape[:-1], dtype=np.uint64).astype(np.uint32)
+        packed[..., -1] |= tail & np.uint32(~((1 << (n % 32)) - 1) & 0xFFFFFFFF)
+    return packed
+
+
+# ---- packing --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape,axis", [((70,), 0), ((3, 70), -1), ((3, 70), 0), ((4, 33, 5), 1),
+                                        ((2, 3, 1), 2), ((5, 0, 3), 0), ((2, 64, 2), 1)])
+def test_pack_signs_along_any_axis(backend, shape, axis):
+    x = rand(np.random.default_rng(0), *shape)
+    if x.size:
+        x.flat[:3] = [np.nan, -0.0, 0.0][:min(3, x.size)]
+    assert_same(gm.pack_signs(gm.array(x, backend=backend), axis=axis), reference_pack(x, axis))
+
+
+@pytest.mark.parametrize("n,c,h,w", [(1, 1, 1, 1), (2, 3, 5, 7), (1, 31, 2, 3), (2, 32, 3, 3),
+                                     (1, 33, 4, 1), (3, 100, 2, 2), (0, 16, 3, 3)])
+def test_pack_conv_input_is_channels_packed_per_pixel(backend, n, c, h, w):
+    x = rand(np.random.default_rng(c), n, c, h, w)
+    if x.size:
+        x[0, 0, 0, 0] = np.nan
+        x.flat[-1] = -0.0
+    got = gm.pack_conv_input(gm.array(x, backend=backend))
+    assert_same(got, reference_pack(x.transpose(0, 2, 3, 1)))
+
+
+def test_pack_conv_weight_is_each_taps_channels(backend):
+    w = rand(np.random.default_rng(2), 5, 37, 3, 2)
+    got = gm.pack_conv_weight(gm.array(w, backend=backend))
+    assert_same(got, reference_pack(w.transpose(0, 2, 3, 1)))
+
+
+# ---- xnor_gemm ------------------------------------------------------------------------------
+
+GEMM_CASES = [(1, 1, 1), (3, 5, 31), (4, 7, 32), (5, 3, 33), (17, 13, 63), (16, 16, 64),
+              (2, 33, 65), (9, 1, 200), (64, 65, 257), (0, 4, 10), (4, 0, 10)]
+
+
+@pytest.mark.parametrize("m,n,k", GEMM_CASES)
+@pytest.mark.parametrize("dtype", ["int32", "float32"])
+def test_xnor_gemm_equals_the_pm1_product(backend, m, n, k, dtype):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a, b = rand(rng, m, k), rand(rng, n, k)
+    pa = gm.pack_signs(gm.array(a, backend=backend))
+    pb = gm.pack_signs(gm.array(b, backend=backend))
+    expected = (signs(a) @ signs(b).T).astype(dtype)
+    assert_same(gm.xnor_gemm(pa, pb, k, dtype=dtype), expected)
+    # float rows are packed on the way in, k defaults to their width
+    assert_same(gm.xnor_gemm(gm.array(a, backend=backend), gm.array(b, backend=backend),
+                             dtype=dtype), expected)
+
+
+@pytest.mark.parametrize("k", [1, 5, 33, 100])
+def test_xnor_gemm_ignores_padding_bits(backend, k):
+    rng = np.random.default_rng(k)
+    a, b = rand(rng, 6, k), rand(rng, 9, k)
+    pa = with_garbage_tails(reference_pack(a), k, rng)
+    pb = with_garbage_tails(reference_pack(b), k, rng)
+    got = gm.xnor_gemm(gm.array(pa, backend=backend), gm.array(pb, backend=backend), k)
+    assert_same(got, (signs(a) @ signs(b).T).astype(np.int32))
+
+
+def test_xnor_gemm_large_k_is_exact(backend):
+    rng = np.random.default_rng(7)
+    a, b = rand(rng, 33, 4099), rand(rng, 47, 4099)
+    got = gm.xnor_gemm(gm.array(a, backend=backend), gm.array(b, backend=backend))
+    assert_same(got, (signs(a) @ signs(b).T).astype(np.int32))
+
+
+# ---- xnor_conv2d ----------------------------------------------------------------------------
+
+# (N, C, H, W, O, kh, kw, stride, padding): channels around the word size, kernels 1x1 to 5x5
+# and 1x3, strides 1-3, paddings 0-2, primes and 1-pixel images, filters not a multiple of 16.
+CONV_CASES = [
+    (1, 1, 1, 1, 1, 1, 1, 1, 0),
+    (1, 1, 1, 1, 1, 3, 3, 1, 1),
+    (2, 3, 7, 5, 4, 3, 3, 1, 1),
+    (1, 16, 8, 8, 16, 3, 3, 1, 1),
+    (3, 16, 9, 9, 17, 3, 3, 2, 1),
+    (1, 31, 5, 6, 7, 1, 3, 1, (0, 1)),
+    (2, 32, 6, 6, 33, 3, 3, 1, 0),
+    (1, 33, 11, 7, 5, 5, 5, 2, 2),
+    (1, 64, 8, 8, 32, 3, 3, 2, 1),
+    (1, 100, 5, 5, 3, 3, 3, 3, 2),
+    (2, 5, 13, 1, 2, 3, 1, 1, (1, 0)),
+    (1, 7, 4, 4, 1, 4, 4, 1, 0),
+    (0, 8, 4, 4, 3, 3, 3, 1, 1),
+    (2, 8, 4, 4, 0, 3, 3, 1, 1),
+]
+
+
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_xnor_conv2d_equals_binarized_conv2d(backend, case):
+    n, c, h, w, o, kh, kw, stride, padding = case
+    rng = np.random.default_rng(sum(_pair(padding)) + n + c * 7 + o * 13 + h)
+    x, weight = rand(rng, n, c, h, w), rand(rng, o, c, kh, kw)
+    if x.size:
+        x.flat[0], x.flat[-1] = np.nan, -0.0           # NaN binarizes to -1, -0.0 to +1
+    expected = reference_conv(x, weight, _pair(stride), _pair(padding))
+    got = gm.xnor_conv2d(gm.array(x, backend=backend), gm.array(weight, backend=backend),
+                         stride=stride, padding=padding)
+    assert_same(got, expected.astype(np.float32))
+    packed = gm.xnor_conv2d(gm.pack_conv_input(gm.array(x, backend=backend)),
+                            gm.pack_conv_weight(gm.array(weight, backend=backend)),
+                            stride=stride, padding=padding, channels=c, dtype="int32")
+    assert_same(packed, expected.astype(np.int32))
+
+
+def test_xnor_conv2d_ignores_padding_bits(backend):
+    rng = np.random.default_rng(3)
+    x, w = rand(rng, 2, 37, 6, 5), rand(rng, 9, 37, 3, 3)
+    xp = with_garbage_tails(reference_pack(x.transpose(0, 2, 3, 1)), 37, rng)
+    wp = with_garbage_tails(reference_pack(w.transpose(0, 2, 3, 1)), 37, rng)
+    got = gm.xnor_conv2d(gm.array(xp, backend=backend), gm.array(wp, backend=backend),
+                         padding=1, channels=37, dtype="int32")
+    assert_same(got, reference_conv(x, w, (1, 1), (1, 1)).astype(np.int32))
+
+
+@pytest.mark.parametrize("layer", [(16, 32, 1), (32, 16, 2), (64, 8, 1), (256, 14, 1)])
+def test_xnor_conv2d_network_layers(backend, layer):
+    """ResNet-20's 3x3 layers and a 256-channel 14x14 one, as benchmarked in bench/."""
+    channels, size, stride = layer
+    rng = np.random.default_rng(channels)
+    x = rand(rng, 2, channels, size, size)
+    w = rand(rng, channels * stride, channels, 3, 3)
+    got = gm.xnor_conv2d(gm.array(x, backend=backend), gm.array(w, backend=backend),
+                         stride=stride, padding=1, dtype="int32")
+    assert_same(got, reference_conv(x, w, (stride, stride), (1, 1)).astype(np.int32))
+
+
+def test_xnor_conv2d_matches_torch_on_pm1_data(backend):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    x, w = signs(rand(rng, 2, 20, 9, 9)), signs(rand(rng, 6, 20, 3, 3))
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=2,
+                                          padding=1).numpy()
+    got = gm.xnor_conv2d(gm.array(x.astype(np.float32), backend=backend),
+                         gm.array(w.astype(np.float32), backend=backend), stride=2, padding=1)
+    assert_same(got, expected.astype(np.float32))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 2), c=st.integers(1, 70), h=st.integers(1, 9), w=st.integers(1, 9),
+       o=st.integers(1, 20), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3),
+       sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
+       backend=st.sampled_from(TESTED))
+def test_xnor_conv2d_any_shape(n, c, h, w, o, kh, kw, sh, sw, ph, pw, backend):
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    rng = np.random.default_rng(c * 31 + o)
+    x, weight = rand(rng, n, c, h, w), rand(rng, o, c, kh, kw)
+    got = gm.xnor_conv2d(gm.array(x, backend=backend), gm.array(weight, backend=backend),
+                         stride=(sh, sw), padding=(ph, pw), dtype="int32")
+    assert_same(got, reference_conv(x, weight, (sh, sw), (ph, pw)).astype(np.int32))
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+def test_bad_input_is_named(backend):
+    def arr(v):
+        return gm.array(v, backend=backend)
+
+    x = arr(np.ones((1, 4, 5, 5), np.float32))
+    w = arr(np.ones((2, 4, 3, 3), np.float32))
+    with pytest.raises(TypeError, match="float64"):
+        gm.xnor_conv2d(x.astype("double"), w)
+    with pytest.raises(ValueError, match="channel counts disagree.*x says 4.*w says 3"):
+        gm.xnor_conv2d(x, arr(np.ones((2, 3, 3, 3), np.float32)))
+    with pytest.raises(ValueError, match="channels= .* is needed"):
+        gm.xnor_conv2d(gm.pack_conv_input(x), gm.pack_conv_weight(w))
+    with pytest.raises(ValueError, match="33 channels need 2"):
+        gm.xnor_conv2d(gm.pack_conv_input(x), gm.pack_conv_weight(w), channels=33)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        gm.xnor_conv2d(x, arr(np.ones((2, 4, 7, 7), np.float32)))
+    with pytest.raises(ValueError, match="4-d"):
+        gm.xnor_conv2d(arr(np.ones((4, 5, 5), np.float32)), w)
+    with pytest.raises(TypeError, match="'int32' or 'float32'"):
+        gm.xnor_conv2d(x, w, dtype="float64")
+    a = gm.pack_signs(arr(np.ones((3, 40), np.float32)))
+    with pytest.raises(ValueError, match="k=70 needs 3 words"):
+        gm.xnor_gemm(a, a, 70)
+    with pytest.raises(ValueError, match="k .* is needed"):
+        gm.xnor_gemm(a, a)
+    with pytest.raises(TypeError, match="int32"):
+        gm.xnor_gemm(arr(np.ones((3, 2), np.int32)), a, 40)
+    with pytest.raises(TypeError, match="float32"):
+        gm.pack_conv_input(arr(np.ones((1, 2, 3, 3), np.int32)))
+    with pytest.raises(ValueError, match="axis 2 is out of range"):
+        gm.pack_signs(arr(np.ones((3, 4), np.float32)), axis=2)
+    # the library stays usable after each error
+    assert_same(gm.xnor_conv2d(x, w, padding=1, dtype="int32"),
+                reference_conv(np.ones((1, 4, 5, 5)), np.ones((2, 4, 3, 3)), (1, 1),
+                               (1, 1)).astype(np.int32))
+
+
+def test_operands_on_two_backends_are_refused():
+    if len(TESTED) < 2:
+        pytest.skip("needs two backends")
+    first, second = TESTED[:2]
+    x = gm.array(np.ones((1, 4, 5, 5), np.float32), backend=first)
+    w = gm.array(np.ones((2, 4, 3, 3), np.float32), backend=second)
+    with pytest.raises(gm.BackendMismatchError, match=f"{first}.*{second}"):
+        gm.xnor_conv2d(x, w)

@@ -1,0 +1,566 @@
+"""The XNOR-popcount kernels of the cpu backend (kernels/cpu/xnor.hpp, gpumat/native.py,
+gpumat/backends/cpu_xnor.py): pack_conv_input, xnor_gemm and xnor_conv2d, native and NumPy
+twin, against independent float64 references (+-1 matrices, torch's conv2d on +-1 data) over
+awkward shapes, on every instruction-set copy this CPU runs (in process and through
+GPUMAT_CPU_ISA in a fresh interpreter), with garbage in the packed tails, on one thread and
+several; their argument checks; the fallback without the module."""
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import gpumat.native as native
+from gpumat.backends import get as get_backend
+
+NATIVE = native._native
+needs_native = pytest.mark.skipif(NATIVE is None, reason=f"gpumat._native is not built: "
+                                                          f"{native.native_import_error}")
+ISAS = NATIVE.xnor_isas() if NATIVE is not None else []
+
+CHANNELS = [1, 3, 16, 31, 32, 33, 64, 100]
+KS = [1, 5, 31, 32, 33, 63, 64, 65, 200]
+SPECIAL = np.array([np.nan, -np.nan, 0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45],
+                   dtype=np.float32)
+
+#: (N, C, H, W, O, kernel, stride, padding)
+GEOMETRIES = [
+    (2, 16, 9, 11, 5, (3, 3), 1, 1),
+    (1, 3, 7, 7, 4, (3, 3), 2, 1),
+    (3, 33, 6, 5, 17, (3, 3), 1, 2),
+    (2, 64, 8, 8, 16, (3, 3), 1, 1),
+    (1, 100, 5, 7, 7, (1, 3), (1, 2), (0, 1)),
+    (2, 31, 13, 13, 9, (5, 5), 3, 2),
+    (3, 1, 1, 1, 1, (1, 1), 1, 0),
+    (1, 1, 1, 1, 33, (3, 3), 1, 1),            # a 3x3 kernel over one pixel
+    (3, 32, 17, 19, 33, (5, 5), 2, 2),
+    (2, 16, 32, 32, 16, (3, 3), 1, 1),          # ResNet-20 stage 1
+    (2, 16, 32, 32, 32, (3, 3), 2, 1),          # its downsampling
+    (1, 8, 23, 29, 7, (3, 1), (3, 1), (1, 0)),
+    (1, 5, 11, 3, 17, (5, 5), 1, 2),            # 6 columns of 5 channels share a word
+    (3, 10, 13, 12, 6, (2, 4), (1, 3), (0, 2)),
+    (1, 256, 14, 14, 17, (3, 3), 1, 1),
+    (2, 65, 5, 5, 1, (3, 3), 1, 0),
+]
+
+
+def ids(geometry):
+    n, c, h, w, o, k, s, p = geometry
+    return f"n{n}c{c}h{h}w{w}o{o}k{k[0]}x{k[1]}s{s}p{p}"
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def words(n):
+    return (n + 31) // 32
+
+
+def signs(words_array, n):
+    """The first n packed signs of each row as +-1 float64 (bit j of word w: element 32w + j;
+    a set bit is +1) -- written from the specification, the tail bits past n ignored."""
+    shifts = np.arange(32, dtype=np.uint32)
+    bits = (words_array[..., :, None] >> shifts) & np.uint32(1)
+    bits = bits.reshape(words_array.shape[:-1] + (words_array.shape[-1] * 32,))[..., :n]
+    return np.where(bits == 1, 1.0, -1.0)
+
+
+def with_garbage(packed, n, seed):
+    """packed with random bits in the padding bits of each last word (n signs a row)."""
+    rest = n % 32
+    if rest == 0 or packed.size == 0:
+        return packed
+    rng = np.random.default_rng(seed)
+    out = packed.copy()
+    noise = rng.integers(0, 2 ** 32, out.shape[:-1], dtype=np.uint32)
+    out[..., -1] |= noise & np.uint32(0xFFFFFFFF ^ ((1 << rest) - 1))
+    return out
+
+
+def random_words(shape, seed):
+    return np.random.default_rng(seed).integers(0, 2 ** 32, shape, dtype=np.uint32)
+
+
+def pack_reference(x):
+    """pack_conv_input from pack_signs of the channels-last copy (a separate native kernel with
+    its own tests) -- or bit by bit where the module is missing."""
+    return native.pack_signs_numpy(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+
+
+def gemm_reference(a, b, k):
+    return signs(a, k) @ signs(b, k).T
+
+
+def conv_reference(xp, wp, channels, stride, padding):
+    """float64 conv2d of the +-1 values, with zero padding, by torch."""
+    x = torch.from_numpy(signs(xp, channels).transpose(0, 3, 1, 2).copy())
+    w = torch.from_numpy(signs(wp, channels).transpose(0, 3, 1, 2).copy())
+    return torch.nn.functional.conv2d(x, w, stride=pair(stride), padding=pair(padding)).numpy()
+
+
+def out_hw(h, w, kernel, stride, padding):
+    (sh, sw), (ph, pw) = pair(stride), pair(padding)
+    return ((h + 2 * ph - kernel[0]) // sh + 1, (w + 2 * pw - kernel[1]) // sw + 1)
+
+
+def conv_operands(geometry, seed):
+    n, c, h, w, o, kernel, stride, padding = geometry
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    weight = rng.standard_normal((o, c) + kernel).astype(np.float32)
+    xp = pack_reference(x)
+    wp = pack_reference(weight)
+    return xp, wp
+
+
+def assert_exact(got, want, dtype, what):
+    assert isinstance(got, np.ndarray), what
+    assert got.dtype == np.dtype(dtype), f"{what}: dtype {got.dtype}"
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    bad = np.argwhere(got != want)
+    assert bad.size == 0, (f"{what}: {len(bad)} of {got.size} values differ, first at "
+                           f"{tuple(bad[0])}: {got[tuple(bad[0])]} != {want[tuple(bad[0])]}")
+
+
+@pytest.fixture
+def restore_isa():
+    yield
+    if NATIVE is not None:
+        NATIVE.set_xnor_isa("auto")
+
+
+@pytest.fixture
+def restore_threads():
+    threads = NATIVE.native_threads() if NATIVE is not None else 1
+    yield
+    if NATIVE is not None:
+        NATIVE.set_native_threads(threads)
+
+
+# ---- pack_conv_input --------------------------------------------------------------------------
+
+def special_input(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    if x.size:
+        flat = x.reshape(-1)
+        where = rng.choice(flat.size, size=max(1, flat.size // 4), replace=False)
+        flat[where] = rng.choice(SPECIAL, size=where.size)
+    return x
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_pack_conv_input_twin_matches_reference(channels):
+    x = special_input((3, channels, 5, 7), channels)
+    want = pack_reference(x)
+    assert want.shape == (3, 5, 7, words(channels))
+    # and the reference itself, bit by bit: element 32 w + j in bit j of word w
+    assert_exact(signs(want, channels), np.where(x >= 0, 1.0, -1.0).transpose(0, 2, 3, 1),
+                 np.float64, "reference")
+    assert_exact(native.pack_conv_input_numpy(x), want, np.uint32, f"twin C={channels}")
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_pack_conv_input_native_matches_reference(isa, restore_isa):
+    NATIVE.set_xnor_isa(isa)
+    assert NATIVE.xnor_isa() == isa
+    for channels in CHANNELS:
+        for shape in [(1, channels, 1, 1), (3, channels, 5, 7), (2, channels, 13, 17),
+                      (1, channels, 32, 32), (0, channels, 4, 4), (2, channels, 0, 3)]:
+            x = special_input(shape, channels + shape[2])
+            want = pack_reference(x)
+            assert_exact(NATIVE.pack_conv_input(x), want, np.uint32, f"{isa} {shape}")
+            assert_exact(native.pack_conv_input(x), want, np.uint32, f"{isa} {shape}")
+
+
+@needs_native
+def test_pack_conv_input_padding_bits_are_zero():
+    for channels in (1, 17, 31, 33, 63):
+        packed = native.pack_conv_input(np.ones((2, channels, 3, 5), np.float32))
+        assert int(sum(bin(int(v)).count("1") for v in packed.reshape(-1))) == 2 * 15 * channels
+
+
+@needs_native
+def test_pack_conv_input_large_and_threaded(restore_threads):
+    # big enough for the thread pool, and for several pixel blocks per image
+    x = special_input((3, 40, 70, 90), 3)
+    want = pack_reference(x)
+    for threads in (1, 2, 3):
+        NATIVE.set_native_threads(threads)
+        assert_exact(native.pack_conv_input(x), want, np.uint32, f"{threads} threads")
+
+
+# ---- xnor_gemm ---------------------------------------------------------------------------------
+
+GEMM_SHAPES = [(1, 1), (3, 5), (7, 40), (17, 3), (33, 70), (16, 16), (100, 9), (0, 4), (4, 0),
+               (2, 33)]
+
+
+@pytest.mark.parametrize("k", KS)
+def test_xnor_gemm_twin_matches_reference(k):
+    for m, n in GEMM_SHAPES:
+        a = random_words((m, words(k)), m + k)
+        b = random_words((n, words(k)), n + 2 * k)
+        want = gemm_reference(a, b, k)
+        for dtype in (np.int32, np.float32):
+            got = native.xnor_gemm_numpy(with_garbage(a, k, 1), with_garbage(b, k, 2), k, dtype)
+            assert_exact(got, want, dtype, f"twin m={m} n={n} k={k}")
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_xnor_gemm_native_matches_reference(isa, restore_isa):
+    NATIVE.set_xnor_isa(isa)
+    for k in KS:
+        for m, n in GEMM_SHAPES:
+            a = random_words((m, words(k)), m + k)
+            b = random_words((n, words(k)), n + 2 * k)
+            want = gemm_reference(a, b, k)
+            garbage_a, garbage_b = with_garbage(a, k, 3), with_garbage(b, k, 4)
+            for dtype in (np.int32, np.float32):
+                what = f"{isa} m={m} n={n} k={k} {np.dtype(dtype).name}"
+                assert_exact(native.xnor_gemm(a, b, k, dtype), want, dtype, what)
+                assert_exact(NATIVE.xnor_gemm(garbage_a, garbage_b, k, np.dtype(dtype).name),
+                             want, dtype, what + " (garbage tails)")
+
+
+@needs_native
+def test_xnor_gemm_large_threaded_matches_twin(restore_threads):
+    k = 1000
+    a = random_words((130, words(k)), 1)
+    b = random_words((300, words(k)), 2)
+    want = native.xnor_gemm_numpy(a, b, k)
+    for threads in (1, 2, 4):
+        NATIVE.set_native_threads(threads)
+        assert_exact(native.xnor_gemm(a, b, k), want, np.int32, f"{threads} threads")
+        # and with the lanes along a (b has few rows)
+        assert_exact(native.xnor_gemm(a, b[:5], k), want[:, :5], np.int32, f"{threads} few b")
+
+
+@needs_native
+def test_float_results_past_two_to_the_24():
+    """Sums past 2**24 take the path that converts the int32 result (rounded once, as NumPy's
+    cast of the exact value); smaller ones the exact FMA path."""
+    k = (1 << 24) + 101
+    a = random_words((2, words(k)), 5)
+    b = random_words((3, words(k)), 6)
+    b[0] = a[0]                              # a product of k, which float32 rounds
+    want = native.xnor_gemm_numpy(a, b, k, np.int32)
+    assert want[0, 0] == k
+    got = native.xnor_gemm(a, b, k, np.float32)
+    assert_exact(got, want.astype(np.float32), np.float32, "k past 2**24")
+    channels = 20000 * 32 - 5                # 3 x 3 taps of 640K channels: 2**24 < 3 kh kw Wc 32
+    xp = random_words((1, 3, 3, words(channels)), 7)
+    wp = random_words((2, 3, 3, words(channels)), 8)
+    wp[0] = xp[0]
+    want = native.xnor_conv2d_numpy(xp, wp, channels, 1, 1, None, np.int32)
+    got = native.xnor_conv2d(xp, wp, channels, 1, 1, None, np.float32)
+    assert want[0, 0, 1, 1] == 9 * channels
+    assert_exact(got, want.astype(np.float32), np.float32, "conv past 2**24")
+
+
+# ---- xnor_conv2d -------------------------------------------------------------------------------
+
+def conv_case(geometry, seed):
+    n, c, h, w, o, kernel, stride, padding = geometry
+    xp, wp = conv_operands(geometry, seed)
+    return xp, wp, c, pair(stride), pair(padding), out_hw(h, w, kernel, stride, padding)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=ids)
+def test_xnor_conv2d_twin_matches_torch(geometry):
+    xp, wp, c, stride, padding, hw = conv_case(geometry, 11)
+    want = conv_reference(xp, wp, c, stride, padding)
+    got = native.xnor_conv2d_numpy(with_garbage(xp, c, 5), with_garbage(wp, c, 6), c, stride,
+                                   padding, hw, np.int32)
+    assert_exact(got, want, np.int32, ids(geometry))
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_xnor_conv2d_native_matches_torch(isa, restore_isa):
+    NATIVE.set_xnor_isa(isa)
+    for geometry in GEOMETRIES:
+        xp, wp, c, stride, padding, hw = conv_case(geometry, 12)
+        want = conv_reference(xp, wp, c, stride, padding)
+        what = f"{isa} {ids(geometry)}"
+        assert_exact(native.xnor_conv2d(xp, wp, c, stride, padding, hw, np.float32), want,
+                     np.float32, what)
+        got = NATIVE.xnor_conv2d(with_garbage(xp, c, 7), with_garbage(wp, c, 8), c, stride,
+                                 padding, hw, "int32")
+        assert_exact(got, want, np.int32, what + " (garbage tails, int32)")
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_xnor_conv2d_awkward_shapes(isa, restore_isa):
+    """Every channel count against kernels 1x1, 3x3, 5x5 and 1x3, strides 1-3, padding 0-2,
+    several filter counts (whole and partial blocks of filters, partial vectors of lanes)."""
+    NATIVE.set_xnor_isa(isa)
+    rng = np.random.default_rng(13)
+    for index, channels in enumerate(CHANNELS):
+        for kernel in [(1, 1), (3, 3), (5, 5), (1, 3)]:
+            stride = [1, 2, 3][(index + kernel[0]) % 3]
+            padding = [0, 1, 2][(index + kernel[1]) % 3]
+            h, w = [(5, 7), (1, 1), (11, 2), (13, 13)][index % 4]
+            if h + 2 * padding < kernel[0] or w + 2 * padding < kernel[1]:
+                h, w = kernel[0] + 2, kernel[1] + 3
+            o = [1, 7, 16, 17, 33][(index + kernel[0] + kernel[1]) % 5]
+            n = [1, 3][index % 2]
+            xp = random_words((n, h, w, words(channels)), rng.integers(1 << 30))
+            wp = random_words((o,) + kernel + (words(channels),), rng.integers(1 << 30))
+            hw = out_hw(h, w, kernel, stride, padding)
+            want = conv_reference(xp, wp, channels, stride, padding)
+            got = NATIVE.xnor_conv2d(xp, wp, channels, pair(stride), pair(padding), hw, "int32")
+            what = f"{isa} C={channels} k={kernel} s={stride} p={padding} {h}x{w} O={o} N={n}"
+            assert_exact(got, want, np.int32, what)
+            assert_exact(native.xnor_conv2d_numpy(xp, wp, channels, stride, padding, hw,
+                                                  np.int32), want, np.int32, "twin " + what)
+
+
+@needs_native
+def test_xnor_conv2d_empty_batch_or_filters():
+    for n, o in [(0, 4), (2, 0), (0, 0)]:
+        xp = random_words((n, 5, 6, 1), 1)
+        wp = random_words((o, 3, 3, 1), 2)
+        for f in (native.xnor_conv2d, native.xnor_conv2d_numpy):
+            got = f(xp, wp, 20, 1, 1, None, np.float32)
+            assert got.shape == (n, o, 5, 6) and got.dtype == np.float32
+
+
+def test_xnor_conv2d_on_an_empty_image_gives_zeros():
+    # padding alone makes the output: every tap lies outside, so every sum is empty
+    for n, h, w in [(2, 0, 4), (1, 3, 0)]:
+        xp = random_words((n, h, w, 1), 1)
+        wp = random_words((3, 1, 1, 1), 2)
+        for f in (native.xnor_conv2d, native.xnor_conv2d_numpy):
+            got = f(xp, wp, 7, 1, 1, None, np.int32)
+            assert got.shape == (n, 3, h + 2, w + 2) and not got.any()
+
+
+@needs_native
+def test_xnor_conv2d_threads_and_row_blocks(restore_threads):
+    # batches smaller than the pool's chunk count split images into blocks of output rows
+    for geometry in [(1, 64, 30, 26, 64, (3, 3), 1, 1), (3, 16, 40, 40, 32, (3, 3), 2, 1),
+                     (8, 96, 16, 16, 40, (3, 3), 1, 1)]:
+        xp, wp, c, stride, padding, hw = conv_case(geometry, 14)
+        want = conv_reference(xp, wp, c, stride, padding)
+        for threads in (1, 2, 5):
+            NATIVE.set_native_threads(threads)
+            got = native.xnor_conv2d(xp, wp, c, stride, padding, hw, np.int32)
+            assert_exact(got, want, np.int32, f"{ids(geometry)} {threads} threads")
+
+
+@needs_native
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 70), h=st.integers(1, 9), w=st.integers(1, 9),
+       o=st.integers(1, 20), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3),
+       sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
+       seed=st.integers(0, 1000))
+def test_property_native_equals_twin(n, c, h, w, o, kh, kw, sh, sw, ph, pw, seed):
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    xp = random_words((n, h, w, words(c)), seed)
+    wp = random_words((o, kh, kw, words(c)), seed + 1)
+    hw = out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
+    want = native.xnor_conv2d_numpy(xp, wp, c, (sh, sw), (ph, pw), hw, np.int32)
+    assert_exact(NATIVE.xnor_conv2d(xp, wp, c, (sh, sw), (ph, pw), hw, "int32"), want, np.int32,
+                 "property")
+
+
+# ---- every copy through GPUMAT_CPU_ISA, in a fresh interpreter ---------------------------------
+
+SUBPROCESS_CHECK = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import gpumat.native as native
+    k = native.kernels()
+    print(k.xnor_isa())
+    rng = np.random.default_rng(0)
+    xp = rng.integers(0, 2**32, (2, 9, 10, 2), dtype=np.uint32)
+    wp = rng.integers(0, 2**32, (17, 3, 3, 2), dtype=np.uint32)
+    a = rng.integers(0, 2**32, (9, 3), dtype=np.uint32)
+    b = rng.integers(0, 2**32, (21, 3), dtype=np.uint32)
+    x = rng.standard_normal((2, 40, 7, 9)).astype(np.float32)
+    ok = (np.array_equal(k.xnor_conv2d(xp, wp, 50, (1, 2), (1, 1), (9, 5), "int32"),
+                         native.xnor_conv2d_numpy(xp, wp, 50, (1, 2), (1, 1), (9, 5), np.int32))
+          and np.array_equal(k.xnor_gemm(a, b, 70, "float32"),
+                             native.xnor_gemm_numpy(a, b, 70, np.float32))
+          and np.array_equal(k.pack_conv_input(x), native.pack_conv_input_numpy(x)))
+    print("ok" if ok else "MISMATCH")
+""")
+
+
+@needs_native
+@pytest.mark.parametrize("name,expected", [("baseline", "baseline"), ("avx2", "avx2"),
+                                           ("avx512bw", "avx512bw"), ("avx512", None),
+                                           ("no-such-isa", None)])
+def test_environment_caps_the_isa(name, expected):
+    if expected is not None and expected not in ISAS:
+        pytest.skip(f"this CPU has no {expected}")
+    if expected is None:      # avx512: the best copy up to AVX-512; unknown names: the best
+        expected = ISAS[-1]
+    env = dict(os.environ, GPUMAT_CPU_ISA=name)
+    result = subprocess.run([sys.executable, "-c", SUBPROCESS_CHECK], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [expected, "ok"], result.stdout + result.stderr
+
+
+@needs_native
+def test_isa_selection():
+    assert ISAS[0] in ("baseline", "portable")
+    assert NATIVE.xnor_isa() in ISAS
+    with pytest.raises(ValueError, match="not an instruction set"):
+        NATIVE.set_xnor_isa("sse9")
+    try:
+        NATIVE.set_xnor_isa(ISAS[0])
+        assert NATIVE.xnor_isa() == ISAS[0]
+        NATIVE.set_xnor_isa("auto")
+        assert NATIVE.xnor_isa() == ISAS[-1]
+    finally:
+        NATIVE.set_xnor_isa("auto")
+
+
+# ---- argument checks ---------------------------------------------------------------------------
+
+BAD_DTYPES = [np.int32, np.float64, np.uint8, np.int64]
+
+
+@pytest.mark.parametrize("dtype", BAD_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_wrong_dtypes_raise_type_error_naming_them(dtype):
+    name = np.dtype(dtype).name
+    good_w = np.zeros((4, 3, 3, 1), np.uint32)
+    for f in (native.xnor_conv2d, native.xnor_conv2d_numpy):
+        with pytest.raises(TypeError, match=f"xp.*{name}"):
+            f(np.zeros((1, 5, 5, 1), dtype), good_w, 20, 1, 1)
+        with pytest.raises(TypeError, match=f"wp.*{name}"):
+            f(np.zeros((1, 5, 5, 1), np.uint32), good_w.astype(dtype), 20, 1, 1)
+    for f in (native.xnor_gemm, native.xnor_gemm_numpy):
+        with pytest.raises(TypeError, match=f"a.*{name}"):
+            f(np.zeros((2, 1), dtype), np.zeros((2, 1), np.uint32), 5)
+        with pytest.raises(TypeError, match=f"b.*{name}"):
+            f(np.zeros((2, 1), np.uint32), np.zeros((2, 1), dtype), 5)
+    if name != "float32":
+        for f in (native.pack_conv_input, native.pack_conv_input_numpy):
+            with pytest.raises(TypeError, match=name):
+                f(np.zeros((1, 2, 3, 3), dtype))
+
+
+def test_bad_out_dtype_and_shapes_raise():
+    a = np.zeros((2, 2), np.uint32)
+    xp, wp = np.zeros((1, 5, 5, 1), np.uint32), np.zeros((4, 3, 3, 1), np.uint32)
+    for f in (native.xnor_gemm, native.xnor_gemm_numpy):
+        with pytest.raises(TypeError, match="out_dtype.*float64"):
+            f(a, a, 40, np.float64)
+        with pytest.raises(ValueError, match="k = 70 needs 3 words.*shape \\(2, 2\\)"):
+            f(a, a, 70)
+        with pytest.raises(ValueError, match="k must be"):
+            f(a, a, 0)
+        with pytest.raises(TypeError, match="k must be an int"):
+            f(a, a, 40.0)
+        with pytest.raises(ValueError, match="a must be 2-dimensional.*\\(2, 2, 1\\)"):
+            f(a[..., None], a, 40)
+    for f in (native.xnor_conv2d, native.xnor_conv2d_numpy):
+        with pytest.raises(TypeError, match="out_dtype.*int64"):
+            f(xp, wp, 20, 1, 1, None, np.int64)
+        with pytest.raises(ValueError, match="40 channels need 2 words.*\\(1, 5, 5, 1\\)"):
+            f(xp, wp, 40, 1, 1)
+        with pytest.raises(ValueError, match="channels must be at least 1, got 0"):
+            f(xp, wp, 0, 1, 1)
+        with pytest.raises(ValueError, match="stride must be at least 1"):
+            f(xp, wp, 20, 0, 1)
+        with pytest.raises(ValueError, match="padding must be at least 0"):
+            f(xp, wp, 20, 1, -1)
+        with pytest.raises(ValueError, match="out_hw is \\(4, 5\\).*\\(5, 5\\)"):
+            f(xp, wp, 20, 1, 1, (4, 5))
+        with pytest.raises(ValueError, match="exceeds the padded input 5 x 5"):
+            f(xp, np.zeros((4, 7, 3, 1), np.uint32), 20, 1, 0)
+        with pytest.raises(ValueError, match="xp must be 4-dimensional.*\\(5, 5, 1\\)"):
+            f(xp[0], wp, 20, 1, 1)
+    for f in (native.pack_conv_input, native.pack_conv_input_numpy):
+        with pytest.raises(ValueError, match="4-dimensional.*\\(2, 3, 4\\)"):
+            f(np.zeros((2, 3, 4), np.float32))
+        with pytest.raises(TypeError):
+            f([[[[1.0]]]])
+
+
+@needs_native
+def test_module_checks_its_arguments_itself():
+    a = np.zeros((2, 2), np.uint32)
+    xp, wp = np.zeros((1, 5, 5, 1), np.uint32), np.zeros((4, 3, 3, 1), np.uint32)
+    with pytest.raises(TypeError, match="a must be uint32.*int32"):
+        NATIVE.xnor_gemm(a.astype(np.int32), a, 40, "int32")
+    with pytest.raises(TypeError, match="out_dtype must be int32 or float32, got float16"):
+        NATIVE.xnor_gemm(a, a, 40, "float16")
+    with pytest.raises(ValueError, match="k = 70 needs 3 words"):
+        NATIVE.xnor_gemm(a, a, 70, "int32")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        NATIVE.xnor_gemm(np.zeros((2, 4), np.uint32)[:, ::2], a, 40, "int32")
+    with pytest.raises(TypeError, match="xp must be uint32.*float32"):
+        NATIVE.xnor_conv2d(xp.astype(np.float32), wp, 20, (1, 1), (1, 1), (5, 5), "int32")
+    with pytest.raises(ValueError, match="out_hw is \\(5, 4\\)"):
+        NATIVE.xnor_conv2d(xp, wp, 20, (1, 1), (1, 1), (5, 4), "int32")
+    with pytest.raises(ValueError, match="stride must be at least 1"):
+        NATIVE.xnor_conv2d(xp, wp, 20, (1, 0), (1, 1), (5, 5), "int32")
+    with pytest.raises(ValueError, match="channels"):
+        NATIVE.xnor_conv2d(xp, wp, 33, (1, 1), (1, 1), (5, 5), "int32")
+    with pytest.raises(ValueError, match="too large"):
+        NATIVE.xnor_conv2d(xp, wp, 20, (1, 1), (1 << 40, 1), (5, 5), "int32")
+    with pytest.raises(ValueError, match="exceeds the padded input"):
+        NATIVE.xnor_conv2d(xp, np.zeros((4, 9, 3, 1), np.uint32), 20, (1, 1), (1, 1), (5, 5),
+                           "int32")
+    with pytest.raises(TypeError, match="x must be float32.*float64"):
+        NATIVE.pack_conv_input(np.zeros((1, 2, 3, 3)))
+    with pytest.raises(ValueError, match="4-dimensional"):
+        NATIVE.pack_conv_input(np.zeros((2, 3, 3), np.float32))
+
+
+# ---- the fallback and the backend --------------------------------------------------------------
+
+def test_fallback_uses_the_twins_and_warns_once(monkeypatch):
+    monkeypatch.setattr(native, "_native", None)
+    monkeypatch.setattr(native, "_fallback_warned", False)
+    monkeypatch.setattr(native, "native_import_error", "ImportError: simulated for the test")
+    xp, wp, c, stride, padding, hw = conv_case(GEOMETRIES[2], 15)
+    a, b = random_words((5, 2), 1), random_words((7, 2), 2)
+    x = special_input((2, 33, 4, 5), 16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            assert_exact(native.xnor_conv2d(xp, wp, c, stride, padding, hw, np.int32),
+                         conv_reference(xp, wp, c, stride, padding), np.int32, "fallback")
+            assert_exact(native.xnor_gemm(a, b, 50), gemm_reference(a, b, 50), np.int32,
+                         "fallback")
+            assert_exact(native.pack_conv_input(x), pack_reference(x), np.uint32, "fallback")
+    fallback = [w for w in caught if issubclass(w.category, native.NativeFallbackWarning)]
+    assert len(fallback) == 1 and "simulated for the test" in str(fallback[0].message)
+
+
+@pytest.mark.parametrize("with_module", [True, False])
+def test_cpu_backend_methods(with_module, monkeypatch):
+    if with_module and NATIVE is None:
+        pytest.skip("gpumat._native is not built")
+    backend = get_backend("cpu")
+    if not with_module:
+        monkeypatch.setattr(native, "_native", None)
+        monkeypatch.setattr(native, "_fallback_warned", True)
+    x = special_input((2, 20, 6, 7), 17)
+    weight = special_input((5, 20, 3, 3), 18)
+    xp = backend.pack_conv_input(x)
+    assert_exact(xp, pack_reference(x), np.uint32, "backend pack_conv_input")
+    wp = pack_reference(weight)
+    before = backend.memory_info()["bytes_in_use"]
+    y = backend.xnor_conv2d(xp, wp, 20, (2, 1), (1, 0), (3, 5), np.dtype(np.float32))
+    assert backend.memory_info()["bytes_in_use"] == before + y.nbytes
+    assert_exact(y, conv_reference(xp, wp, 20, (2, 1), (1, 0)), np.float32, "backend conv")
+    a, b = random_words((6, 3), 3), random_words((4, 3), 4)
+    assert_exact(backend.xnor_gemm(a, b, 90, np.dtype(np.int32)), gemm_reference(a, b, 90),
+                 np.int32, "backend gemm")
