@@ -14,7 +14,8 @@ all on gpumat's kernels, so every network trains on cuda, opencl or cpu.
     nn.save(model, "lenet5.npz"); nn.load_into(model, "lenet5.npz")
 
 Modules: ``autograd`` (Variable, Function), ``functional`` (the differentiable ops),
-``layers`` and ``module`` (Module, the layers), ``init``, ``optim`` (optimizers, schedules),
+``layers`` and ``module`` (Module, the layers), ``binary`` (BinaryConv2d, BinaryLinear:
+binarized layers, XNOR-popcount inference), ``init``, ``optim`` (optimizers, schedules),
 ``models`` (the zoo), ``summary``, ``serialization`` (npz weights, checkpoints), ``netdef``
 (JSON network definitions), ``data`` (datasets, DataLoader), ``train`` (the training loop)
 and ``cli`` (``python -m gpumat train``).
@@ -23,8 +24,9 @@ Names and layouts follow PyTorch (``Conv2d.weight`` is out x in x kh x kw, state
 like ``features.0.weight``), so weights move between the two and PyTorch is the reference
 the tests compare with.
 """
-from . import data, functional, init, models, netdef, optim
+from . import binary, data, functional, init, models, netdef, optim
 from .autograd import Function, Variable, enable_grad, is_grad_enabled, no_grad
+from .binary import BinaryConv2d, BinaryLinear
 from .gradcheck import GradcheckError, gradcheck
 from .layers import (ELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d,
                      CrossEntropyLoss, Dropout, Flatten, GlobalAvgPool2d, Identity, LeakyReLU,

@@ -5,6 +5,11 @@ Fashion-MNIST or CIFAR-10 on the best backend (or the one named), from the comma
     python -m gpumat train --netdef my_net.json --dataset mnist --optimizer adam --lr 1e-3
     python -m gpumat train lenet5 --dataset fashion-mnist --out runs/lenet5 \\
         --resume runs/lenet5/checkpoint.npz --epochs 20
+    python -m gpumat train resnet20 --binary xnor --dataset cifar10     # binarized variant
+
+``--binary MODE`` ("bwn", "dorefa" or "xnor"; see gpumat.nn.binary) trains the binarized
+variant of LeNet-5, lenet_tf or a CIFAR ResNet (every layer binary but the first
+convolution and the last linear layer); the run is named ``<model>-<mode>``.
 
 Images are scaled to [0, 1] and normalised with the dataset's mean and std, and zero-padded
 to the model's input size (28 x 28 digits become 32 x 32 for LeNet-5 and the CIFAR ResNets).
@@ -20,6 +25,7 @@ import time
 import gpumat as gm
 
 from . import models, netdef, optim
+from .binary import MODES as BINARY_MODES
 from .data import DataLoader, load_dataset
 from .train import fit
 
@@ -31,6 +37,10 @@ def add_arguments(parser):
     parser.add_argument("model", nargs="?", help="a zoo model: " + ", ".join(models.names()))
     parser.add_argument("--netdef", metavar="FILE",
                         help="a JSON network definition to train instead of a zoo model")
+    parser.add_argument("--binary", choices=BINARY_MODES, default=None, metavar="MODE",
+                        help="train the binarized variant: bwn (binary weights), dorefa "
+                             "(binary weights, one scale), xnor (binary weights and "
+                             "activations); for " + ", ".join(models.binary_names()))
     parser.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     parser.add_argument("--data", metavar="DIR",
                         help="where the dataset files are (default: $GPUMAT_DATA, the user "
@@ -71,6 +81,14 @@ def _check(args, parser):
         parser.error("name a zoo model or give --netdef FILE (exactly one)")
     if args.model is not None and args.model not in models.names():
         parser.error(f"unknown model {args.model!r}; choose from {', '.join(models.names())}")
+    binary = getattr(args, "binary", None)
+    if binary is not None:
+        if args.netdef is not None:
+            parser.error("--binary selects a zoo model's binarized variant; it does not apply "
+                         "to --netdef")
+        if args.model not in models.binary_names():
+            parser.error(f"--binary: {args.model!r} has no binarized variant; choose from "
+                         f"{', '.join(models.binary_names())}")
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -89,7 +107,8 @@ def _build_model(args, dataset):
                              f"{args.dataset} images have {channels}")
         return model, shape
     entry = models.spec(args.model)
-    model = models.get(args.model, num_classes=len(dataset.classes), in_channels=channels)
+    model = models.get(args.model, num_classes=len(dataset.classes), in_channels=channels,
+                       binary=getattr(args, "binary", None))
     return model, (channels,) + tuple(entry.input_size)
 
 
@@ -152,6 +171,8 @@ def run(args, parser=None):
         args.lr = DEFAULT_LR[args.optimizer]
     gm.seed(args.seed)
     name = args.model or os.path.splitext(os.path.basename(args.netdef))[0]
+    if getattr(args, "binary", None):
+        name = f"{name}-{args.binary}"
     out = args.out or os.path.join("runs", f"{name}-{args.dataset}")
     download = not args.no_download
     train = _subset(load_dataset(args.dataset, args.data, "train", download), args.limit_train)

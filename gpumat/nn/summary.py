@@ -38,6 +38,13 @@ Conventions.
   * ``activation_bytes`` sums the outputs of every leaf call (what a forward pass produces,
     roughly what training keeps for backward); ``param_bytes`` and ``buffer_bytes`` are the
     parameters' and buffers' storage.
+  * ``param_bits`` (per row and in total; the table's "Model size" line) is the size of the
+    parameters of the deployed model: each parameter at its dtype's width (32 bits for
+    single precision), except the weights of binary layers (``gpumat.nn.binary``), which
+    count 1 bit each plus a 32-bit scale per filter (the ``_parameter_bits`` hook of a module
+    gives its own parameters' bits).  Buffers are not included, as in ``param_bytes``.
+    Binary layers' multiply-adds are counted like their float twins' (as XNOR-popcount
+    operations in "xnor" mode).
   * The model's modes are restored afterwards and no gradient is recorded, so ``summary``
     leaves a model exactly as it found it.
 """
@@ -53,17 +60,19 @@ from ..conv import _prepare as _conv_geometry
 from ..errors import ShapeError
 from ..pooling import _geometry as _pool_geometry
 from ..pooling import _output_hw as _pool_output_hw
+from . import binary as B
 from . import layers as L
 from .autograd import Variable, no_grad
 from .module import Module
 
-__all__ = ["summary", "ModelSummary", "LayerSummary"]
+__all__ = ["summary", "ModelSummary", "LayerSummary", "parameter_bits"]
 
 
 @dataclass(frozen=True)
 class LayerSummary:
     """One call of a leaf module: its dotted name, type, input and output shapes, the
-    parameters it holds (0 on repeated calls), its multiply-adds and its output's bytes."""
+    parameters it holds (0 on repeated calls), its multiply-adds, its output's bytes and its
+    parameters' deployed size in bits (0 on repeated calls)."""
 
     name: str
     type: str
@@ -72,6 +81,7 @@ class LayerSummary:
     params: int
     flops: int
     activation_bytes: int
+    param_bits: int = 0
 
 
 class ModelSummary:
@@ -79,8 +89,10 @@ class ModelSummary:
     ``str()`` is the table."""
 
     def __init__(self, model_name, input_shape, output_shape, rows, total_params,
-                 trainable_params, param_bytes, buffer_bytes, input_bytes):
+                 trainable_params, param_bytes, buffer_bytes, input_bytes, param_bits=None):
         self.model_name = model_name
+        # the deployed parameters' size: binary layers' weights at 1 bit (see the docstring)
+        self.param_bits = 8 * param_bytes if param_bits is None else param_bits
         self.input_shape, self.output_shape = input_shape, output_shape
         self.rows = rows
         self.total_params, self.trainable_params = total_params, trainable_params
@@ -125,6 +137,8 @@ class ModelSummary:
             f"Trainable params:     {self.trainable_params:,}",
             f"Non-trainable params: {self.non_trainable_params:,}",
             f"Buffers:              {_bytes_text(self.buffer_bytes)}",
+            f"Model size:           {self.param_bits:,} bits "
+            f"({_bytes_text(-(-self.param_bits // 8))}; parameters, binary weights 1 bit each)",
             f"Multiply-adds:        {self.total_flops:,} ({_scaled(self.total_flops)}; conv "
             f"and linear, batch of {batch})",
             f"Activations:          {_bytes_text(self.activation_bytes)} (outputs of every "
@@ -220,7 +234,8 @@ def _same_shape_rule(layer, shape):
     return shape, 0
 
 
-_RULES = {L.Conv2d: _conv_rule, L.Linear: _linear_rule, L.MaxPool2d: _pool_rule,
+_RULES = {L.Conv2d: _conv_rule, L.Linear: _linear_rule, B.BinaryConv2d: _conv_rule,
+          B.BinaryLinear: _linear_rule, L.MaxPool2d: _pool_rule,
           L.AvgPool2d: _pool_rule, L.AdaptiveAvgPool2d: _adaptive_rule,
           L.GlobalAvgPool2d: _global_pool_rule, L.BatchNorm1d: _batch_norm_rule,
           L.BatchNorm2d: _batch_norm_rule, L.Flatten: _flatten_rule}
@@ -238,6 +253,29 @@ def _rule_for(layer):
         if rule is not None:
             return rule if cls.forward is base.forward else None
     return None
+
+
+# ---- deployed size -------------------------------------------------------------------------------
+
+def _own_parameter_bits(module):
+    """(Parameter, bits) of ``module``'s own parameters: a binary layer's ``_parameter_bits``
+    hook where it has one, else the dtype's width per element."""
+    hook = getattr(module, "_parameter_bits", None)
+    bits = hook() if callable(hook) else {}
+    return [(p, bits.get(name, p.size * p.dtype.itemsize * 8))
+            for name, p in module._parameters.items() if p is not None]
+
+
+def parameter_bits(module):
+    """The deployed size in bits of every parameter of ``module`` and its sub-modules, each
+    shared Parameter once (binary layers' weights 1 bit each plus their scales)."""
+    seen, total = set(), 0
+    for m in module.modules():
+        for p, bits in _own_parameter_bits(m):
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += bits
+    return total
 
 
 # ---- tracing ----------------------------------------------------------------------------------
@@ -275,15 +313,16 @@ class _Tracer:
                 gm.zeros(out_shape, dtype=x.dtype, backend=x.backend))
         else:
             output = module.forward(*inputs, **kwargs)
-        params = 0
+        params = bits = 0
         if id(module) not in self.counted:
             self.counted.add(id(module))
             params = sum(p.size for p in module.parameters())
+            bits = parameter_bits(module)
         out_shape, out_bytes = _shapes(output)
         in_shape = _shapes(inputs[0])[0] if len(inputs) == 1 else [_shapes(v)[0] for v in inputs]
         name = self.names.get(id(module), f"<unregistered {type(module).__name__}>")
         self.rows.append(LayerSummary(name, type(module).__name__, in_shape, out_shape,
-                                      params, int(flops), int(out_bytes)))
+                                      params, int(flops), int(out_bytes), int(bits)))
         return output
 
 
@@ -363,7 +402,7 @@ def summary(model, input_shape, backend=None, batch_size=1, dtype=None, shapes_o
         trainable_params=sum(p.size for p in parameters if p.requires_grad),
         param_bytes=sum(p.size * p.dtype.itemsize for p in parameters),
         buffer_bytes=sum(b.size * b.dtype.itemsize for b in buffers),
-        input_bytes=x.size * x.dtype.itemsize)
+        input_bytes=x.size * x.dtype.itemsize, param_bits=parameter_bits(model))
     if not quiet:
         print(result)
     return result

@@ -1,6 +1,8 @@
-"""Pieces shared by the model families: torchvision's weight initialisation and the
-``input_shape`` every zoo model carries."""
+"""Pieces shared by the model families: torchvision's weight initialisation, argument checks
+and the binarized (``binary=``) variants' layer choice."""
 from .. import init
+from ..binary import MODES as BINARY_MODES
+from ..binary import BinaryConv2d, BinaryLinear
 from ..layers import BatchNorm1d, BatchNorm2d, Conv2d, Linear
 
 
@@ -28,3 +30,24 @@ def check_choice(value, choices, name, owner):
         raise ValueError(f"{owner}: {name} must be one of {', '.join(map(repr, choices))}, "
                          f"got {value!r}")
     return value
+
+
+def check_binary(binary, owner):
+    """``binary`` checked: None (full precision) or one of "bwn", "dorefa", "xnor"."""
+    if binary is None:
+        return None
+    return check_choice(binary, BINARY_MODES, "binary", owner)
+
+
+def conv_layer(binary, in_channels, out_channels, kernel_size, **options):
+    """A Conv2d, or a BinaryConv2d of mode ``binary`` with the same parameters."""
+    if binary is None:
+        return Conv2d(in_channels, out_channels, kernel_size, **options)
+    return BinaryConv2d(in_channels, out_channels, kernel_size, mode=binary, **options)
+
+
+def linear_layer(binary, in_features, out_features, bias=True):
+    """A Linear, or a BinaryLinear of mode ``binary`` with the same parameters."""
+    if binary is None:
+        return Linear(in_features, out_features, bias=bias)
+    return BinaryLinear(in_features, out_features, bias=bias, mode=binary)

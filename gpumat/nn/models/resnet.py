@@ -5,44 +5,71 @@ One ``ResNet`` class builds both: a stem (7x7 stride-2 convolution and a max poo
 ImageNet, one 3x3 convolution for CIFAR), stages of residual blocks (``layer1``,
 ``layer2``, ...; every stage after the first halves the resolution), global average
 pooling and ``fc``.  Names and layouts are torchvision's, so state_dicts interchange.
+
+Binarized variants (``binary="bwn" | "dorefa" | "xnor"``, basic blocks only; see
+``gpumat.nn.binary``): every convolution of the blocks (and of option-B projections)
+becomes binary; the stem convolution and ``fc`` stay full precision.  "bwn" and "dorefa"
+keep the float blocks as they are (float activations; the same state_dict keys and shapes).
+"xnor" binarizes the activations too, which needs centred inputs (a sign after a ReLU is +1
+everywhere), so its blocks take XNOR-Net's order, BatchNorm -> BinActiv -> BinConv, in
+pre-activation form: out = conv1(bn1(x)); out = conv2(bn2(out)); out + shortcut(x), the
+signs inside the binary convolutions being the non-linearity (no ReLU in the blocks; the
+stem keeps its BatchNorm and ReLU).  bn1 normalises the block input (in_channels), bn2
+conv1's output.  An option-B projection becomes BatchNorm -> BinaryConv 1x1 -> BatchNorm.
 """
 import gpumat as gm
 
 from .. import functional as F
 from ..layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
 from ..module import Module, Sequential
-from ._common import check_choice, kaiming_init_
+from ._common import check_binary, check_choice, conv_layer, kaiming_init_
 
 __all__ = ["BasicBlock", "Bottleneck", "BottleneckV1", "ZeroPadShortcut", "ResNet", "resnet18",
            "resnet34", "resnet50", "resnet_cifar", "resnet20", "resnet32", "resnet44",
            "resnet56"]
 
 
-def conv3x3(in_channels, out_channels, stride=1):
-    return Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+def conv3x3(in_channels, out_channels, stride=1, binary=None):
+    return conv_layer(binary, in_channels, out_channels, 3, stride=stride, padding=1,
+                      bias=False)
 
 
-def conv1x1(in_channels, out_channels, stride=1):
-    return Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+def conv1x1(in_channels, out_channels, stride=1, binary=None):
+    return conv_layer(binary, in_channels, out_channels, 1, stride=stride, bias=False)
 
 
 class BasicBlock(Module):
     """Two 3x3 convolutions with batch norm; the first carries the stride.
     out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), the shortcut being
-    ``downsample`` where the shape changes and the identity elsewhere."""
+    ``downsample`` where the shape changes and the identity elsewhere.
+
+    ``binary``: binary convolutions of that mode; "bwn" and "dorefa" keep this order,
+    "xnor" is the pre-activation XNOR block out = conv2(bn2(conv1(bn1(x)))) + shortcut(x)
+    (see the module docstring)."""
 
     expansion = 1
 
-    def __init__(self, in_channels, channels, stride=1, downsample=None):
+    def __init__(self, in_channels, channels, stride=1, downsample=None, binary=None):
         super().__init__()
-        self.conv1 = conv3x3(in_channels, channels, stride)
-        self.bn1 = BatchNorm2d(channels)
-        self.relu = ReLU()
-        self.conv2 = conv3x3(channels, channels)
-        self.bn2 = BatchNorm2d(channels)
+        self.binary = check_binary(binary, "BasicBlock")
+        xnor = self.binary == "xnor"
+        if xnor:
+            self.bn1 = BatchNorm2d(in_channels)
+        self.conv1 = conv3x3(in_channels, channels, stride, binary)
+        if not xnor:
+            self.bn1 = BatchNorm2d(channels)
+            self.relu = ReLU()
+        else:
+            self.bn2 = BatchNorm2d(channels)
+        self.conv2 = conv3x3(channels, channels, binary=binary)
+        if not xnor:
+            self.bn2 = BatchNorm2d(channels)
         self.downsample = downsample
 
     def forward(self, x):
+        if self.binary == "xnor":
+            out = self.conv2(self.bn2(self.conv1(self.bn1(x))))
+            return out + (x if self.downsample is None else self.downsample(x))
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
@@ -121,13 +148,19 @@ class ResNet(Module):
     stage with ``widths`` channels (x block.expansion), an ImageNet or CIFAR ``stem``, and
     shortcuts of ``shortcut`` type where the shape changes: "B" a 1x1 convolution with batch
     norm (torchvision's ``downsample``), "A" zero padding (``ZeroPadShortcut``, no
-    parameters).  Initialised as torchvision (He normal fan_out convolutions, BN 1 and 0)."""
+    parameters).  Initialised as torchvision (He normal fan_out convolutions, BN 1 and 0).
+    ``binary`` ("bwn", "dorefa", "xnor"; BasicBlock only) binarizes every convolution but
+    the stem's (see the module docstring)."""
 
     def __init__(self, block, layers, num_classes=1000, in_channels=3,
-                 widths=(64, 128, 256, 512), stem="imagenet", shortcut="B"):
+                 widths=(64, 128, 256, 512), stem="imagenet", shortcut="B", binary=None):
         super().__init__()
         check_choice(stem, ("imagenet", "cifar"), "stem", "ResNet")
         self.shortcut = check_choice(shortcut, ("A", "B"), "shortcut", "ResNet")
+        self.binary = check_binary(binary, "ResNet")
+        if binary is not None and not issubclass(block, BasicBlock):
+            raise ValueError(f"ResNet: binary={binary!r} is available with BasicBlock only, "
+                             f"not {block.__name__}")
         if len(layers) != len(widths):
             raise ValueError(f"ResNet: {len(layers)} stages of blocks but {len(widths)} widths")
         if stem == "imagenet":
@@ -151,14 +184,19 @@ class ResNet(Module):
     def _stage(self, block, width, count, stride):
         out_channels = width * block.expansion
         downsample = None
+        binary = self.binary
         if stride != 1 or self._channels != out_channels:
             if self.shortcut == "B":
-                downsample = Sequential(conv1x1(self._channels, out_channels, stride),
-                                        BatchNorm2d(out_channels))
+                projection = [conv1x1(self._channels, out_channels, stride, binary),
+                              BatchNorm2d(out_channels)]
+                if binary == "xnor":
+                    projection.insert(0, BatchNorm2d(self._channels))
+                downsample = Sequential(*projection)
             else:
                 downsample = ZeroPadShortcut(self._channels, out_channels, stride)
-        blocks = [block(self._channels, width, stride, downsample)]
-        blocks += [block(out_channels, width) for _ in range(count - 1)]
+        extra = {} if binary is None else {"binary": binary}
+        blocks = [block(self._channels, width, stride, downsample, **extra)]
+        blocks += [block(out_channels, width, **extra) for _ in range(count - 1)]
         self._channels = out_channels
         return Sequential(*blocks)
 
@@ -190,29 +228,31 @@ def resnet50(num_classes=1000, in_channels=3, stride_in_1x1=False):
                   in_channels)
 
 
-def resnet_cifar(n, num_classes=10, in_channels=3, shortcut="A"):
+def resnet_cifar(n, num_classes=10, in_channels=3, shortcut="A", binary=None):
     """The paper's CIFAR-10 ResNet with 6n + 2 layers: a 3x3 convolution (16 channels), three
     stages of n basic blocks with 16, 32 and 64 channels (on 32, 16 and 8 pixel maps),
     global average pooling and fc.  ``shortcut="A"`` (the paper's CIFAR choice) pads the
     identity with zeros where the channels double, so n = 3 (ResNet-20) has 269,722
-    parameters; "B" uses 1x1 projections there instead."""
+    parameters; "B" uses 1x1 projections there instead.  ``binary`` ("bwn", "dorefa",
+    "xnor") binarizes every convolution but the first (see the module docstring); ``fc``
+    stays full precision."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"resnet_cifar: n must be a positive int (6n + 2 layers), got {n!r}")
     return ResNet(BasicBlock, (n, n, n), num_classes, in_channels, widths=(16, 32, 64),
-                  stem="cifar", shortcut=shortcut)
+                  stem="cifar", shortcut=shortcut, binary=binary)
 
 
-def resnet20(num_classes=10, in_channels=3, shortcut="A"):
-    return resnet_cifar(3, num_classes, in_channels, shortcut)
+def resnet20(num_classes=10, in_channels=3, shortcut="A", binary=None):
+    return resnet_cifar(3, num_classes, in_channels, shortcut, binary)
 
 
-def resnet32(num_classes=10, in_channels=3, shortcut="A"):
-    return resnet_cifar(5, num_classes, in_channels, shortcut)
+def resnet32(num_classes=10, in_channels=3, shortcut="A", binary=None):
+    return resnet_cifar(5, num_classes, in_channels, shortcut, binary)
 
 
-def resnet44(num_classes=10, in_channels=3, shortcut="A"):
-    return resnet_cifar(7, num_classes, in_channels, shortcut)
+def resnet44(num_classes=10, in_channels=3, shortcut="A", binary=None):
+    return resnet_cifar(7, num_classes, in_channels, shortcut, binary)
 
 
-def resnet56(num_classes=10, in_channels=3, shortcut="A"):
-    return resnet_cifar(9, num_classes, in_channels, shortcut)
+def resnet56(num_classes=10, in_channels=3, shortcut="A", binary=None):
+    return resnet_cifar(9, num_classes, in_channels, shortcut, binary)

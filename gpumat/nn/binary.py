@@ -1,0 +1,449 @@
+"""Binarized layers: ``BinaryConv2d`` and ``BinaryLinear`` with the three schemes compared in
+the Warsaw thesis, trained through straight-through estimators and run on packed bits
+(XNOR-popcount kernels) in inference.
+
+    conv = nn.BinaryConv2d(64, 128, 3, padding=1, mode="xnor")
+    y = conv(x)                         # training: float ops, STE gradients
+    conv.eval()
+    with nn.no_grad():
+        y = conv(x)                     # inference: packed signs, gm.xnor_conv2d
+
+Modes (``b(v) = +1 if v >= 0 else -1``, zero maps to +1 as the kernels' bit packing does):
+
+* ``"bwn"`` (binary-weight networks, BinaryConnect / XNOR-Net's weights): W' = b(W) * alpha
+  with alpha = mean |W| per output filter (over in x kh x kw); the input stays float.
+* ``"dorefa"``: the same with one alpha = mean |W| over the whole weight (DoReFa-Net's 1-bit
+  weights).
+* ``"xnor"``: binary weights and activations (XNOR-Net):
+  out = conv(b(x), b(W)) * K * alpha, where A = mean over channels of |x| and K is A
+  averaged over each kernel window (a kh x kw box filter with the convolution's stride and
+  padding, zeros counted): one channel mean, then one box filter, no per-window sums.  For
+  ``BinaryLinear`` K is mean |x| per sample.  alpha is per output filter, as in "bwn".  The
+  product runs on the +-1 values and is scaled afterwards, in training as in inference:
+  its sums are then exact integers, as the packed kernels' are, so an output whose sum is 0
+  is exactly 0 on both paths and the next binary layer sees the same signs.
+
+Gradients (``Function`` s written once on gpumat ops, so training runs on every backend):
+
+* the activation sign uses the straight-through estimator of hard-tanh: the gradient passes
+  where |x| <= 1 and is 0 elsewhere; ``approx_sign=True`` uses Bi-Real Net's ApproxSign
+  instead, 2 - 2|x| for |x| <= 1 and 0 elsewhere (it shapes only the activation sign, so it
+  needs ``mode="xnor"``);
+* the weights: the gradient reaches the latent real-valued weights (which the optimizer
+  updates) through the same clipped STE for b(W), as in XNOR-Net's update rule;
+* alpha and K are treated as the differentiable functions of W and x they are and carry
+  their exact gradients: d alpha / dW_i = b(W_i) / n, d|x| / dx = sign(x).  So, with g the
+  gradient reaching the effective weight b(W) * alpha, a weight's gradient is
+  g_i * alpha * [|W_i| <= 1] + b(W_i) * mean_j(g_j * b(W_j)) over its filter (all of W for
+  "dorefa").
+
+Inference.  In ``eval()`` mode, when no gradient is being recorded (``no_grad()``, as
+``nn.evaluate`` and ``nn.summary`` run; an eval-mode forward that records a graph, e.g. to
+fine-tune with frozen batch norm, takes the training path, which computes the same values):
+
+* ``"xnor"`` packs the input's signs (``gm.pack_conv_input`` / ``gm.pack_signs``) and runs
+  ``gm.xnor_conv2d`` / ``gm.xnor_gemm`` on the cached packed weight, then scales by K and
+  alpha and adds the bias (the same operations in the same order as the training forward);
+* ``"bwn"`` / ``"dorefa"`` keep the float input, so they run the float convolution / product
+  with the cached b(W) * alpha (the packed path needs binary activations).
+
+The cache (packed weight, alpha) is built by the first inference call and rebuilt when the
+weight's Array changes (``load_state_dict``, ``to``, an out-of-place update) or after any
+forward that took the training path (every optimizer step follows one).  Only a hand-made
+in-place edit of ``weight.data`` between two inference calls goes unseen: call
+``clear_cache()`` after one.  Double-precision data have no packed kernels: their inference
+runs the float ops on the cached binarized weight.
+
+Serialization.  ``nn.save`` stores a binary layer's weight bit-packed: ``weight_bits``
+(uint32 words, bit j of word w = [W[o, 32 w + j] >= 0] over each filter's in x kh x kw values
+flattened, the layout of ``gm.pack_signs``) and ``weight_alpha`` (float32, one per filter, or
+one for "dorefa"), about 32 times smaller than float.  ``nn.load_into`` restores the latent
+weight W = b * alpha, whose signs and mean |W| (so whose inference outputs) are those saved.
+Checkpoints (``save_checkpoint``) keep the full-precision latent weights, so resuming
+training is exact.  A file holding a float ``weight`` (a float model's, PyTorch's) loads as
+it is.
+"""
+import math
+
+import numpy as np
+
+import gpumat as gm
+
+from ..errors import ShapeError
+from . import functional as F
+from .autograd import Function, Variable, is_grad_enabled
+from .layers import Conv2d, Linear
+
+__all__ = ["BinaryConv2d", "BinaryLinear", "MODES", "binary_sign", "binarize_weight",
+           "weight_scale", "channel_mean_abs", "sign", "pack_sign_bits",
+           "unpack_sign_bits"]
+
+MODES = ("bwn", "dorefa", "xnor")
+
+
+def sign(x):
+    """b(x) = +1 where x >= 0, else -1, in x's dtype (an Array; no gradient)."""
+    return (x >= 0).astype(x.dtype) * 2 - 1
+
+
+# ---- the differentiable pieces ----------------------------------------------------------------
+
+class BinarySign(Function):
+    """b(x) forward; the hard-tanh straight-through estimator (or ApproxSign) backward."""
+
+    def __init__(self, approx):
+        self.approx = approx
+
+    def forward(self, x):
+        if self.recording:
+            self.x = x
+        return sign(x)
+
+    def backward(self, grad):
+        magnitude = gm.abs(self.x)
+        if self.approx:                 # Bi-Real Net: d/dx of the piecewise quadratic
+            return grad * gm.maximum(2 - 2 * magnitude, 0)
+        return grad * (magnitude <= 1)
+
+
+def binary_sign(x, approx_sign=False):
+    """b(x) with a straight-through gradient: passed where |x| <= 1 (``approx_sign``: scaled
+    by 2 - 2|x| there, Bi-Real Net's ApproxSign)."""
+    return BinarySign.apply(x, approx=bool(approx_sign))
+
+
+class BinarizeWeight(Function):
+    """W' = b(W) * alpha, alpha = mean |W| per output filter (axis 0) or over all of W."""
+
+    def __init__(self, per_filter):
+        self.per_filter = per_filter
+
+    def forward(self, w):
+        flat = w.reshape(w.shape[0] if self.per_filter else 1, -1)
+        signs = sign(flat)
+        alpha = gm.abs(flat).mean(axis=1, keepdims=True)
+        if self.recording:
+            self.flat, self.signs, self.alpha, self.shape = flat, signs, alpha, w.shape
+        return (signs * alpha).reshape(w.shape)
+
+    def backward(self, grad):
+        g = grad.reshape(self.flat.shape)
+        through_sign = g * self.alpha * (gm.abs(self.flat) <= 1)
+        through_alpha = self.signs * (g * self.signs).mean(axis=1, keepdims=True)
+        return (through_sign + through_alpha).reshape(self.shape)
+
+
+def binarize_weight(weight, per_filter=True):
+    """b(W) * mean|W| (per output filter, or one mean over all of W), differentiable: the
+    clipped STE through b and the exact gradient through the mean."""
+    return BinarizeWeight.apply(weight, per_filter=bool(per_filter))
+
+
+class WeightScale(Function):
+    """alpha = mean |W| per output filter (a vector of out) or over all of W (one value)."""
+
+    def __init__(self, per_filter):
+        self.per_filter = per_filter
+
+    def forward(self, w):
+        flat = w.reshape(w.shape[0] if self.per_filter else 1, -1)
+        if self.recording:
+            self.flat, self.shape = flat, w.shape
+        return gm.abs(flat).mean(axis=1)
+
+    def backward(self, grad):
+        n = self.flat.shape[1]
+        return (sign(self.flat) * (grad.reshape(-1, 1) * (1.0 / n))).reshape(self.shape)
+
+
+def weight_scale(weight, per_filter=True):
+    """alpha = mean |W| per output filter (or over all of W), with its exact gradient."""
+    return WeightScale.apply(weight, per_filter=bool(per_filter))
+
+
+class ChannelMeanAbs(Function):
+    """A = mean over axis 1 of |x| (kept as a size-1 axis): XNOR-Net's A for a convolution,
+    its K for a fully connected layer."""
+
+    def forward(self, x):
+        if self.recording:
+            self.x = x
+        return gm.abs(x).mean(axis=1, keepdims=True)
+
+    def backward(self, grad):
+        return grad * gm.sign(self.x) * (1.0 / self.x.shape[1])
+
+
+def channel_mean_abs(x):
+    """mean over channels (axis 1) of |x|, keeping the axis, with its exact gradient."""
+    return ChannelMeanAbs.apply(x)
+
+
+def _box_filter_fits(kernel, padding):
+    return padding[0] <= kernel[0] // 2 and padding[1] <= kernel[1] // 2
+
+
+def _box(kernel, dtype, backend):
+    kh, kw = kernel
+    return gm.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=dtype, backend=backend)
+
+
+def _window_mean(a, kernel, stride, padding, differentiable):
+    """K: the mean of ``a`` (N x 1 x H x W) over each kernel window, zeros of the padding
+    counted, on the convolution's output grid: average pooling with count_include_pad where
+    the pooling kernels take the padding, else a one-channel convolution with a box."""
+    if _box_filter_fits(kernel, padding):
+        if differentiable:
+            return F.avg_pool2d(a, kernel, stride, padding, count_include_pad=True)
+        return gm.avg_pool2d(a, kernel, stride, padding, count_include_pad=True)
+    data = a.data if isinstance(a, Variable) else a
+    box = _box(kernel, data.dtype, data.backend)
+    if differentiable:
+        return F.conv2d(a, box, None, stride, padding)
+    return gm.conv2d(a, box, None, stride=stride, padding=padding)
+
+
+# ---- the layers ---------------------------------------------------------------------------------
+
+def _check_mode(mode, approx_sign, owner):
+    if mode not in MODES:
+        raise ValueError(f"{owner}: mode must be one of {', '.join(map(repr, MODES))}, got "
+                         f"{mode!r}")
+    if approx_sign and mode != "xnor":
+        raise ValueError(f"{owner}: approx_sign shapes the gradient of the activations' sign, "
+                         f"which only mode='xnor' binarizes (got mode={mode!r})")
+    return mode
+
+
+class _Binary:
+    """What both binary layers share: the mode, the inference cache and the bit-packed
+    serialization hooks.  Mixed into Conv2d and Linear, whose parameters they keep."""
+
+    mode = "xnor"
+    approx_sign = False
+
+    # ---- helpers of both paths
+    @property
+    def per_filter(self):
+        return self.mode != "dorefa"
+
+    def _binary_weight(self):
+        return binarize_weight(self.weight, self.per_filter)
+
+    def _signs_and_scale(self, x):
+        """(b(x), b(W), alpha) for "xnor", differentiable.  The product runs on the +-1
+        values, whose sums are exact integers in floating point (as the packed kernels'),
+        and is scaled afterwards: an output whose sum is 0 is exactly 0 on either path, so
+        the next layer's signs agree between training and inference."""
+        return (binary_sign(x, self.approx_sign), binary_sign(self.weight),
+                weight_scale(self.weight, self.per_filter))
+
+    def _records(self, x):
+        """Whether a forward on ``x`` would record a graph (then it takes the training
+        path, which is differentiable)."""
+        if not is_grad_enabled():
+            return False
+        return any(isinstance(v, Variable) and v.requires_grad
+                   for v in (x, self.weight, self.bias))
+
+    def _inference(self, x):
+        """Whether this call runs the inference path (eval mode, nothing recorded)."""
+        if self.training or self._records(x):
+            self.clear_cache()
+            return False
+        return True
+
+    def clear_cache(self):
+        """Drop the cached inference weights (rebuilt on the next inference call)."""
+        object.__setattr__(self, "_cache", None)
+
+    def _cached(self):
+        """The inference weights for the weight as it is now: ``weight`` (b(W) * alpha for
+        bwn/dorefa, b(W) for xnor), ``alpha`` and ``packed`` (the packed signs, or None);
+        rebuilt when the weight's Array (or its storage) is not the one they were made from."""
+        data = self.weight.data
+        cache = self.__dict__.get("_cache")
+        if cache is not None and cache["data"] is data and cache["native"] is data._native:
+            return cache
+        o = data.shape[0]
+        flat = data.reshape(o if self.per_filter else 1, -1)
+        alpha = gm.abs(flat).mean(axis=1, keepdims=True)                # o x 1 or 1 x 1
+        signs = sign(flat)
+        packed = self._packed_kernels(data)
+        cache = {"data": data, "native": data._native, "alpha": alpha.reshape(-1),
+                 # bwn/dorefa: b(W) * alpha; xnor: b(W), scaled after the product
+                 "weight": signs.reshape(data.shape) if self.mode == "xnor"
+                 else (signs * alpha).reshape(data.shape),
+                 "packed": self._pack_weight(data) if packed else None}
+        object.__setattr__(self, "_cache", cache)
+        return cache
+
+    def _packed_kernels(self, data):
+        raise NotImplementedError
+
+    # ---- nn.save / nn.load_into hooks (see gpumat.nn.serialization)
+    def _save_arrays(self, arrays):
+        weight = arrays.pop("weight", None)
+        if weight is None:
+            return arrays
+        flat = np.asarray(weight, np.float64).reshape(weight.shape[0], -1)
+        alpha = np.abs(flat).mean(axis=1) if self.per_filter else np.abs(flat).mean().reshape(1)
+        out = {"weight_bits": pack_sign_bits(flat),
+               "weight_alpha": alpha.astype(np.float32)}
+        out.update(arrays)
+        return out
+
+    def _load_arrays(self, arrays):
+        if "weight_bits" not in arrays:
+            return arrays               # a float weight (a float model's file, PyTorch's)
+        bits = np.asarray(arrays.pop("weight_bits"))
+        alpha = np.asarray(arrays.pop("weight_alpha"), np.float32).reshape(-1, 1)
+        shape = tuple(self.weight.shape)
+        count = math.prod(shape[1:])
+        words = -(-count // 32)
+        name = type(self).__name__
+        if bits.dtype != np.uint32 or bits.shape != (shape[0], words):
+            raise ShapeError(f"{name}: weight_bits of a {'x'.join(map(str, shape))} weight must "
+                             f"be uint32 of shape ({shape[0]}, {words}), got {bits.dtype} "
+                             f"{bits.shape}")
+        if alpha.shape[0] not in (1, shape[0]):
+            raise ShapeError(f"{name}: weight_alpha must hold 1 or {shape[0]} values, got "
+                             f"{alpha.shape[0]}")
+        signs = unpack_sign_bits(bits, count)
+        weight = (signs * alpha).reshape(shape).astype(self.weight.dtype)
+        return dict(arrays, weight=weight)
+
+    # ---- nn.summary
+    def _parameter_bits(self):
+        """Bits of this layer's own parameters in a deployed model: 1 per weight plus a
+        32-bit alpha per filter (one for "dorefa"), the bias at its float width."""
+        alphas = self.weight.shape[0] if self.per_filter else 1
+        bits = {"weight": self.weight.size + 32 * alphas}
+        if self.bias is not None:
+            bits["bias"] = self.bias.size * self.bias.dtype.itemsize * 8
+        return bits
+
+
+def pack_sign_bits(flat):
+    """Host packing of a 2-d array's signs along its last axis into uint32 words, as
+    ``gm.pack_signs`` lays them out: bit j of word w is 1 where flat[:, 32 w + j] >= 0."""
+    flat = np.asarray(flat)
+    rows, count = flat.shape
+    words = -(-count // 32)
+    bits = np.zeros((rows, words * 32), np.bool_)
+    bits[:, :count] = flat >= 0
+    packed = np.packbits(bits, axis=1, bitorder="little")             # rows x 4 words bytes
+    return packed.view("<u4").astype(np.uint32).reshape(rows, words)
+
+
+def unpack_sign_bits(packed, count):
+    """The +-1 (float32) values of ``count`` signs per row packed by ``pack_sign_bits``."""
+    packed = np.ascontiguousarray(np.asarray(packed, np.uint32).astype("<u4"))
+    bits = np.unpackbits(packed.view(np.uint8), axis=1, bitorder="little")[:, :count]
+    return bits.astype(np.float32) * 2 - 1
+
+
+class BinaryConv2d(_Binary, Conv2d):
+    """A 2-d convolution with binary weights ("bwn", "dorefa") or binary weights and inputs
+    ("xnor"); see the module docstring for the maths.  ``weight`` (out x in x kh x kw) and
+    ``bias`` are named and laid out as Conv2d's (and torch's), so state_dicts interchange
+    with a float model of the same shapes: the weight is the latent real-valued one.  No
+    dilation or groups."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False,
+                 mode="xnor", approx_sign=False):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         padding=padding, bias=bias)
+        self.mode = _check_mode(mode, approx_sign, "BinaryConv2d")
+        self.approx_sign = bool(approx_sign)
+        self.clear_cache()
+
+    def forward(self, x):
+        if self._inference(x):
+            return Variable._make(self._infer(x.data if isinstance(x, Variable) else x), False)
+        if self.mode != "xnor":
+            return F.conv2d(x, self._binary_weight(), self.bias, self.stride, self.padding)
+        x_signs, w_signs, alpha = self._signs_and_scale(x)
+        y = F.conv2d(x_signs, w_signs, None, self.stride, self.padding)
+        k = _window_mean(channel_mean_abs(x), self.kernel_size, self.stride, self.padding,
+                         differentiable=True)
+        y = y * k * alpha.reshape(1, -1, 1, 1)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1, 1)
+        return y
+
+    def _packed_kernels(self, data):
+        return self.mode == "xnor" and data.dtype == np.float32
+
+    def _pack_weight(self, data):
+        return gm.pack_conv_weight(data)
+
+    def _infer(self, x):
+        if x.ndim != 4:
+            raise ShapeError(f"BinaryConv2d: the input must be N x C x H x W, got {x.shape}")
+        cache = self._cached()
+        bias = None if self.bias is None else self.bias.data
+        if self.mode != "xnor":
+            return gm.conv2d(x, cache["weight"], bias, stride=self.stride, padding=self.padding)
+        k = _window_mean(gm.abs(x).mean(axis=1, keepdims=True), self.kernel_size, self.stride,
+                         self.padding, differentiable=False)
+        if cache["packed"] is not None and x.dtype == np.float32:
+            y = gm.xnor_conv2d(gm.pack_conv_input(x), cache["packed"], stride=self.stride,
+                               padding=self.padding, channels=x.shape[1], dtype="float32")
+        else:
+            y = gm.conv2d(sign(x), cache["weight"], None, stride=self.stride,
+                          padding=self.padding)
+        y = y * k * cache["alpha"].reshape(1, -1, 1, 1)
+        return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+    def extra_repr(self):
+        text = super().extra_repr() + f", mode={self.mode!r}"
+        return text + (", approx_sign=True" if self.approx_sign else "")
+
+
+class BinaryLinear(_Binary, Linear):
+    """A fully connected layer with binary weights ("bwn", "dorefa") or binary weights and
+    inputs ("xnor", K = mean |x| per sample); ``weight`` is out x in as Linear's."""
+
+    def __init__(self, in_features, out_features, bias=False, mode="xnor", approx_sign=False):
+        super().__init__(in_features, out_features, bias=bias)
+        self.mode = _check_mode(mode, approx_sign, "BinaryLinear")
+        self.approx_sign = bool(approx_sign)
+        self.clear_cache()
+
+    def forward(self, x):
+        if self._inference(x):
+            return Variable._make(self._infer(x.data if isinstance(x, Variable) else x), False)
+        if self.mode != "xnor":
+            return F.linear(x, self._binary_weight(), self.bias)
+        x_signs, w_signs, alpha = self._signs_and_scale(x)
+        y = F.linear(x_signs, w_signs) * channel_mean_abs(x) * alpha
+        return y if self.bias is None else y + self.bias
+
+    def _packed_kernels(self, data):
+        return self.mode == "xnor" and data.dtype == np.float32
+
+    def _pack_weight(self, data):
+        return gm.pack_signs(data)
+
+    def _infer(self, x):
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ShapeError(f"BinaryLinear: the input must be N x {self.in_features}, got "
+                             f"{x.shape}")
+        cache = self._cached()
+        bias = None if self.bias is None else self.bias.data
+        if self.mode != "xnor":
+            y = F.linear(x, cache["weight"], bias).data
+            return y
+        k = gm.abs(x).mean(axis=1, keepdims=True)
+        if cache["packed"] is not None and x.dtype == np.float32:
+            y = gm.xnor_gemm(gm.pack_signs(x), cache["packed"], self.in_features,
+                             dtype="float32")
+        else:
+            y = F.linear(sign(x), cache["weight"]).data
+        y = y * k * cache["alpha"].reshape(1, -1)
+        return y if bias is None else y + bias
+
+    def extra_repr(self):
+        text = super().extra_repr() + f", mode={self.mode!r}"
+        return text + (", approx_sign=True" if self.approx_sign else "")
