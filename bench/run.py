@@ -1,6 +1,6 @@
 """Run gpumat's benchmark suites with pytest-benchmark, then tabulate, save and plot them.
 
-    python bench/run.py [--full] [--backends cpu,opencl] [--suite sgemm,conv,pool,act,sushi2,train]
+    python bench/run.py [--full] [--backends cpu,opencl] [--suite sgemm,conv,pool,act,sushi2,train,binary]
                         [--out bench/results] [--stat min|median] [-- extra pytest arguments]
     python bench/run.py --report bench/results/bench-quick-<date>.json   (tables + PNGs again)
 
@@ -12,6 +12,8 @@ Suites (files bench/bench_<suite>.py, which the test suite never collects):
   act     relu (+ backward), bias_relu and softmax on conv outputs vs PyTorch and NumPy
   sushi2  the four tasks of the Sushi2 paper's Table 1 vs NumPy
   train   LeNet-5 and ResNet-20 training steps (gpumat.nn) vs PyTorch, in kimages/s
+  binary  XNOR-popcount conv (gm.xnor_conv2d) vs float conv2d on the same backend and layers,
+          and binary vs float networks in eval mode
 
 Prints one table per suite: GFLOP/s or GB/s from the best time of each benchmark's rounds
 (--stat median for the median), and the ratio of each gpumat backend to each peer measured in
@@ -45,6 +47,7 @@ SUITES = {
     "act": ("bench_act.py", ["relu"]),
     "sushi2": ("bench_sushi2.py", []),
     "train": ("bench_train.py", []),           # gpumat.nn training steps vs PyTorch
+    "binary": ("bench_binary.py", ["xnor_conv2d"]),   # XNOR conv vs float conv, same backend
 }
 
 
@@ -119,7 +122,9 @@ def _table(suite, rows):
     impls.sort(key=lambda name: (not name.startswith("gpumat-"), 0))
     gpumat = [i for i in impls if i.startswith("gpumat-")]
     peers = [i for i in impls if not i.startswith("gpumat-")]
-    pairs = [(g, p) for g in gpumat for p in peers]
+    # a float-<backend> twin (the binary suite) is compared with its own backend only
+    pairs = [(g, p) for g in gpumat for p in peers
+             if not p.startswith("float-") or p == "float-" + _short(g)]
     cell = {(r["case"], r["implementation"]): r for r in rows}
     case_width = max(len(c) for c in cases) + 1
     rate_width = [max(9, len(i) + 1) for i in impls]
