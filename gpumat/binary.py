@@ -103,16 +103,22 @@ def pack_signs(x, axis=-1):
     return packed.permute(back)
 
 
-def pack_conv_input(x):
+def pack_conv_input(x, mean_abs=False):
     """The channel signs of each pixel of float32 N x C x H x W ``x`` as uint32
-    N x H x W x ceil(C/32) words: the input layout of ``xnor_conv2d``, made in one pass."""
+    N x H x W x ceil(C/32) words: the input layout of ``xnor_conv2d``, made in one pass.
+
+    ``mean_abs=True`` also returns the mean over the channels of |x| (N x 1 x H x W, float32:
+    XNOR-Net's A, whose box filter is K), computed in the same pass: ``(packed, mean)``."""
     what = "pack_conv_input"
     x = _array(x, what, "x")
     _need_float32(x, what, "x")
     if x.ndim != 4:
         raise ShapeError(f"{what}: x must be 4-d (N, C, H, W), got shape {x.shape}")
     backend = x._backend
-    return Array._wrap(backend, backend.pack_conv_input(x._live))
+    if not mean_abs:
+        return Array._wrap(backend, backend.pack_conv_input(x._live))
+    packed, mean = backend.pack_conv_input(x._live, mean_abs=True)
+    return Array._wrap(backend, packed), Array._wrap(backend, mean)
 
 
 def pack_conv_weight(w):
@@ -181,14 +187,21 @@ def xnor_gemm(a, b, k=None, dtype="int32"):
     return Array._wrap(backend, backend.xnor_gemm(a._live, b._live, k, out_dtype))
 
 
-def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32"):
+def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pixel_scale=None,
+                filter_scale=None, bias=None):
     """conv2d(b(x), b(w), stride, padding) with ordinary zero padding, exactly.
 
     ``x`` is float32 N x C x H x W (binarized and packed here, in one pass) or packed
     N x H x W x ceil(C/32) uint32 from ``pack_conv_input``; ``w`` is float32 O x C x kh x kw
     or packed O x kh x kw x ceil(C/32) uint32 from ``pack_conv_weight``.  ``channels`` (C)
     is needed only when both are packed, and is checked against the float one otherwise.
-    Returns N x O x OH x OW as ``dtype``, 'float32' (default) or 'int32'."""
+    Returns N x O x OH x OW as ``dtype``, 'float32' (default) or 'int32'.
+
+    XNOR-Net's scaling runs fused into the kernel's stores (float32 only): each result v
+    becomes ((v * pixel_scale[n, oh, ow]) * filter_scale[o]) + bias[o], in that order and
+    without fused multiply-adds, so it equals the same three float32 operations done one
+    after another.  ``pixel_scale`` is N x OH x OW (or N x 1 x OH x OW: K), ``filter_scale``
+    and ``bias`` hold O values (alpha and the layer's bias); any of them may be None."""
     what = "xnor_conv2d"
     x, w = _array(x, what, "x"), _array(w, what, "w")
     backend = _same_backend(what, x=x, w=w)
@@ -236,5 +249,35 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32"):
                              f"{axis} {size} + 2*{p} = {size + 2 * p}; the output would be "
                              f"empty")
         out_hw.append((size + 2 * p - k) // s + 1)
+    epilogue = _epilogue(what, backend, out_dtype, (xp.shape[0], wp.shape[0], *out_hw),
+                         pixel_scale=pixel_scale, filter_scale=filter_scale, bias=bias)
+    natives = {name: a._live for name, a in epilogue.items()}
     return Array._wrap(backend, backend.xnor_conv2d(xp._live, wp._live, c, stride, padding,
-                                                    tuple(out_hw), out_dtype))
+                                                    tuple(out_hw), out_dtype, **natives))
+
+
+def _epilogue(what, backend, out_dtype, out_shape, **factors):
+    """The given scale / bias factors as contiguous float32 Arrays of the kernel's shapes."""
+    n, o, oh, ow = out_shape
+    shapes = {"pixel_scale": ((n, oh, ow), (n, 1, oh, ow)), "filter_scale": ((o,),),
+              "bias": ((o,),)}
+    given = {}
+    for name, value in factors.items():
+        if value is None:
+            continue
+        if out_dtype != _FLOAT32:
+            raise DtypeError(f"{what}: {name} needs dtype='float32' results, got {out_dtype}")
+        a = _array(value, what, name)
+        if a._backend is not backend:
+            from .errors import BackendMismatchError
+            raise BackendMismatchError(f"{what}: {name} is on {a._backend.name!r} but the "
+                                       f"operands are on {backend.name!r}")
+        if a.dtype != _FLOAT32:
+            raise DtypeError(f"{what}: {name} must be single (float32), got {a.dtype}")
+        wanted = shapes[name]
+        if a.shape not in wanted and not (name != "pixel_scale" and a.size == o):
+            listed = " or ".join(str(s) for s in wanted)
+            raise ShapeError(f"{what}: {name} must have shape {listed} for an output of "
+                             f"shape {out_shape}, got {a.shape}")
+        given[name] = a.reshape(wanted[0])
+    return given

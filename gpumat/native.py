@@ -257,8 +257,56 @@ def _check_conv(xp, wp, channels, stride, padding, out_hw, out_dtype):
     return xp, wp, channels, stride, padding, out_hw, out_dtype
 
 
-def pack_conv_input_numpy(x: np.ndarray) -> np.ndarray:
-    """NumPy twin of the native `pack_conv_input`: same checks, same bits."""
+def _check_scales(pixel_scale, filter_scale, bias, out_dtype, n, o, out_hw):
+    """The epilogue operands of xnor_conv2d, checked: float32 (N, OH, OW), (O,), (O,) or None,
+    only with out_dtype float32; C-contiguous copies where needed."""
+    what = "xnor_conv2d"
+    given = [(name, v) for name, v in (("pixel_scale", pixel_scale),
+                                       ("filter_scale", filter_scale), ("bias", bias))
+             if v is not None]
+    if given and out_dtype != np.float32:
+        raise ValueError(f"{what}: {', '.join(name for name, _ in given)} need out_dtype "
+                         f"float32, got {out_dtype}")
+    shapes = {"pixel_scale": (n,) + tuple(out_hw), "filter_scale": (o,), "bias": (o,)}
+    checked = {}
+    for name, v in given:
+        if not isinstance(v, np.ndarray):
+            raise TypeError(f"{what}: {name} must be a numpy.ndarray of float32, got "
+                            f"{type(v).__name__}")
+        if v.dtype != np.float32:
+            raise TypeError(f"{what}: {name} must be float32, got dtype {v.dtype}")
+        if v.shape != shapes[name]:
+            raise ValueError(f"{what}: {name} must have shape {shapes[name]}, got {v.shape}")
+        checked[name] = np.ascontiguousarray(v)
+    return checked.get("pixel_scale"), checked.get("filter_scale"), checked.get("bias")
+
+
+def _apply_scales(out, pixel_scale, filter_scale, bias):
+    """((out * pixel_scale) * filter_scale) + bias in float32, in place, each left out where
+    None: the NumPy expression the native epilogue matches bit for bit."""
+    if pixel_scale is not None:
+        np.multiply(out, pixel_scale[:, None], out=out)
+    if filter_scale is not None:
+        np.multiply(out, filter_scale[None, :, None, None], out=out)
+    if bias is not None:
+        np.add(out, bias[None, :, None, None], out=out)
+    return out
+
+
+def _mean_abs_numpy(x):
+    """The mean of |x| over axis 1 as the native kernel computes it: a float32 sum in channel
+    order 0, 1, ..., C - 1 (from 0), then one division by C; (N, 1, H, W) float32."""
+    n, c, h, w = x.shape
+    total = np.zeros((n, 1, h, w), dtype=np.float32)
+    for channel in range(c):
+        total += np.abs(x[:, channel:channel + 1])
+    with np.errstate(invalid="ignore"):          # C = 0: 0 / 0, NaN (NumPy's mean of nothing)
+        return total / np.float32(c)
+
+
+def pack_conv_input_numpy(x: np.ndarray, mean_abs: bool = False):
+    """NumPy twin of the native `pack_conv_input`: same checks, same bits (and, with mean_abs,
+    the same mean, bit for bit)."""
     x = _float_input(x, "pack_conv_input")
     n, c, h, w = x.shape
     words = _words(c)
@@ -266,22 +314,29 @@ def pack_conv_input_numpy(x: np.ndarray) -> np.ndarray:
     # `>=` is False for NaN and True for -0.0, as the spec asks
     bits[..., :c] = (x >= 0).transpose(0, 2, 3, 1)
     packed = np.ascontiguousarray(np.packbits(bits, axis=-1, bitorder="little"))
-    return packed.view("<u4").astype(np.uint32, copy=False).reshape(n, h, w, words)
+    packed = packed.view("<u4").astype(np.uint32, copy=False).reshape(n, h, w, words)
+    if mean_abs:
+        return packed, _mean_abs_numpy(x)
+    return packed
 
 
-def pack_conv_input(x: np.ndarray) -> np.ndarray:
+def pack_conv_input(x: np.ndarray, mean_abs: bool = False):
     """The channel signs of each pixel of a float32 (N, C, H, W) array, packed.
 
     Returns uint32 (N, H, W, ceil(C / 32)): bit j of word w of pixel (n, h, x) is 1 iff
     x[n, 32*w + j, h, x] >= 0 (NaN 0, -0.0 1); padding bits are 0.  The native kernel reads
-    the NCHW floats and writes the words directly.  TypeError for another dtype, ValueError
-    for another number of dimensions.
+    the NCHW floats and writes the words directly.  With mean_abs=True, returns
+    (packed, mean) instead, mean float32 (N, 1, H, W) the mean over the channels of |x| (XNOR-
+    Net's K before its box filter), computed in the same pass: summed in float32 in channel
+    order 0..C-1, then divided by C (not multiplied by 1/C).  TypeError for another dtype,
+    ValueError for another number of dimensions.
     """
     x = _float_input(x, "pack_conv_input")
+    mean_abs = bool(mean_abs)
     if _native is not None:
-        return _native.pack_conv_input(x)
+        return _native.pack_conv_input(x, mean_abs)
     _warn_fallback_once()
-    return pack_conv_input_numpy(x)
+    return pack_conv_input_numpy(x, mean_abs)
 
 
 def _masked(a, mask):
@@ -329,11 +384,14 @@ def _valid_range(size, out_size, stride, pad, tap):
 
 
 def xnor_conv2d_numpy(xp, wp, channels, stride=1, padding=0, out_hw=None,
-                      out_dtype=np.float32) -> np.ndarray:
+                      out_dtype=np.float32, pixel_scale=None, filter_scale=None,
+                      bias=None) -> np.ndarray:
     """NumPy twin of the native `xnor_conv2d`: same checks, same values (tap by tap, the
-    taps outside the image skipped)."""
+    taps outside the image skipped; the epilogue as float32 NumPy operations)."""
     xp, wp, channels, stride, padding, out_hw, out_dtype = _check_conv(
         xp, wp, channels, stride, padding, out_hw, out_dtype)
+    pixel_scale, filter_scale, bias = _check_scales(
+        pixel_scale, filter_scale, bias, out_dtype, xp.shape[0], wp.shape[0], out_hw)
     mask = _tail_mask(channels)
     xp, wp = _masked(xp, mask), _masked(wp, mask)
     n, h, w, words = xp.shape
@@ -353,11 +411,12 @@ def xnor_conv2d_numpy(xp, wp, channels, stride=1, padding=0, out_hw=None,
                 differing = _popcount(pixels[:, None] ^ taps[None, :, None, None, :]).sum(
                     axis=-1, dtype=np.int64)
                 out[:, f0:f0 + chunk, r0:r1, c0:c1] += channels - 2 * differing
-    return out.astype(out_dtype)
+    return _apply_scales(out.astype(out_dtype), pixel_scale, filter_scale, bias)
 
 
 def xnor_conv2d(xp, wp, channels, stride=1, padding=0, out_hw=None,
-                out_dtype=np.float32) -> np.ndarray:
+                out_dtype=np.float32, pixel_scale=None, filter_scale=None,
+                bias=None) -> np.ndarray:
     """conv2d(b(x), b(w)) with zero padding, exactly, from packed signs.
 
     xp is uint32 (N, H, W, ceil(C/32)) (pack_conv_input), wp uint32 (O, kh, kw, ceil(C/32))
@@ -366,14 +425,25 @@ def xnor_conv2d(xp, wp, channels, stride=1, padding=0, out_hw=None,
     over the taps (i, j) whose input pixel (ih, iw) = (oh*sh - ph + i, ow*sw - pw + j) lies in
     the image, the channel tail masked.  Taps outside contribute 0, exactly as the zero
     padding of a float convolution of the +-1 values would.  out_hw, when given, must be the
-    geometry's output size.  TypeError for dtypes, ValueError for shapes and geometry.
+    geometry's output size.
+
+    The fused epilogue (float32 only): pixel_scale float32 (N, OH, OW), filter_scale float32
+    (O,) and bias float32 (O,), each optional, make it
+    out[n, o, oh, ow] = ((v * pixel_scale[n, oh, ow]) * filter_scale[o]) + bias[o], rounded
+    to float32 after each operation (no FMA): bit-identical to NumPy's
+    ``((y * K) * alpha) + bias`` on the unfused float32 result y, applied as the results
+    are stored.  TypeError for dtypes, ValueError for shapes and geometry.
     """
     xp, wp, channels, stride, padding, out_hw, out_dtype = _check_conv(
         xp, wp, channels, stride, padding, out_hw, out_dtype)
+    pixel_scale, filter_scale, bias = _check_scales(
+        pixel_scale, filter_scale, bias, out_dtype, xp.shape[0], wp.shape[0], out_hw)
     if _native is not None:
-        return _native.xnor_conv2d(xp, wp, channels, stride, padding, out_hw, out_dtype.name)
+        return _native.xnor_conv2d(xp, wp, channels, stride, padding, out_hw, out_dtype.name,
+                                   pixel_scale, filter_scale, bias)
     _warn_fallback_once()
-    return xnor_conv2d_numpy(xp, wp, channels, stride, padding, out_hw, out_dtype)
+    return xnor_conv2d_numpy(xp, wp, channels, stride, padding, out_hw, out_dtype,
+                             pixel_scale, filter_scale, bias)
 
 
 def kernels():

@@ -210,6 +210,45 @@ def test_xnor_conv2d_any_shape(n, c, h, w, o, kh, kw, sh, sw, ph, pw, backend):
     assert_same(got, reference_conv(x, weight, (sh, sw), (ph, pw)).astype(np.int32))
 
 
+# ---- fused XNOR-Net scaling ------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,c,h,w", [(1, 1, 1, 1), (2, 16, 7, 5), (3, 33, 4, 4), (1, 100, 3, 2)])
+def test_pack_conv_input_mean_abs(backend, n, c, h, w):
+    x = rand(np.random.default_rng(c), n, c, h, w)
+    packed, mean = gm.pack_conv_input(gm.array(x, backend=backend), mean_abs=True)
+    assert_same(packed, reference_pack(x.transpose(0, 2, 3, 1)))
+    assert_same(mean, np.abs(x.astype(np.float64)).mean(axis=1, keepdims=True).astype(
+        np.float32), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("case", [(1, 1, 4, 4, 1, 1, 0), (2, 16, 9, 7, 17, 2, 1),
+                                  (1, 33, 6, 6, 5, 1, 2), (2, 5, 5, 5, 16, 1, 1)])
+@pytest.mark.parametrize("factors", ["k", "a", "b", "ka", "kab", "ab", "kb"])
+def test_fused_scaling_equals_the_float32_operations(backend, case, factors):
+    """((v * K) * alpha) + bias in float32, one operation after another, bit for bit."""
+    n, c, h, w, o, stride, padding = case
+    rng = np.random.default_rng(o + c)
+    x, weight = rand(rng, n, c, h, w), rand(rng, o, c, 3, 3)
+    oh, ow = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    k = np.abs(rand(rng, n, 1, oh, ow))
+    alpha = np.abs(rand(rng, o))
+    bias = rand(rng, o)
+    expected = reference_conv(x, weight, (stride, stride), (padding, padding)).astype(np.float32)
+    given = {}
+    if "k" in factors:
+        expected = expected * k
+        given["pixel_scale"] = gm.array(k, backend=backend)
+    if "a" in factors:
+        expected = expected * alpha.reshape(1, -1, 1, 1)
+        given["filter_scale"] = gm.array(alpha, backend=backend)
+    if "b" in factors:
+        expected = expected + bias.reshape(1, -1, 1, 1)
+        given["bias"] = gm.array(bias, backend=backend)
+    got = gm.xnor_conv2d(gm.array(x, backend=backend), gm.array(weight, backend=backend),
+                         stride=stride, padding=padding, **given)
+    np.testing.assert_array_equal(got.gather(), expected.astype(np.float32))
+
+
 # ---- bad input ------------------------------------------------------------------------------
 
 def test_bad_input_is_named(backend):
@@ -232,6 +271,12 @@ def test_bad_input_is_named(backend):
         gm.xnor_conv2d(arr(np.ones((4, 5, 5), np.float32)), w)
     with pytest.raises(TypeError, match="'int32' or 'float32'"):
         gm.xnor_conv2d(x, w, dtype="float64")
+    with pytest.raises(TypeError, match="pixel_scale needs dtype='float32'"):
+        gm.xnor_conv2d(x, w, dtype="int32", pixel_scale=arr(np.ones((1, 3, 3), np.float32)))
+    with pytest.raises(ValueError, match=r"filter_scale must have shape \(2,\)"):
+        gm.xnor_conv2d(x, w, filter_scale=arr(np.ones(3, np.float32)))
+    with pytest.raises(ValueError, match="pixel_scale must have shape"):
+        gm.xnor_conv2d(x, w, pixel_scale=arr(np.ones((1, 5, 5), np.float32)))
     a = gm.pack_signs(arr(np.ones((3, 40), np.float32)))
     with pytest.raises(ValueError, match="k=70 needs 3 words"):
         gm.xnor_gemm(a, a, 70)

@@ -564,3 +564,227 @@ def test_cpu_backend_methods(with_module, monkeypatch):
     a, b = random_words((6, 3), 3), random_words((4, 3), 4)
     assert_exact(backend.xnor_gemm(a, b, 90, np.dtype(np.int32)), gemm_reference(a, b, 90),
                  np.int32, "backend gemm")
+
+
+# ---- the fused epilogue and the fused mean of |x| ----------------------------------------------
+
+#: (N, C, H, W, O, kernel, stride, padding): C = 1, 16, 33; O = 1, 17; strides 1 and 2;
+#: padding 0, 1, 2; partial vectors of lanes and partial blocks of filters
+EPILOGUE_GEOMETRIES = [
+    (2, 1, 7, 9, 17, (3, 3), 1, 1),
+    (3, 16, 9, 11, 1, (3, 3), 2, 2),
+    (2, 33, 6, 5, 17, (3, 3), 1, 0),
+    (1, 16, 13, 12, 17, (3, 3), 1, 1),
+    (2, 33, 11, 10, 1, (5, 5), 2, 2),
+    (1, 1, 5, 6, 1, (1, 1), 2, 0),
+    (2, 16, 32, 32, 17, (3, 3), 1, 1),          # ResNet-20 stage 1 (16-bit lanes), threaded
+    (4, 64, 8, 8, 17, (3, 3), 2, 1),
+]
+
+
+def scale_operands(n, o, hw, seed):
+    """pixel_scale (N, OH, OW), filter_scale (O,), bias (O,): float32 of both signs, zeros
+    among them (a -0.0 product must stay -0.0 where no bias follows)."""
+    rng = np.random.default_rng(seed)
+    pixel = rng.standard_normal((n,) + tuple(hw)).astype(np.float32)
+    pixel.reshape(-1)[::7] = 0.0
+    filt = rng.standard_normal(o).astype(np.float32) * np.float32(0.37)
+    bias = rng.standard_normal(o).astype(np.float32)
+    return pixel, filt, bias
+
+
+def scaled_reference(y, pixel, filt, bias):
+    """((y * K) * alpha) + bias in float32 NumPy, each factor left out where None."""
+    out = y
+    if pixel is not None:
+        out = out * pixel[:, None]
+    if filt is not None:
+        out = out * filt[None, :, None, None]
+    if bias is not None:
+        out = out + bias[None, :, None, None]
+    assert out.dtype == np.float32
+    return out
+
+
+def assert_bits_equal(got, want, what):
+    """Equal values with equal signs (-0.0 apart from 0.0): the same float32 bits."""
+    assert got.dtype == np.float32 and got.shape == want.shape, what
+    np.testing.assert_array_equal(got, want, err_msg=what)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want), err_msg=what)
+
+
+SCALE_COMBINATIONS = [(p, f, b) for p in (False, True) for f in (False, True)
+                      for b in (False, True)]
+
+
+def check_epilogue(conv, geometry, seed, label):
+    xp, wp, c, stride, padding, hw = conv_case(geometry, seed)
+    n, o = xp.shape[0], wp.shape[0]
+    y = conv(xp, wp, c, stride, padding, hw, np.float32)
+    assert_exact(y, conv_reference(xp, wp, c, stride, padding).astype(np.float32),
+                 np.float32, f"{label} {ids(geometry)} unfused")
+    pixel, filt, bias = scale_operands(n, o, hw, seed + 1)
+    for use_pixel, use_filter, use_bias in SCALE_COMBINATIONS:
+        args = (pixel if use_pixel else None, filt if use_filter else None,
+                bias if use_bias else None)
+        got = conv(xp, wp, c, stride, padding, hw, np.float32, *args)
+        assert_bits_equal(got, scaled_reference(y, *args),
+                          f"{label} {ids(geometry)} scales {use_pixel, use_filter, use_bias}")
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_xnor_conv2d_fused_epilogue_is_bit_exact(isa, restore_isa):
+    """The epilogue fused into every copy's stores equals the float32 NumPy expression on the
+    unfused result bit for bit (no FMA contraction), every combination of factors."""
+    NATIVE.set_xnor_isa(isa)
+
+    def conv(xp, wp, c, stride, padding, hw, dtype, *scales):
+        return NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, np.dtype(dtype).name, *scales)
+
+    for index, geometry in enumerate(EPILOGUE_GEOMETRIES):
+        check_epilogue(conv, geometry, 40 + index, isa)
+
+
+def test_xnor_conv2d_twin_fused_epilogue_is_bit_exact():
+    for index, geometry in enumerate(EPILOGUE_GEOMETRIES[:6]):
+        check_epilogue(native.xnor_conv2d_numpy, geometry, 40 + index, "twin")
+
+
+@needs_native
+def test_xnor_conv2d_fused_epilogue_threads(restore_threads):
+    geometry = (3, 32, 16, 16, 33, (3, 3), 1, 1)
+    for threads in (1, 3):
+        NATIVE.set_native_threads(threads)
+        check_epilogue(native.xnor_conv2d, geometry, 60, f"{threads} threads")
+
+
+@needs_native
+def test_xnor_conv2d_fused_epilogue_past_two_to_the_24():
+    """The path that converts the int32 result (sums past 2**24) fuses the same epilogue."""
+    channels = 20000 * 32 - 5
+    xp = random_words((1, 3, 3, words(channels)), 7)
+    wp = random_words((2, 3, 3, words(channels)), 8)
+    wp[0] = xp[0]
+    y = native.xnor_conv2d(xp, wp, channels, 1, 1, None, np.float32)
+    pixel, filt, bias = scale_operands(1, 2, (3, 3), 9)
+    got = native.xnor_conv2d(xp, wp, channels, 1, 1, None, np.float32, pixel, filt, bias)
+    assert_bits_equal(got, scaled_reference(y, pixel, filt, bias), "past 2**24")
+
+
+def mean_abs_input(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * rng.uniform(0.1, 10.0, size=(1, shape[1], 1, 1)))
+    x = x.astype(np.float32)
+    x.reshape(-1)[::11] = -0.0
+    return x
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_pack_conv_input_twin_mean_abs(channels):
+    x = mean_abs_input((3, channels, 5, 7), channels)
+    packed, mean = native.pack_conv_input_numpy(x, mean_abs=True)
+    assert_exact(packed, pack_reference(x), np.uint32, "twin packed")
+    assert mean.dtype == np.float32 and mean.shape == (3, 1, 5, 7)
+    np.testing.assert_allclose(mean, np.abs(x.astype(np.float64)).mean(axis=1, keepdims=True),
+                               rtol=1e-6, atol=0)
+    assert_exact(native.pack_conv_input_numpy(x, False), pack_reference(x), np.uint32,
+                 "twin packed, no mean")
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_pack_conv_input_native_mean_abs(isa, restore_isa):
+    """The mean of |x| from the packing pass: within 1e-6 of float64, bit-identical to the
+    twin (the same float32 sum in channel order and division), the packed signs unchanged."""
+    NATIVE.set_xnor_isa(isa)
+    for channels in CHANNELS:
+        for shape in [(3, channels, 5, 7), (1, channels, 1, 1), (2, channels, 17, 9)]:
+            x = mean_abs_input(shape, channels + shape[2])
+            want_packed = pack_reference(x)
+            packed, mean = NATIVE.pack_conv_input(x, True)
+            what = f"{isa} {shape}"
+            assert_exact(packed, want_packed, np.uint32, what)
+            assert_exact(NATIVE.pack_conv_input(x), want_packed, np.uint32, what + " plain")
+            assert_exact(NATIVE.pack_conv_input(x, False), want_packed, np.uint32, what)
+            assert mean.dtype == np.float32 and mean.shape == (shape[0], 1) + shape[2:]
+            reference = np.abs(x.astype(np.float64)).mean(axis=1, keepdims=True)
+            np.testing.assert_allclose(mean, reference, rtol=1e-6, atol=0, err_msg=what)
+            np.testing.assert_array_equal(mean, native.pack_conv_input_numpy(x, True)[1],
+                                          err_msg=what)
+
+
+@needs_native
+def test_pack_conv_input_mean_abs_large_and_threaded(restore_threads):
+    x = mean_abs_input((32, 16, 32, 32), 5)
+    x[3, :, 4, 4] = np.nan                      # NaN propagates to its pixel's mean only
+    for threads in (1, 3):
+        NATIVE.set_native_threads(threads)
+        packed, mean = native.pack_conv_input(x, mean_abs=True)
+        assert_exact(packed, pack_reference(x), np.uint32, f"{threads} threads")
+        np.testing.assert_array_equal(mean, native.pack_conv_input_numpy(x, True)[1])
+        assert np.isnan(mean[3, 0, 4, 4]) and np.isnan(mean).sum() == 1
+
+
+def test_epilogue_arguments_are_checked():
+    xp, wp, c, stride, padding, hw = conv_case((2, 20, 6, 7, 5, (3, 3), 1, 1), 3)
+    pixel, filt, bias = scale_operands(2, 5, hw, 4)
+    functions = [native.xnor_conv2d, native.xnor_conv2d_numpy]
+    for conv in functions:
+        for name, bad in [("pixel_scale", pixel.astype(np.float64)),
+                          ("filter_scale", filt.astype(np.float16)),
+                          ("bias", bias.astype(np.int32)), ("bias", list(bias))]:
+            kwargs = {name: bad}
+            with pytest.raises(TypeError, match=name):
+                conv(xp, wp, c, stride, padding, hw, np.float32, **kwargs)
+        for name, bad in [("pixel_scale", pixel[:1]), ("pixel_scale", pixel[:, None]),
+                          ("filter_scale", filt[:4]), ("bias", np.concatenate([bias, bias[:1]]))]:
+            with pytest.raises(ValueError, match=name):
+                conv(xp, wp, c, stride, padding, hw, np.float32, **{name: bad})
+        with pytest.raises(ValueError, match="float32"):
+            conv(xp, wp, c, stride, padding, hw, np.int32, pixel_scale=pixel)
+    if NATIVE is not None:
+        for name, bad in [("pixel_scale", pixel.astype(np.float64)),
+                          ("filter_scale", filt.astype(np.float16))]:
+            with pytest.raises(TypeError, match=name):
+                NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, "float32", **{name: bad})
+        with pytest.raises(ValueError, match="bias"):
+            NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, "float32", bias=bias[:3])
+        with pytest.raises(ValueError, match="float32"):
+            NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, "int32", bias=bias)
+        # a strided pixel_scale: the module wants it contiguous, the wrapper copies it
+        strided = np.repeat(pixel, 2, axis=2)[:, :, ::2]
+        with pytest.raises(ValueError, match="pixel_scale"):
+            NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, "float32", strided)
+        np.testing.assert_array_equal(
+            native.xnor_conv2d(xp, wp, c, stride, padding, hw, np.float32, strided),
+            native.xnor_conv2d(xp, wp, c, stride, padding, hw, np.float32, pixel))
+
+
+@pytest.mark.parametrize("with_module", [True, False])
+def test_cpu_backend_fused_methods(with_module, monkeypatch):
+    if with_module and NATIVE is None:
+        pytest.skip("gpumat._native is not built")
+    backend = get_backend("cpu")
+    if not with_module:
+        monkeypatch.setattr(native, "_native", None)
+        monkeypatch.setattr(native, "_fallback_warned", True)
+    x = mean_abs_input((2, 20, 6, 7), 17)
+    before = backend.memory_info()["bytes_in_use"]
+    xp, mean = backend.pack_conv_input(x, mean_abs=True)
+    assert backend.memory_info()["bytes_in_use"] == before + xp.nbytes + mean.nbytes
+    assert_exact(xp, pack_reference(x), np.uint32, "backend pack_conv_input")
+    assert_exact(backend.pack_conv_input(x), pack_reference(x), np.uint32, "plain")
+    np.testing.assert_allclose(mean, np.abs(x.astype(np.float64)).mean(axis=1, keepdims=True),
+                               rtol=1e-6, atol=0)
+    wp = pack_reference(mean_abs_input((5, 20, 3, 3), 18))
+    y = backend.xnor_conv2d(xp, wp, 20, (1, 1), (1, 1), (6, 7), np.dtype(np.float32))
+    k = np.ascontiguousarray(mean.reshape(2, 6, 7))
+    alpha = np.linspace(0.5, 1.5, 5, dtype=np.float32)
+    bias = np.linspace(-1, 1, 5, dtype=np.float32)
+    got = backend.xnor_conv2d(xp, wp, 20, (1, 1), (1, 1), (6, 7), np.dtype(np.float32),
+                              pixel_scale=k, filter_scale=alpha, bias=bias)
+    assert_bits_equal(got, scaled_reference(y, k, alpha, bias), "backend fused")
+    got = backend.xnor_conv2d(xp, wp, 20, (1, 1), (1, 1), (6, 7), np.dtype(np.float32), k,
+                              alpha)
+    assert_bits_equal(got, scaled_reference(y, k, alpha, None), "backend fused, no bias")

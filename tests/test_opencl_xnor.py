@@ -327,7 +327,8 @@ def test_cuda_launch_geometry_on_opencl(ocl):
         for first, count, grid, block in launches:
             knl(ocl.queue, (grid[0] * block[0], grid[1]), block[:2], xp.data, wp.data,
                 out.data, first, count, h, w, -(-c // 32), c, o, kh, kw, *stride, *padding,
-                *out_hw, o * out_hw[0] * out_hw[1], out_hw[0] * out_hw[1], 1, 0)
+                *out_hw, o * out_hw[0] * out_hw[1], out_hw[0] * out_hw[1], 1, 0,
+                None, None, None, 0)
         np.testing.assert_array_equal(ocl.to_numpy(out).astype(np.float64),
                                       conv_reference(signs(x), signs(wt), stride, padding))
 
@@ -345,3 +346,157 @@ def test_build_error_carries_the_log(ocl, params):
     with pytest.raises(KernelBuildError) as info:
         ocl.xnor_conv2d(ocl.pack_conv_input(x), wp, 4, (1, 1), (0, 0), (2, 2), np.int32)
     assert "XNOR_LOCAL_WORDS" in str(info.value)
+
+
+# ---- fused inference: mean |x| while packing, scale / bias epilogue while storing ---------
+
+MEAN_CASES = [(1, 1, 5, 5), (2, 16, 8, 8), (3, 33, 7, 9), (1, 64, 4, 4), (2, 100, 3, 17),
+              (1, 32, 1, 1), (2, 5, 33, 1)]
+
+
+def check_mean_abs(ocl, n, c, h, w, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c, h, w)) * rng.uniform(0.1, 10)).astype(np.float32)
+    x.reshape(-1)[:2] = [-0.0, -np.inf if c > 40 else 0.0][:min(2, x.size)]
+    packed, mean = ocl.pack_conv_input(ocl.from_numpy(x), mean_abs=True)
+    got_packed, got_mean = ocl.to_numpy(packed), ocl.to_numpy(mean)
+    np.testing.assert_array_equal(got_packed, ocl.to_numpy(ocl.pack_conv_input(
+        ocl.from_numpy(x))))
+    np.testing.assert_array_equal(got_packed, pack_rows(np.ascontiguousarray(
+        x.transpose(0, 2, 3, 1))))
+    assert got_mean.dtype == np.float32 and got_mean.shape == (n, 1, h, w)
+    np.testing.assert_allclose(got_mean, np.abs(x.astype(np.float64)).mean(1, keepdims=True),
+                               rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("n,c,h,w", MEAN_CASES)
+def test_pack_conv_input_mean_abs(ocl, n, c, h, w):
+    check_mean_abs(ocl, n, c, h, w, n * 100 + c + h)
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda", "cpu_small", "cpu_flat"])
+def test_pack_conv_input_mean_abs_tunables(ocl, params, name):
+    params(TUNABLES[name])
+    for i, (n, c, h, w) in enumerate(MEAN_CASES):
+        check_mean_abs(ocl, n, c, h, w, i)
+
+
+def test_pack_conv_input_mean_abs_empty(ocl):
+    packed, mean = ocl.pack_conv_input(ocl.from_numpy(np.zeros((2, 3, 0, 4), np.float32)),
+                                       mean_abs=True)
+    assert packed.shape == (2, 0, 4, 1) and mean.shape == (2, 1, 0, 4)
+    assert mean.dtype == np.float32
+
+
+# (N, C, H, W, O, k, stride, padding): C = 1, 16, 33; O = 1, 17; stride 2; padding 0, 1, 2
+EPILOGUE_CASES = [
+    (2, 1, 7, 9, 17, 3, 1, 1),
+    (3, 16, 8, 8, 1, 3, 2, 1),
+    (1, 33, 6, 7, 17, 3, 1, 0),
+    (2, 16, 9, 5, 17, 5, 2, 2),
+    (1, 33, 5, 5, 1, 1, 2, 0),
+    (2, 64, 4, 4, 33, 3, 1, 2),
+]
+COMBINATIONS = [(p, f, b) for p in (0, 1) for f in (0, 1) for b in (0, 1)]
+
+
+def epilogue_factors(rng, n, o, oh, ow):
+    """Factors like XNOR-Net's: K > 0 (any magnitude), alpha > 0, bias of either sign."""
+    k = (rng.uniform(0.01, 3.0, (n, oh, ow)) * rng.choice([1e-3, 1.0, 7.0])).astype(
+        np.float32)
+    alpha = rng.uniform(0.01, 2.0, o).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    return k, alpha, bias
+
+
+def expected_epilogue(y, k, alpha, bias, combination):
+    """NumPy float32, one operation at a time: ((y * K) * alpha) + bias, factors skipped."""
+    n, o, oh, ow = y.shape
+    out = y.astype(np.float32)
+    if combination[0]:
+        out = out * k.reshape(n, 1, oh, ow)
+    if combination[1]:
+        out = out * alpha.reshape(1, o, 1, 1)
+    if combination[2]:
+        out = out + bias.reshape(1, o, 1, 1)
+    assert out.dtype == np.float32
+    return out
+
+
+def check_epilogue(ocl, rng, case):
+    n, c, h, w, o, k, s, p = case
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c, k, k)).astype(np.float32)
+    out_hw = (out_size(h, k, s, p), out_size(w, k, s, p))
+    xp = ocl.pack_conv_input(ocl.from_numpy(x))
+    wp = ocl.from_numpy(pack_rows(np.ascontiguousarray(wt.transpose(0, 2, 3, 1))))
+    plain = ocl.to_numpy(ocl.xnor_conv2d(xp, wp, c, (s, s), (p, p), out_hw, np.float32))
+    np.testing.assert_array_equal(plain.astype(np.float64),
+                                  conv_reference(signs(x), signs(wt), (s, s), (p, p)))
+    kk, alpha, bias = epilogue_factors(rng, n, o, *out_hw)
+    natives = [ocl.from_numpy(kk), ocl.from_numpy(alpha), ocl.from_numpy(bias)]
+    for combination in COMBINATIONS:
+        given = [a if on else None for a, on in zip(natives, combination)]
+        got = ocl.to_numpy(ocl.xnor_conv2d(xp, wp, c, (s, s), (p, p), out_hw, np.float32,
+                                           pixel_scale=given[0], filter_scale=given[1],
+                                           bias=given[2]))
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected_epilogue(plain, kk, alpha, bias,
+                                                             combination),
+                                      err_msg=f"{case} factors {combination}")
+
+
+@pytest.mark.parametrize("case", EPILOGUE_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_xnor_conv2d_epilogue_bit_exact(ocl, case):
+    check_epilogue(ocl, np.random.default_rng(sum(case)), case)
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda", "cpu_small", "cpu_flat", "cpu_chunked"])
+def test_xnor_conv2d_epilogue_tunables(ocl, params, name):
+    """Every store path: scalar (GPU, CUDA), vectors of 4 / 8 filters, the 16 x 16
+    transposed store (the CPU default, and its chunked stage)."""
+    params(TUNABLES[name])
+    rng = np.random.default_rng(41)
+    for case in EPILOGUE_CASES:
+        check_epilogue(ocl, rng, case)
+
+
+def test_xnor_conv2d_epilogue_is_not_contracted(ocl):
+    """Values where a fused multiply-add would round differently from ((v*K)*alpha)+bias:
+    the kernel must not contract (FP_CONTRACT OFF)."""
+    rng = np.random.default_rng(43)
+    n, c, h, w, o = 2, 16, 8, 8, 17
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+    xp = ocl.pack_conv_input(ocl.from_numpy(x))
+    wp = ocl.from_numpy(pack_rows(np.ascontiguousarray(wt.transpose(0, 2, 3, 1))))
+    plain = ocl.to_numpy(ocl.xnor_conv2d(xp, wp, c, (1, 1), (1, 1), (h, w), np.float32))
+    kk = rng.uniform(0.1, 1.0, (n, h, w)).astype(np.float32)
+    alpha = rng.uniform(0.1, 1.0, o).astype(np.float32)
+    bias = rng.uniform(-1, 1, o).astype(np.float32)
+    unfused = ((plain * kk[:, None]) * alpha[None, :, None, None]) + bias[None, :, None, None]
+    # fma(v * K, alpha, bias), rounded once (exact in float64 for float32 operands): it
+    # differs from the unfused result somewhere, so contraction would fail this test
+    # (checked: PoCL with FP_CONTRACT ON contracts the one-expression form and fails)
+    fma = ((plain * kk[:, None]).astype(np.float64) * alpha[None, :, None, None]
+           + bias[None, :, None, None]).astype(np.float32)
+    assert (fma != unfused).any()
+    got = ocl.to_numpy(ocl.xnor_conv2d(xp, wp, c, (1, 1), (1, 1), (h, w), np.float32,
+                                       pixel_scale=ocl.from_numpy(kk),
+                                       filter_scale=ocl.from_numpy(alpha),
+                                       bias=ocl.from_numpy(bias)))
+    np.testing.assert_array_equal(got, unfused)
+
+
+def test_xnor_conv2d_epilogue_without_taps(ocl):
+    """Every tap outside (H = 0): v = 0 everywhere, and the epilogue still applies."""
+    xp = ocl.from_numpy(np.zeros((2, 0, 3, 1), np.uint32))
+    wp = ocl.from_numpy(np.ones((4, 1, 1, 1), np.uint32))
+    kk = np.full((2, 2, 3), 2.0, np.float32)
+    alpha = np.arange(1, 5, dtype=np.float32)
+    bias = np.arange(4, dtype=np.float32) - 1.5
+    got = ocl.xnor_conv2d(xp, wp, 8, (1, 1), (1, 0), (2, 3), np.float32,
+                          pixel_scale=ocl.from_numpy(kk), filter_scale=ocl.from_numpy(alpha),
+                          bias=ocl.from_numpy(bias))
+    np.testing.assert_array_equal(ocl.to_numpy(got),
+                                  np.broadcast_to(bias.reshape(1, 4, 1, 1), (2, 4, 2, 3)))

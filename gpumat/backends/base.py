@@ -181,9 +181,10 @@ class Backend:
     # ---- binarized (XNOR-popcount) kernels (gpumat/binary.py checks the arguments) --------
     # A packed row: ceil(n/32) uint32 words in pack_signs' layout; a set bit stands for +1,
     # a clear bit for -1.  Kernels mask the last word, so its padding bits never count.
-    def pack_conv_input(self, x):
+    def pack_conv_input(self, x, mean_abs=False):
         """Channel signs of float32 NCHW ``x`` packed per pixel: uint32 (N, H, W, ceil(C/32)),
-        bit j of word w of pixel (n, h, w') is x[n, 32*w + j, h, w'] >= 0."""
+        bit j of word w of pixel (n, h, w') is x[n, 32*w + j, h, w'] >= 0.  ``mean_abs``: also
+        the float32 (N, 1, H, W) mean over channels of |x| from the same pass, as a tuple."""
         raise NotImplementedError
 
     def xnor_gemm(self, a, b, k, out_dtype):
@@ -191,11 +192,15 @@ class Backend:
         (M, ceil(k/32)) and ``b`` (N, ceil(k/32)): k - 2 * popcount(a[m] ^ b[n])."""
         raise NotImplementedError
 
-    def xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype):
+    def xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
+                    pixel_scale=None, filter_scale=None, bias=None):
         """conv2d(b(x), b(w)) with zero padding, exactly, from packed ``xp`` (N, H, W, Wc) and
         ``wp`` (O, kh, kw, Wc), Wc = ceil(channels/32): out (N, O, OH, OW) of ``out_dtype``
         (int32 or float32) sums channels - 2 * popcount(xp[pixel] ^ wp[o, i, j]) over the taps
-        whose input pixel lies inside the image (outside ones are zeros, contributing 0)."""
+        whose input pixel lies inside the image (outside ones are zeros, contributing 0).
+        Optional float32 ``pixel_scale`` (N, OH, OW), ``filter_scale`` (O,) and ``bias`` (O,)
+        (float32 results only) turn each value v into ((v * pixel_scale) * filter_scale) +
+        bias as it is stored, in that order and without fused multiply-adds."""
         raise NotImplementedError
 
     # ---- pooling (gpumat/pooling.py checks the arguments and computes out_hw) -------------

@@ -19,13 +19,21 @@ def _words(bits):
     return (bits + 31) // 32
 
 
-def _pack_conv_input(self, x):
+def _pack_conv_input(self, x, mean_abs=False):
+    """The packed signs (N, H, W, ceil(C/32)) uint32; with mean_abs, (packed, mean): mean
+    float32 (N, 1, H, W) the mean of |x| over the channels, from the same pass (a float32
+    sum in channel order divided by C)."""
     n, c, h, w = x.shape
     shape = (n, h, w, _words(c))
     kernels = native.kernels()
-    if kernels is None:
-        return self._run(lambda: native.pack_conv_input_numpy(x), shape, np.uint32)
-    return self._run(lambda: kernels.pack_conv_input(x), shape, np.uint32)
+    if not mean_abs:
+        if kernels is None:
+            return self._run(lambda: native.pack_conv_input_numpy(x), shape, np.uint32)
+        return self._run(lambda: kernels.pack_conv_input(x), shape, np.uint32)
+    make = ((lambda: native.pack_conv_input_numpy(x, True)) if kernels is None
+            else (lambda: kernels.pack_conv_input(x, True)))
+    packed, mean = self._alloc(make, shape, np.uint32)
+    return self._track(packed), self._track(mean)
 
 
 def _xnor_gemm(self, a, b, k, out_dtype):
@@ -37,16 +45,22 @@ def _xnor_gemm(self, a, b, k, out_dtype):
     return self._run(lambda: kernels.xnor_gemm(a, b, int(k), out_dtype.name), shape, out_dtype)
 
 
-def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype):
+def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype, pixel_scale=None,
+                 filter_scale=None, bias=None):
+    """The binary convolution; pixel_scale (N, OH, OW), filter_scale (O,) and bias (O,)
+    (float32, float32 output only, each optional) fuse ((y * pixel_scale) * filter_scale)
+    + bias into the kernel's stores, bit-identical to that float32 NumPy expression."""
     out_dtype = np.dtype(out_dtype)
     stride, padding, out_hw = tuple(stride), tuple(padding), tuple(out_hw)
     shape = (xp.shape[0], wp.shape[0]) + out_hw
     kernels = native.kernels()
     if kernels is None:
         return self._run(lambda: native.xnor_conv2d_numpy(
-            xp, wp, channels, stride, padding, out_hw, out_dtype), shape, out_dtype)
+            xp, wp, channels, stride, padding, out_hw, out_dtype, pixel_scale, filter_scale,
+            bias), shape, out_dtype)
     return self._run(lambda: kernels.xnor_conv2d(xp, wp, int(channels), stride, padding, out_hw,
-                                                 out_dtype.name), shape, out_dtype)
+                                                 out_dtype.name, pixel_scale, filter_scale,
+                                                 bias), shape, out_dtype)
 
 
 CPUBackend.pack_conv_input = _pack_conv_input

@@ -4,7 +4,10 @@ that the OpenCL tests run on PoCL (tests/test_opencl_xnor.py also builds them wi
 :data:`DEFINES` and launches them with :func:`conv_launches`'s geometry).
 
 Importing this module adds the three methods to ``CUDABackend``; the launch logic mirrors
-gpumat/backends/opencl_xnor.py (GPU parameters).
+gpumat/backends/opencl_xnor.py (GPU parameters), including the fused inference paths:
+``pack_conv_input(x, mean_abs=True)`` (the channel mean of |x| from the packing reads) and
+``xnor_conv2d``'s ``pixel_scale`` / ``filter_scale`` / ``bias`` epilogue (rounded with
+__fmul_rn / __fadd_rn, never contracted into FMAs).
 """
 import numpy as np
 
@@ -66,8 +69,23 @@ def gemm_roles(m, n):
     return "a" if padded(n, m) <= padded(m, n) else "b"
 
 
+def epilogue_arguments(out, pixel_scale, filter_scale, bias):
+    """xnor_conv2d's three factor pointers and its epilogue flags (1, 2, 4 as in
+    kernels/common/xnor.h); an absent factor passes ``out``, which the kernel never reads
+    through that pointer."""
+    factors, flags = [], 0
+    for bit, factor in ((1, pixel_scale), (2, filter_scale), (4, bias)):
+        if factor is None or factor.size == 0:
+            factors.append(out)
+        else:
+            factors.append(cupy.ascontiguousarray(factor))
+            flags |= bit
+    return tuple(factors), np.int32(flags)
+
+
 def _launch_conv(self, x, w, out, images, height, width, words, channels, filters, kernel,
-                 stride, padding, out_hw, out_strides):
+                 stride, padding, out_hw, out_strides, pixel_scale=None, filter_scale=None,
+                 bias=None):
     defines = conv_defines(filters)
     function = self.module(_SOURCE, defines).get_function("xnor_conv2d")
     geometry = tuple(np.int32(v) for v in (
@@ -75,18 +93,23 @@ def _launch_conv(self, x, w, out, images, height, width, words, channels, filter
         stride[1], padding[0], padding[1], out_hw[0], out_hw[1]))
     strides = tuple(np.int64(s) for s in out_strides)
     out_float = np.int32(np.dtype(out.dtype) == np.float32)
+    factors, epilogue = epilogue_arguments(out, pixel_scale, filter_scale, bias)
+    if epilogue and not out_float:
+        raise errors.DtypeError("xnor_conv2d: scale and bias factors need float32 results")
     x, w = cupy.ascontiguousarray(x), cupy.ascontiguousarray(w)
     with self.cuda_device:
         for first, count, grid, block in conv_launches(images, out_hw[0] * out_hw[1],
                                                        filters, defines):
             function(grid, block, (x, w, out, np.int32(first), np.int32(count))
-                     + geometry + strides + (out_float,))
+                     + geometry + strides + (out_float,) + factors + (epilogue,))
 
 
-def _pack_conv_input(self, x):
+def _pack_conv_input(self, x, mean_abs=False):
     n, c, h, w = x.shape
     words = _cdiv(c, 32)
     out = self.empty((n, h, w, words), np.uint32)
+    if mean_abs:
+        return out, _pack_mean_abs(self, x, out)
     blocks = n * words * h * w
     if blocks == 0:
         return out
@@ -96,6 +119,25 @@ def _pack_conv_input(self, x):
                  (cupy.ascontiguousarray(x), out, np.int64(n), np.int64(c),
                   np.int64(h * w), np.int64(words)))
     return out
+
+
+def _pack_mean_abs(self, x, out):
+    """xnor_pack_conv_input_mean_abs: fills ``out`` and returns the (N, 1, H, W) mean |x|
+    (float32 sum over the channels in order, divided by C)."""
+    n, c, h, w = x.shape
+    mean = self.empty((n, 1, h, w), np.float32)
+    blocks = n * h * w
+    if blocks == 0:
+        return mean
+    if c == 0:                               # the mean of nothing, as NumPy's
+        mean.fill(np.nan)
+        return mean
+    function = self.module(_SOURCE, DEFINES).get_function("xnor_pack_conv_input_mean_abs")
+    with self.cuda_device:
+        function((min(_cdiv(blocks, _PACK_BLOCK), _MAX_BLOCKS),), (_PACK_BLOCK,),
+                 (cupy.ascontiguousarray(x), out, mean, np.int64(n), np.int64(c),
+                  np.int64(h * w), np.int64(_cdiv(c, 32))))
+    return mean
 
 
 def _xnor_gemm(self, a, b, k, out_dtype):
@@ -115,7 +157,8 @@ def _xnor_gemm(self, a, b, k, out_dtype):
     return out
 
 
-def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype):
+def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
+                 pixel_scale=None, filter_scale=None, bias=None):
     n, h, w, words = xp.shape
     o, kh, kw = wp.shape[:3]
     oh, ow = out_hw
@@ -123,10 +166,17 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype):
     if out.size == 0:
         return out
     if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside
-        out.fill(0)
+        out.fill(0)    # every v is 0; the epilogue in the kernel's order, as cupy float32
+        if pixel_scale is not None:
+            out *= pixel_scale.reshape(n, 1, oh, ow)
+        if filter_scale is not None:
+            out *= filter_scale.reshape(1, o, 1, 1)
+        if bias is not None:
+            out += bias.reshape(1, o, 1, 1)
         return out
     _launch_conv(self, xp, wp, out, n, h, w, words, channels, o, (kh, kw), stride, padding,
-                 out_hw, (o * oh * ow, oh * ow, 1))
+                 out_hw, (o * oh * ow, oh * ow, 1), pixel_scale=pixel_scale,
+                 filter_scale=filter_scale, bias=bias)
     return out
 
 

@@ -2,6 +2,11 @@
 xnor_gemm and xnor_conv2d, from kernels/opencl/xnor.cl (the kernels live in
 kernels/common/xnor.h, shared with the cuda build).
 
+Fused for inference: ``pack_conv_input(x, mean_abs=True)`` also returns the channel mean of
+|x| (float32 sum over the channels in order, divided by C) from the same reads, and
+``xnor_conv2d``'s optional ``pixel_scale`` / ``filter_scale`` / ``bias`` are applied as the
+results are stored (runtime flags: without them the kernel stores exactly as before).
+
 Importing this module adds the three methods to ``OpenCLBackend``.  gpumat/binary.py checks
 shapes and dtypes first, so these only plan and launch.  The kernels' tunables are
 preprocessor defines: CPU devices (PoCL) get 16-filter vectors, bit counting by shifts and
@@ -72,7 +77,10 @@ def _kernel(self, name, defines):
     if knl is None:
         knl = cl.Kernel(self.program(_SOURCE, defines), name)
         if name == "xnor_conv2d":
-            knl.set_scalar_arg_dtypes([None] * 3 + [_I32] * 15 + [_I64] * 3 + [_I32])
+            knl.set_scalar_arg_dtypes([None] * 3 + [_I32] * 15 + [_I64] * 3 + [_I32]
+                                      + [None] * 3 + [_I32])
+        elif name == "xnor_pack_conv_input_mean_abs":
+            knl.set_scalar_arg_dtypes([None] * 3 + [_I64] * 4)
         else:
             knl.set_scalar_arg_dtypes([None] * 2 + [_I64] * 4)
         cache[key] = knl
@@ -90,10 +98,13 @@ def images_per_launch(image_pixels, defines):
 
 
 def launch_conv(self, x, w, out, images, height, width, words, channels, filters, kernel,
-                stride, padding, out_hw, out_strides, params=None):
+                stride, padding, out_hw, out_strides, params=None, pixel_scale=None,
+                filter_scale=None, bias=None):
     """Run xnor_conv2d over ``images`` packed (height, width, words) images ``x`` and
     ``filters`` packed (kernel, words) filters ``w`` into ``out`` (int32 or float32) at
-    element strides ``out_strides`` = (image, filter, output pixel)."""
+    element strides ``out_strides`` = (image, filter, output pixel).  The optional float32
+    natives ``pixel_scale`` (images x output pixels), ``filter_scale`` and ``bias``
+    (filters) need a float32 ``out``: see kernels/common/xnor.h's epilogue."""
     params = parameters(self) if params is None else params
     defines = kernel_defines(params, filters)
     wg, pb = defines["XNOR_WG"], defines["XNOR_PB"]
@@ -102,12 +113,29 @@ def launch_conv(self, x, w, out, images, height, width, words, channels, filters
     step = images_per_launch(image_pixels, defines)
     knl = _kernel(self, "xnor_conv2d", defines)
     out_float = int(np.dtype(out.dtype) == np.float32)
+    factors, epilogue = epilogue_arguments(pixel_scale, filter_scale, bias)
+    if epilogue and not out_float:
+        raise errors.DtypeError("xnor_conv2d: scale and bias factors need float32 results")
     for first in range(0, images, step):
         count = min(step, images - first)
         grid = (_cdiv(count * image_pixels, wg * pb) * wg, _cdiv(filters, ob))
         knl(self.queue, grid, (wg, 1), _live(x), _live(w), out.data, first, count, height,
             width, words, channels, filters, kernel[0], kernel[1], stride[0], stride[1],
-            padding[0], padding[1], out_hw[0], out_hw[1], *out_strides, out_float)
+            padding[0], padding[1], out_hw[0], out_hw[1], *out_strides, out_float,
+            *factors, epilogue)
+
+
+def epilogue_arguments(pixel_scale, filter_scale, bias):
+    """xnor_conv2d's (pixel_scale, filter_scale, bias) buffers (None: a null pointer, never
+    read) and its epilogue flags (1, 2, 4 as in kernels/common/xnor.h)."""
+    factors, flags = [], 0
+    for bit, factor in ((1, pixel_scale), (2, filter_scale), (4, bias)):
+        if factor is None or factor.size == 0:
+            factors.append(None)
+        else:
+            factors.append(_live(factor))
+            flags |= bit
+    return factors, flags
 
 
 def _padded_work(pixels, filters, defines):
@@ -127,11 +155,13 @@ def gemm_roles(m, n, params):
 
 # ---- backend methods ----------------------------------------------------------------------
 
-def _pack_conv_input(self, x):
+def _pack_conv_input(self, x, mean_abs=False):
     n, c, h, w = x.shape
     words = _cdiv(c, 32)
     out = self.empty((n, h, w, words), np.uint32)
     params = parameters(self)
+    if mean_abs:
+        return out, _pack_mean_abs(self, x, out, params)
     blocks = n * words * _cdiv(h * w, params["XNOR_PACK_VW"])
     if blocks == 0:
         return out
@@ -140,6 +170,24 @@ def _pack_conv_input(self, x):
     knl = _kernel(self, "xnor_pack_conv_input", kernel_defines(params))
     knl(self.queue, (groups * wg,), (wg,), _live(x), out.data, n, c, h * w, words)
     return out
+
+
+def _pack_mean_abs(self, x, out, params):
+    """xnor_pack_conv_input_mean_abs: fills ``out`` and returns the (N, 1, H, W) mean |x|."""
+    n, c, h, w = x.shape
+    mean = self.empty((n, 1, h, w), np.float32)
+    blocks = n * _cdiv(h * w, params["XNOR_PACK_VW"])
+    if blocks == 0 or mean.size == 0:
+        return mean
+    if c == 0:                               # the mean of nothing, as NumPy's
+        self.free(mean)
+        return self.full((n, 1, h, w), np.nan, np.float32)
+    wg = params["PACK_WG"]
+    groups = min(_cdiv(blocks, wg), _MAX_GROUPS)
+    knl = _kernel(self, "xnor_pack_conv_input_mean_abs", kernel_defines(params))
+    knl(self.queue, (groups * wg,), (wg,), _live(x), out.data, mean.data, n, c, h * w,
+        _cdiv(c, 32))
+    return mean
 
 
 def _xnor_gemm(self, a, b, k, out_dtype):
@@ -161,7 +209,8 @@ def _xnor_gemm(self, a, b, k, out_dtype):
     return out
 
 
-def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype):
+def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
+                 pixel_scale=None, filter_scale=None, bias=None):
     n, h, w, words = xp.shape
     o, kh, kw = wp.shape[:3]
     oh, ow = out_hw
@@ -170,10 +219,31 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype):
         return out
     if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside
         self.free(out)
-        return self.full((n, o, oh, ow), 0, out_dtype)
+        # every v is 0: the epilogue still runs, on the zeros (through the same kernel,
+        # as a 1 x 1 "convolution" would be costlier to set up than this rare case)
+        out = self.full((n, o, oh, ow), 0, out_dtype)
+        if pixel_scale is None and filter_scale is None and bias is None:
+            return out
+        return _epilogue_on_host(self, out, pixel_scale, filter_scale, bias)
     launch_conv(self, xp, wp, out, n, h, w, words, channels, o, (kh, kw), stride, padding,
-                out_hw, (o * oh * ow, oh * ow, 1))
+                out_hw, (o * oh * ow, oh * ow, 1), pixel_scale=pixel_scale,
+                filter_scale=filter_scale, bias=bias)
     return out
+
+
+def _epilogue_on_host(self, out, pixel_scale, filter_scale, bias):
+    """The epilogue on an all-zero result (layers whose taps all fall outside the image):
+    the same float32 operations in NumPy, in the kernel's order."""
+    n, o, oh, ow = out.shape
+    y = self.to_numpy(out)
+    self.free(out)
+    if pixel_scale is not None:
+        y = y * self.to_numpy(pixel_scale).reshape(n, 1, oh, ow)
+    if filter_scale is not None:
+        y = y * self.to_numpy(filter_scale).reshape(1, o, 1, 1)
+    if bias is not None:
+        y = y + self.to_numpy(bias).reshape(1, o, 1, 1)
+    return self.from_numpy(np.ascontiguousarray(y, np.float32))
 
 
 OpenCLBackend.pack_conv_input = _pack_conv_input

@@ -41,9 +41,10 @@ Inference.  In ``eval()`` mode, when no gradient is being recorded (``no_grad()`
 ``nn.evaluate`` and ``nn.summary`` run; an eval-mode forward that records a graph, e.g. to
 fine-tune with frozen batch norm, takes the training path, which computes the same values):
 
-* ``"xnor"`` packs the input's signs (``gm.pack_conv_input`` / ``gm.pack_signs``) and runs
-  ``gm.xnor_conv2d`` / ``gm.xnor_gemm`` on the cached packed weight, then scales by K and
-  alpha and adds the bias (the same operations in the same order as the training forward);
+* ``"xnor"`` packs the input's signs (``gm.pack_conv_input``, which also gives the channel
+  mean of |x| in the same pass, / ``gm.pack_signs``) and runs ``gm.xnor_conv2d`` /
+  ``gm.xnor_gemm`` on the cached packed weight; the convolution scales by K and alpha and
+  adds the bias as it stores its results (the training forward's operations in its order);
 * ``"bwn"`` / ``"dorefa"`` keep the float input, so they run the float convolution / product
   with the cached b(W) * alpha (the packed path needs binary activations).
 
@@ -385,14 +386,18 @@ class BinaryConv2d(_Binary, Conv2d):
         bias = None if self.bias is None else self.bias.data
         if self.mode != "xnor":
             return gm.conv2d(x, cache["weight"], bias, stride=self.stride, padding=self.padding)
+        if cache["packed"] is not None and x.dtype == np.float32:
+            # one pass packs x and takes its channel mean |x|; the kernel scales by K and
+            # alpha and adds the bias as it stores (the training path's order of operations)
+            packed, mean_abs = gm.pack_conv_input(x, mean_abs=True)
+            k = _window_mean(mean_abs, self.kernel_size, self.stride, self.padding,
+                             differentiable=False)
+            return gm.xnor_conv2d(packed, cache["packed"], stride=self.stride,
+                                  padding=self.padding, channels=x.shape[1], pixel_scale=k,
+                                  filter_scale=cache["alpha"], bias=bias)
         k = _window_mean(gm.abs(x).mean(axis=1, keepdims=True), self.kernel_size, self.stride,
                          self.padding, differentiable=False)
-        if cache["packed"] is not None and x.dtype == np.float32:
-            y = gm.xnor_conv2d(gm.pack_conv_input(x), cache["packed"], stride=self.stride,
-                               padding=self.padding, channels=x.shape[1], dtype="float32")
-        else:
-            y = gm.conv2d(sign(x), cache["weight"], None, stride=self.stride,
-                          padding=self.padding)
+        y = gm.conv2d(sign(x), cache["weight"], None, stride=self.stride, padding=self.padding)
         y = y * k * cache["alpha"].reshape(1, -1, 1, 1)
         return y if bias is None else y + bias.reshape(1, -1, 1, 1)
 

@@ -13,14 +13,24 @@
  *     x[n, 32 w + j, h, w] >= 0).  A grid-stride loop over N * Wc * ceil(HW / XNOR_PACK_VW)
  *     runs of consecutive pixels, so any grid covers them; consecutive work-items read
  *     consecutive pixels (coalesced on a GPU, whole vectors on a CPU).
+ *   xnor_pack_conv_input_mean_abs(const float* x, u32* out, float* mean, i64 N, C, HW, Wc)
+ *     the same words, and mean (N, 1, H, W) float32: the channel mean of |x| per pixel
+ *     (float32 sum in channel order, divided by C), from the same reads (see below).
  *   xnor_conv2d(const u32* x, const u32* w, int* out, int n0, N, H, W, Wc, C, O, kh, kw,
- *               sh, sw, ph, pw, Ho, Wo, i64 out_sn, i64 out_so, i64 out_sp, int out_float)
+ *               sh, sw, ph, pw, Ho, Wo, i64 out_sn, i64 out_so, i64 out_sp, int out_float,
+ *               const float* pixel_scale, const float* filter_scale, const float* bias,
+ *               int epilogue)
  *     x (.., H, W, Wc) packed images, w (O, kh, kw, Wc) packed filters; for every image n of
  *     n0 .. n0 + N - 1, filter o and output pixel (oh, ow):
  *       y = sum over the taps (i, j) whose input pixel (oh sh - ph + i, ow sw - pw + j)
  *           lies inside the image of  C - 2 popcount(x[n, ih, iw, :] XOR w[o, i, j, :])
  *     stored at out[n out_sn + o out_so + (oh Wo + ow) out_sp], as int32, or as float32 bits
  *     when out_float != 0 (exact: |y| <= kh kw C, below 2^24 for any real layer).
+ *     The epilogue (float results only; flags XNOR_PIXEL_SCALE | XNOR_FILTER_SCALE |
+ *     XNOR_BIAS, 0 for none; the pointers of clear flags are never read and may be null)
+ *     stores ((y * pixel_scale[(n0 + n) Ho Wo + oh Wo + ow]) * filter_scale[o]) + bias[o]
+ *     instead, each operation rounded to float32 on its own (no fused multiply-add), so it
+ *     is bit-identical to NumPy's float32 ((y * K) * alpha) + bias on the plain result.
  *     Skipping the out-of-image taps is exact, not an approximation: the binarised
  *     convolution with ordinary zero padding, conv2d(b(x), b(w)) with b(v) = +1 if v >= 0
  *     else -1, multiplies the padding zeros by weights, so those taps add exactly 0.
@@ -103,21 +113,42 @@
 #define XNOR_CAT(a, b) XNOR_CAT_(a, b)
 #define XNOR_UNROLL _Pragma("unroll")
 
+/* The epilogue's float32 products and sums are rounded one by one, never contracted into
+ * fused multiply-adds, so that they equal NumPy's float32 ((y * K) * alpha) + bias bit for
+ * bit: OpenCL by the FP_CONTRACT pragma (its default lets a compiler contract a * b + c),
+ * CUDA (whose compilers contract by default, --fmad=true) by the round-to-nearest
+ * intrinsics, which are never contracted. */
 #if defined(GPUMAT_CUDA)
   #if XNOR_VW != 1 || XNOR_PACK_VW != 1
     #error "the CUDA build of xnor.h supports XNOR_VW = XNOR_PACK_VW = 1 only"
   #endif
   #define XNOR_FLOAT_BITS(v) __float_as_int(v)
   #define XNOR_KERNEL(wg) extern "C" __global__ void __launch_bounds__(wg)
+  #define XNOR_MUL_RN(a, b) __fmul_rn(a, b)
+  #define XNOR_ADD_RN(a, b) __fadd_rn(a, b)
+  #define XNOR_FABS(v) fabsf(v)
 #else
+  #pragma OPENCL FP_CONTRACT OFF
   #define XNOR_FLOAT_BITS(v) as_int(v)
   #define XNOR_KERNEL(wg) __kernel __attribute__((reqd_work_group_size(wg, 1, 1))) void
+  #define XNOR_MUL_RN(a, b) ((a) * (b))
+  #define XNOR_ADD_RN(a, b) ((a) + (b))
+  #define XNOR_FABS(v) fabs(v)
 #endif
+
+/* xnor_conv2d's epilogue flags (its `epilogue` argument; a set flag needs out_float) */
+#define XNOR_PIXEL_SCALE 1
+#define XNOR_FILTER_SCALE 2
+#define XNOR_BIAS 4
 
 /* vectors of XNOR_VW filter words */
 #if XNOR_VW == 1
   typedef u32 xnor_words;
   typedef int xnor_ints;
+  typedef float xnor_floats;
+  #define XNOR_FLOATS(v) ((float)(v))
+  #define XNOR_LOAD_FLOATS(p) (*(p))
+  #define XNOR_AS_INTS_F(f) XNOR_FLOAT_BITS(f)
   #define XNOR_LOAD_WORDS(p) (*(p))
   #define XNOR_AS_INTS(v) ((int)(v))
   #define XNOR_INTS(v) ((int)(v))
@@ -126,6 +157,10 @@
 #else
   typedef XNOR_CAT(uint, XNOR_VW) xnor_words;
   typedef XNOR_CAT(int, XNOR_VW) xnor_ints;
+  typedef XNOR_CAT(float, XNOR_VW) xnor_floats;
+  #define XNOR_FLOATS(v) XNOR_CAT(convert_float, XNOR_VW)(v)
+  #define XNOR_LOAD_FLOATS(p) XNOR_CAT(vload, XNOR_VW)(0, p)
+  #define XNOR_AS_INTS_F(f) XNOR_CAT(as_int, XNOR_VW)(f)
   #define XNOR_LOAD_WORDS(p) XNOR_CAT(vload, XNOR_VW)(0, p)
   #define XNOR_AS_INTS(v) XNOR_CAT(as_int, XNOR_VW)(v)
   #define XNOR_INTS(v) ((xnor_ints)(v))
@@ -138,11 +173,15 @@
 /* vectors of XNOR_PACK_VW consecutive pixels */
 #if XNOR_PACK_VW == 1
   typedef u32 xnor_pack_words;
+  typedef float xnor_pack_floats;
+  #define XNOR_PACK_STORE_FLOATS(v, p) (*(p) = (v))
   #define XNOR_PACK_LOAD(p) (*(p))
   #define XNOR_PACK_NONNEG(v) ((u32)((v) >= 0.0f))
   #define XNOR_PACK_LANE(v, l) (v)
 #else
   typedef XNOR_CAT(uint, XNOR_PACK_VW) xnor_pack_words;
+  typedef XNOR_CAT(float, XNOR_PACK_VW) xnor_pack_floats;
+  #define XNOR_PACK_STORE_FLOATS(v, p) XNOR_CAT(vstore, XNOR_PACK_VW)(v, 0, p)
   #define XNOR_PACK_LOAD(p) XNOR_CAT(vload, XNOR_PACK_VW)(0, p)
   /* a vector comparison gives -1 (all bits) for true: its top bit is the sign bit we want */
   #define XNOR_PACK_NONNEG(v) (XNOR_CAT(as_uint, XNOR_PACK_VW)((v) >= 0.0f) >> 31)
@@ -269,6 +308,69 @@ KERNEL void xnor_pack_conv_input(GLOBAL const float* RESTRICT x, GLOBAL u32* RES
     }
 }
 
+/* xnor_pack_conv_input_mean_abs(x, out, mean, N, C, HW, Wc): xnor_pack_conv_input's words,
+ * and mean (N, 1, H, W) float32 = the mean over channels of |x[n, :, h, w]|, from the same
+ * reads.  A work-item takes a run of XNOR_PACK_VW pixels through all Wc words (so one
+ * work-item sees all of its pixels' channels: no reduction across work-items), summing |x|
+ * in float32 in channel order 0 .. C - 1, then divides the sum by C (one float32 division,
+ * not a multiplication by 1 / C).  A grid-stride loop over N * ceil(HW / XNOR_PACK_VW). */
+KERNEL void xnor_pack_conv_input_mean_abs(GLOBAL const float* RESTRICT x,
+                                          GLOBAL u32* RESTRICT out,
+                                          GLOBAL float* RESTRICT mean,
+                                          i64 N, i64 C, i64 HW, i64 Wc)
+{
+    const i64 blocks = (HW + XNOR_PACK_VW - 1) / XNOR_PACK_VW;
+    const i64 total = N * blocks;
+    const float channels = (float)C;
+    for (i64 t = GLOBAL_ID_0; t < total; t += GLOBAL_SIZE_0) {
+        const i64 n = t / blocks;
+        const i64 p0 = (t - n * blocks) * XNOR_PACK_VW;
+        if (p0 + XNOR_PACK_VW <= HW) {
+            xnor_pack_floats sum = 0.0f;
+            for (i64 cw = 0; cw < Wc; ++cw) {
+                GLOBAL const float* src = x + (n * C + 32 * cw) * HW + p0;
+                const i64 count = C - 32 * cw;
+                xnor_pack_words word = 0;
+                if (count >= 32) {
+                    XNOR_UNROLL
+                    for (int j = 0; j < 32; ++j) {
+                        const xnor_pack_floats v = XNOR_PACK_LOAD(src + j * HW);
+                        word |= XNOR_PACK_NONNEG(v) << j;
+                        sum += XNOR_FABS(v);
+                    }
+                } else {
+                    for (int j = 0; j < (int)count; ++j) {
+                        const xnor_pack_floats v = XNOR_PACK_LOAD(src + j * HW);
+                        word |= XNOR_PACK_NONNEG(v) << j;
+                        sum += XNOR_FABS(v);
+                    }
+                }
+                GLOBAL u32* dst = out + (n * HW + p0) * Wc + cw;
+                XNOR_UNROLL
+                for (int l = 0; l < XNOR_PACK_VW; ++l)
+                    dst[l * Wc] = XNOR_PACK_LANE(word, l);
+            }
+            XNOR_PACK_STORE_FLOATS(sum / channels, mean + n * HW + p0);
+        } else {             /* the pixels past the last whole vector of a plane */
+            for (i64 p = p0; p < HW; ++p) {
+                float sum = 0.0f;
+                for (i64 cw = 0; cw < Wc; ++cw) {
+                    GLOBAL const float* src = x + (n * C + 32 * cw) * HW + p;
+                    const int bits = C - 32 * cw >= 32 ? 32 : (int)(C - 32 * cw);
+                    u32 word = 0;
+                    for (int j = 0; j < bits; ++j) {
+                        const float v = src[j * HW];
+                        word |= (u32)(v >= 0.0f) << j;
+                        sum += XNOR_FABS(v);
+                    }
+                    out[(n * HW + p) * Wc + cw] = word;
+                }
+                mean[n * HW + p] = sum / channels;
+            }
+        }
+    }
+}
+
 /* ---- xnor_conv2d ---------------------------------------------------------------------- */
 
 /* Rows of the local stage (and slots of its row table, 20 bytes each) */
@@ -383,7 +485,10 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
                                  GLOBAL int* RESTRICT out, int n0, int N, int H, int W,
                                  int Wc, int C, int O, int kh, int kw, int sh, int sw,
                                  int ph, int pw, int Ho, int Wo,
-                                 i64 out_sn, i64 out_so, i64 out_sp, int out_float)
+                                 i64 out_sn, i64 out_so, i64 out_sp, int out_float,
+                                 GLOBAL const float* pixel_scale,
+                                 GLOBAL const float* filter_scale,
+                                 GLOBAL const float* bias, int epilogue)
 {
     /* the group's filters, transposed: stage[r * OB + f] is row r of filter o0 + f */
     LOCAL u32 stage[XNOR_ROWS * XNOR_OB];
@@ -411,6 +516,8 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
     const int p_first = (int)GROUP_ID_0 * (XNOR_WG * XNOR_PB) + lid;
     #define XNOR_PIXEL_STEP XNOR_WG
 #endif
+    /* pixel_scale index of the work-item's pixel q: pixel_first + q * XNOR_PIXEL_STEP */
+    const i64 pixel_first = (i64)n0 * pixels + p_first;
     i64 x_corner[XNOR_PB], o_base[XNOR_PB];
     int ih0[XNOR_PB], iw0[XNOR_PB], live[XNOR_PB], interior[XNOR_PB];
     xnor_words total[XNOR_PB][XNOR_NV];
@@ -560,6 +667,38 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
         }
     }
 
+    /* The epilogue, applied to float results as they are stored: XNOR_FILTER_FACTORS(o)
+     * loads filter_scale and bias of the vector of filters o .. o + VW - 1 (0 past O, or
+     * when not asked for) into fs_ and bs_; XNOR_EPILOGUE(y, q) turns the ints y of pixel q
+     * into the bits of ((float(y) * pixel_scale) * filter_scale) + bias, each step rounded
+     * on its own (XNOR_MUL_RN / XNOR_ADD_RN) and skipped when its flag is clear. */
+    #define XNOR_FILTER_FACTORS(o)                                                  \
+        xnor_floats fs_ = 0.0f, bs_ = 0.0f;                                         \
+        if (epilogue & (XNOR_FILTER_SCALE | XNOR_BIAS)) {                           \
+            float fl_[XNOR_VW], bl_[XNOR_VW];                                       \
+            XNOR_UNROLL                                                             \
+            for (int l_ = 0; l_ < XNOR_VW; ++l_) {                                  \
+                const int ok_ = (o) + l_ < O;                                       \
+                fl_[l_] = ok_ && (epilogue & XNOR_FILTER_SCALE)                     \
+                          ? filter_scale[(o) + l_] : 0.0f;                          \
+                bl_[l_] = ok_ && (epilogue & XNOR_BIAS) ? bias[(o) + l_] : 0.0f;     \
+            }                                                                       \
+            fs_ = XNOR_LOAD_FLOATS(fl_);                                            \
+            bs_ = XNOR_LOAD_FLOATS(bl_);                                            \
+        }
+    #define XNOR_EPILOGUE(y, q)                                                     \
+        do {                                                                        \
+            xnor_floats f_ = XNOR_FLOATS(y);                                        \
+            if (epilogue & XNOR_PIXEL_SCALE)                                        \
+                f_ = XNOR_MUL_RN(f_, live[q] ? pixel_scale[pixel_first +            \
+                                     (i64)(q) * XNOR_PIXEL_STEP] : 0.0f);           \
+            if (epilogue & XNOR_FILTER_SCALE)                                       \
+                f_ = XNOR_MUL_RN(f_, fs_);                                          \
+            if (epilogue & XNOR_BIAS)                                               \
+                f_ = XNOR_ADD_RN(f_, bs_);                                          \
+            y = XNOR_AS_INTS_F(f_);                                                 \
+        } while (0)
+
     /* y = valid_taps * C - 2 * popcounts.  Stored filter by filter, each filter's pixels in
      * turn: on a CPU the VW filters of a vector lie a whole plane apart (4 KiB for 32 x 32
      * images, one cache set), so lane-by-lane stores of each pixel would thrash L1. */
@@ -580,12 +719,15 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
     for (int v = 0; v < XNOR_NV; ++v) {
         const int o_first = o0 + v * 16;
         const int lanes = O - o_first < 16 ? O - o_first : 16;
+        XNOR_FILTER_FACTORS(o_first);
         for (int q0 = 0; q0 < XNOR_PB; q0 += 16) {
             int16 block[16];
             XNOR_UNROLL
             for (int k = 0; k < 16; ++k) {
                 int16 y = (int16)(base[q0 + k]) - 2 * as_int16(total[q0 + k][v]);
-                block[k] = out_float ? as_int16(convert_float16(y)) : y;
+                if (out_float)
+                    XNOR_EPILOGUE(y, q0 + k);
+                block[k] = y;
             }
             if (lanes == 16 && out_so == 1) {            /* filters adjacent (xnor_gemm) */
                 for (int k = 0; k < 16; ++k)
@@ -607,11 +749,12 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
 #else
     XNOR_UNROLL
     for (int v = 0; v < XNOR_NV; ++v) {
+        XNOR_FILTER_FACTORS(o0 + v * XNOR_VW);
         int ys[XNOR_PB][XNOR_VW];
         for (int q = 0; q < XNOR_PB; ++q) {
             xnor_ints y = XNOR_INTS(base[q]) - 2 * XNOR_AS_INTS(total[q][v]);
             if (out_float)
-                y = XNOR_FLOAT_BITS_V(y);
+                XNOR_EPILOGUE(y, q);
             XNOR_STORE_LANES(y, ys[q]);
         }
         const int o_first = o0 + v * XNOR_VW;

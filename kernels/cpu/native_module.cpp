@@ -800,7 +800,7 @@ nb::object xnor_result(bool is_float, const std::vector<size_t> &shape, Kernel &
     return is_float ? run(float{}) : run(int32_t{});
 }
 
-nb::object pack_conv_input(const AnyCpuArray &x) {
+nb::object pack_conv_input(const AnyCpuArray &x, bool mean_abs) {
     const char *what = "pack_conv_input";
     if (x.dtype() != nb::dtype<float>())
         fail_type(what, "x must be float32, got dtype " + gpumat::dtype_name(x.dtype()));
@@ -808,12 +808,24 @@ nb::object pack_conv_input(const AnyCpuArray &x) {
     const int64_t n = extent(x, 0), c = extent(x, 1), h = extent(x, 2), w = extent(x, 3);
     const int64_t words = (c + 31) / 32;
     gpumat::Result<uint32_t> out({(size_t) n, (size_t) h, (size_t) w, (size_t) words}, false);
+    std::optional<gpumat::Result<float>> mean;
+    if (mean_abs) {
+        // C = 0: the mean of nothing, NaN (as NumPy's)
+        mean.emplace(std::vector<size_t>{(size_t) n, 1, (size_t) h, (size_t) w}, false);
+        if (c == 0)
+            std::fill(mean->data(), mean->data() + n * h * w,
+                      std::numeric_limits<float>::quiet_NaN());
+    }
     const float *source = static_cast<const float *>(x.data());
     {
         nb::gil_scoped_release release;
-        gpumat::xnor::pack_conv_input(source, out.data(), n, c, h, w);
+        gpumat::xnor::pack_conv_input(source, out.data(), n, c, h, w,
+                                      mean ? mean->data() : nullptr);
     }
-    return out.release();
+    if (!mean)
+        return out.release();
+    nb::object packed = out.release();
+    return nb::make_tuple(packed, mean->release());
 }
 
 // the largest k (or kh * kw * C) whose sums stay well inside int32
@@ -841,8 +853,33 @@ nb::object xnor_gemm(const AnyCpuArray &a, const AnyCpuArray &b, int64_t k,
     });
 }
 
+// An optional float32 C-contiguous epilogue operand of xnor_conv2d with `shape`.
+const float *xnor_scale(const std::optional<AnyCpuArray> &v, const char *what, const char *name,
+                        const std::vector<int64_t> &shape) {
+    if (!v)
+        return nullptr;
+    if (v->dtype() != nb::dtype<float>())
+        fail_type(what, std::string(name) + " must be float32, got dtype " +
+                            gpumat::dtype_name(v->dtype()));
+    require_layout(*v, what, name, (int) shape.size());
+    bool same = true;
+    for (size_t i = 0; i < shape.size(); ++i)
+        same = same && extent(*v, i) == shape[i];
+    if (!same) {
+        std::string wanted = "(";
+        for (size_t i = 0; i < shape.size(); ++i)
+            wanted += (i ? ", " : "") + std::to_string(shape[i]);
+        fail_value(what, std::string(name) + " must have shape " + wanted +
+                             (shape.size() == 1 ? ",)" : ")") + ", got " +
+                             gpumat::shape_text(*v));
+    }
+    return static_cast<const float *>(v->data());
+}
+
 nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t channels,
-                       Pair stride, Pair padding, Pair out_hw, const std::string &out_dtype) {
+                       Pair stride, Pair padding, Pair out_hw, const std::string &out_dtype,
+                       std::optional<AnyCpuArray> pixel_scale,
+                       std::optional<AnyCpuArray> filter_scale, std::optional<AnyCpuArray> bias) {
     const char *what = "xnor_conv2d";
     require_packed(xp, what, "xp", 4);
     require_packed(wp, what, "wp", 4);
@@ -877,13 +914,18 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
         fail_value(what, "out_hw is (" + std::to_string(out_hw.first) + ", " +
                              std::to_string(out_hw.second) + ") but this geometry gives (" +
                              std::to_string(oh) + ", " + std::to_string(ow) + ")");
+    if (!is_float && (pixel_scale || filter_scale || bias))
+        fail_value(what, "pixel_scale, filter_scale and bias need out_dtype float32");
+    const float *pixel_data = xnor_scale(pixel_scale, what, "pixel_scale", {n, oh, ow});
+    const float *filter_data = xnor_scale(filter_scale, what, "filter_scale", {o});
+    const float *bias_data = xnor_scale(bias, what, "bias", {o});
     const uint32_t *x_data = static_cast<const uint32_t *>(xp.data());
     const uint32_t *w_data = static_cast<const uint32_t *>(wp.data());
     return xnor_result(is_float, {(size_t) n, (size_t) o, (size_t) oh, (size_t) ow},
                        [&](void *out) {
         gpumat::xnor::xnor_conv2d(x_data, w_data, n, channels, h, w, o, kh, kw, stride.first,
                                   stride.second, padding.first, padding.second, oh, ow, out,
-                                  is_float);
+                                  is_float, pixel_data, filter_data, bias_data);
     });
 }
 
@@ -993,10 +1035,12 @@ NB_MODULE(_native, module) {
     module.def("force_direct_conv_tile", &force_direct_conv_tile, "pass_name"_a, "index"_a,
                "Force a pass to one entry of direct_conv_tiles() (-1: the cost model\n"
                "picks); forcing a backward_weight form also forces that form.");
-    module.def("pack_conv_input", &pack_conv_input, "x"_a.noconvert(),
+    module.def("pack_conv_input", &pack_conv_input, "x"_a.noconvert(), "mean_abs"_a = false,
                "The channel signs of each pixel of a C-contiguous float32 N x C x H x W\n"
                "array, packed: uint32 N x H x W x ceil(C / 32), bit j of word w of pixel\n"
-               "(n, h, x) set iff x[n, 32 w + j, h, x] >= 0 (NaN 0, -0.0 1), padding 0.");
+               "(n, h, x) set iff x[n, 32 w + j, h, x] >= 0 (NaN 0, -0.0 1), padding 0.\n"
+               "mean_abs: returns (packed, mean), mean float32 N x 1 x H x W the mean of |x|\n"
+               "over the channels (float32 sum in channel order, divided by C), same pass.");
     module.def("xnor_gemm", &xnor_gemm, "a"_a.noconvert(), "b"_a.noconvert(), "k"_a,
                "out_dtype"_a,
                "k - 2 popcount(a[i] XOR b[j]) for packed uint32 rows a (m x ceil(k / 32))\n"
@@ -1004,10 +1048,16 @@ NB_MODULE(_native, module) {
                "vectors, int32 or float32 (out_dtype); the padding bits never count.");
     module.def("xnor_conv2d", &xnor_conv2d, "xp"_a.noconvert(), "wp"_a.noconvert(),
                "channels"_a, "stride"_a, "padding"_a, "out_hw"_a, "out_dtype"_a,
+               "pixel_scale"_a.noconvert().none() = nb::none(),
+               "filter_scale"_a.noconvert().none() = nb::none(),
+               "bias"_a.noconvert().none() = nb::none(),
                "conv2d(b(x), b(w)) with zero padding, b = +1 for a set bit and -1 else, of\n"
                "a packed input xp (N x H x W x ceil(C / 32), from pack_conv_input) and\n"
                "packed weights wp (O x kh x kw x ceil(C / 32)): N x O x OH x OW, int32 or\n"
-               "float32 (out_dtype); out_hw must be the geometry's output size.");
+               "float32 (out_dtype); out_hw must be the geometry's output size.  float32\n"
+               "only: pixel_scale (N, OH, OW), filter_scale (O,), bias (O,) make it\n"
+               "((v * pixel_scale[n, oh, ow]) * filter_scale[o]) + bias[o] in float32\n"
+               "(no FMA), each factor left out where None, applied as results are stored.");
     module.def("xnor_isa",
                [] { return std::string(gpumat::xnor::isa_name(gpumat::xnor::current_isa())); },
                "The instruction set the XNOR kernels use: baseline, avx2, avx512bw or\n"

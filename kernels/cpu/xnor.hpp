@@ -71,6 +71,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -161,6 +162,38 @@ inline Output float_output(bool out_float, double largest) {
     return !out_float ? kInt : largest < double(1 << 24) ? kFloatFma : kFloat;
 }
 
+// The fused epilogue of one output vector (float32 results only): r = ((r * pixel[l]) *
+// filter) + bias, each factor left out where absent, in that order, rounded after every
+// operation (never contracted into an FMA: the result is the NumPy expression's in float32).
+struct Scale {
+    const float *pixel;             // this vector's lanes' pixel scales, or null
+    float filter, bias;
+    bool has_filter, has_bias;
+};
+
+// The baseline copy's epilogue, scalar: out of line, where the compiler may not contract (GCC
+// contracts across statements under its default -ffp-contract=fast where the target has FMA).
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((noinline, optimize("fp-contract=off")))
+#elif defined(__clang__)
+__attribute__((noinline))
+#endif
+inline void scale_values(float *values, int count, const Scale &s) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int l = 0; l < count; ++l) {
+        float r = values[l];
+        if (s.pixel != nullptr)
+            r = r * s.pixel[l];
+        if (s.has_filter)
+            r = r * s.filter;
+        if (s.has_bias)
+            r = r + s.bias;
+        values[l] = r;
+    }
+}
+
 struct BlockJob {
     const void *planes;             // uint32 words, or uint16 for 16-bit lanes
     const int64_t *offsets;
@@ -173,6 +206,13 @@ struct BlockJob {
     const void *base_table;         // int32, or float for kFloatFma
     int64_t base_filter_stride;
     int32_t base_constant;
+    // the fused epilogue (float output, lanes contiguous in the output; see Scale), each null
+    // where absent: pixel_scale indexed as the base table's lanes (lane + lane_shift),
+    // filter_scale and bias by filter
+    const float *pixel_scale = nullptr, *filter_scale = nullptr, *bias = nullptr;
+    bool scaled() const {
+        return pixel_scale != nullptr || filter_scale != nullptr || bias != nullptr;
+    }
 };
 
 // Planes for a block of output rows hold this many words after their last row: a tile's last
@@ -219,9 +259,10 @@ struct Kernels {
     // lanes [lane_begin, lane_end) of filter block `block`
     void (*run_block)(const BlockJob &, int64_t block, int64_t lane_begin, int64_t lane_end);
     // pixels [p0, p1) of one image x (C x HW floats) packed into out (HW x Wc words), with
-    // Wc x (p1 - p0) words of scratch
+    // Wc x (p1 - p0) words of scratch; where mean is not null, also mean[p] = the mean of
+    // |x| over the channels of each pixel p (mean: the image's HW floats)
     void (*pack_pixels)(const float *x, uint32_t *out, int64_t channels, int64_t pixels,
-                        int64_t p0, int64_t p1, uint32_t *scratch);
+                        int64_t p0, int64_t p1, uint32_t *scratch, float *mean);
     // the column planes of output rows [oh0, oh0 + rows) of one image (H x W x Wc words)
     void (*build_planes)(const ConvPlan &, const uint32_t *image, int64_t oh0, int64_t rows,
                          void *scratch);
@@ -452,9 +493,13 @@ inline int pool_threads(double work) {
 // ---- pack_conv_input ----------------------------------------------------------------------------
 
 // out (N x H x W x Wc words) = the channel signs of each pixel of x (N x C x H x W floats):
-// bit j of word w of pixel (n, h, x) is x[n][32 w + j][h][x] >= 0, padding bits 0.
+// bit j of word w of pixel (n, h, x) is x[n][32 w + j][h][x] >= 0, padding bits 0.  Where
+// `mean` (N x H x W floats) is not null, the same pass also writes mean[n][h][x] = the mean
+// of |x[n][c][h][x]| over the channels: summed in float32 in channel order 0, 1, ..., C - 1
+// (starting from 0.0f), then divided by C (one correctly rounded division, not a
+// multiplication by 1 / C).
 inline void pack_conv_input(const float *x, uint32_t *out, int64_t batch, int64_t channels,
-                            int64_t height, int64_t width) {
+                            int64_t height, int64_t width, float *mean = nullptr) {
     const int64_t pixels = height * width;
     if (batch == 0 || pixels == 0 || channels == 0)
         return;
@@ -475,7 +520,7 @@ inline void pack_conv_input(const float *x, uint32_t *out, int64_t batch, int64_
         Scratch &scratch = thread_scratch();
         uint32_t *buffer = words > 1 ? scratch.get((size_t) (words * (p1 - p0))) : nullptr;
         k.pack_pixels(x + n * channels * pixels, out + n * pixels * words, channels, pixels, p0,
-                      p1, buffer);
+                      p1, buffer, mean == nullptr ? nullptr : mean + n * pixels);
         scratch.trim();
     });
 }
@@ -768,11 +813,17 @@ inline std::vector<int32_t> conv_base_table(const ConvPlan &p, const uint32_t *w
 // out (N x O x OH x OW, int32 or float32) = conv2d(b(x), b(w)) with zero padding, b(v) = +1
 // for v >= 0 and -1 else, of the packed input xp (N x H x W x Wc) and weights wp
 // (O x kh x kw x Wc) of C channels; (OH, OW) must be the convolution's output size.
+// Float output only: pixel_scale (N x OH x OW), filter_scale (O) and bias (O), each null
+// where absent, make it out[n][o][q] = ((v * pixel_scale[n][q]) * filter_scale[o]) + bias[o]
+// in float32, v the float result, applied as the results are stored (see Scale).
 inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, int64_t channels,
                         int64_t height, int64_t width, int64_t out_channels, int64_t kernel_h,
                         int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
                         int64_t pad_w, int64_t out_h, int64_t out_w, void *out,
-                        bool out_float) {
+                        bool out_float, const float *pixel_scale = nullptr,
+                        const float *filter_scale = nullptr, const float *bias = nullptr) {
+    if (!out_float)
+        pixel_scale = filter_scale = bias = nullptr;     // (the bindings refuse them)
     const int64_t pixels = out_h * out_w;
     if (batch == 0 || out_channels == 0 || pixels == 0)
         return;
@@ -820,6 +871,9 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
         job.base_table = base.empty() ? nullptr : base.data();
         job.base_filter_stride = pixels;
         job.base_constant = (int32_t) (kernel_h * kernel_w * channels);
+        job.pixel_scale = pixel_scale == nullptr ? nullptr : pixel_scale + n * pixels;
+        job.filter_scale = filter_scale;
+        job.bias = bias;
         for (int64_t block = 0; block < blocks; ++block)
             run_block(job, block, 0, rows * out_w);
         scratch.trim();

@@ -71,15 +71,34 @@ struct Engine {
     }
 #endif
 
-    template <int Out, bool Table>
+    // the fused epilogue (Scale): separate multiplies and add, the product hidden from the
+    // compiler before the add (GCC's intrinsics are plain vector operators that its default
+    // -ffp-contract=fast would fuse into an FMA)
+    template <bool Scaled>
+    static GPUMAT_XNOR_INLINE __m512 scale(__m512 r, const Scale &s, __mmask16 mask) {
+        if (Scaled) {
+            if (s.pixel != nullptr)
+                r = _mm512_mul_ps(r, _mm512_maskz_loadu_ps(mask, s.pixel));
+            if (s.has_filter)
+                r = _mm512_mul_ps(r, _mm512_set1_ps(s.filter));
+            if (s.has_bias) {
+                __asm__("" : "+v"(r));
+                r = _mm512_add_ps(r, _mm512_set1_ps(s.bias));
+            }
+        }
+        return r;
+    }
+
+    template <int Out, bool Table, bool Scaled>
     static GPUMAT_XNOR_INLINE void finish(V acc, const void *base, int32_t base_constant,
-                                          void *out, int count) {
+                                          void *out, int count, const Scale &s) {
         const __mmask16 mask = (__mmask16) ((1u << count) - 1u);
         if (Out == kFloatFma) {
             // base - 2 acc in one rounding of exact operands: exact
             const __m512 b = Table ? _mm512_maskz_loadu_ps(mask, base)
                                    : _mm512_set1_ps((float) base_constant);
-            const __m512 r = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(-2.0f), b);
+            const __m512 r = scale<Scaled>(
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(-2.0f), b), s, mask);
             if (count == L)
                 _mm512_storeu_ps(out, r);
             else
@@ -89,10 +108,11 @@ struct Engine {
         const V b = Table ? _mm512_maskz_loadu_epi32(mask, base) : _mm512_set1_epi32(base_constant);
         const V r = _mm512_sub_epi32(b, _mm512_slli_epi32(acc, 1));
         if (Out == kFloat) {
+            const __m512 f = scale<Scaled>(_mm512_cvtepi32_ps(r), s, mask);
             if (count == L)
-                _mm512_storeu_ps(out, _mm512_cvtepi32_ps(r));
+                _mm512_storeu_ps(out, f);
             else
-                _mm512_mask_storeu_ps(out, mask, _mm512_cvtepi32_ps(r));
+                _mm512_mask_storeu_ps(out, mask, f);
         } else if (count == L) {
             _mm512_storeu_si512(out, r);
         } else {
@@ -123,17 +143,21 @@ struct Engine16 {
     }
     static GPUMAT_XNOR_INLINE V flush(V acc, V c) { return _mm512_add_epi16(acc, c); }
 
-    template <int Out, bool Table>
+    template <int Out, bool Table, bool Scaled>
     static GPUMAT_XNOR_INLINE void finish(V acc, const void *base, int32_t base_constant,
-                                          void *out, int count) {
+                                          void *out, int count, const Scale &s) {
         const V low = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(acc));
-        Engine::finish<Out, Table>(low, base, base_constant, out, std::min(count, 16));
+        Engine::finish<Out, Table, Scaled>(low, base, base_constant, out, std::min(count, 16),
+                                           s);
         if (count > 16) {
             const V high = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(acc, 1));
-            Engine::finish<Out, Table>(high, Table ? static_cast<const char *>(base) + 64
-                                                   : nullptr,
-                                       base_constant, static_cast<char *>(out) + 64,
-                                       count - 16);
+            Scale upper = s;
+            if (Scaled && upper.pixel != nullptr)
+                upper.pixel += 16;
+            Engine::finish<Out, Table, Scaled>(high, Table ? static_cast<const char *>(base) + 64
+                                                           : nullptr,
+                                               base_constant, static_cast<char *>(out) + 64,
+                                               count - 16, upper);
         }
     }
 };
@@ -179,9 +203,26 @@ struct Engine {
         const V pairs = _mm256_maddubs_epi16(c, _mm256_set1_epi8(1));
         return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
     }
-    template <int Out, bool Table>
+    // the fused epilogue (Scale), as the AVX-512 copy's
+    template <bool Scaled>
+    static GPUMAT_XNOR_INLINE __m256 scale(__m256 r, const Scale &s, V mask, int count) {
+        if (Scaled) {
+            if (s.pixel != nullptr)
+                r = _mm256_mul_ps(r, count == L ? _mm256_loadu_ps(s.pixel)
+                                                : _mm256_maskload_ps(s.pixel, mask));
+            if (s.has_filter)
+                r = _mm256_mul_ps(r, _mm256_set1_ps(s.filter));
+            if (s.has_bias) {
+                __asm__("" : "+x"(r));
+                r = _mm256_add_ps(r, _mm256_set1_ps(s.bias));
+            }
+        }
+        return r;
+    }
+
+    template <int Out, bool Table, bool Scaled>
     static GPUMAT_XNOR_INLINE void finish(V acc, const void *base, int32_t base_constant,
-                                          void *out, int count) {
+                                          void *out, int count, const Scale &s) {
         const V mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(count),
                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         if (Out == kFloatFma) {
@@ -192,7 +233,9 @@ struct Engine {
                 b = _mm256_loadu_ps(static_cast<const float *>(base));
             else
                 b = _mm256_maskload_ps(static_cast<const float *>(base), mask);
-            const __m256 r = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(-2.0f), b);
+            const __m256 r = scale<Scaled>(
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(-2.0f), b), s, mask,
+                count);
             if (count == L)
                 _mm256_storeu_ps(static_cast<float *>(out), r);
             else
@@ -208,7 +251,7 @@ struct Engine {
             b = _mm256_maskload_epi32(static_cast<const int *>(base), mask);
         const V r = _mm256_sub_epi32(b, _mm256_slli_epi32(acc, 1));
         if (Out == kFloat) {
-            const __m256 f = _mm256_cvtepi32_ps(r);
+            const __m256 f = scale<Scaled>(_mm256_cvtepi32_ps(r), s, mask, count);
             if (count == L)
                 _mm256_storeu_ps(static_cast<float *>(out), f);
             else
@@ -296,24 +339,30 @@ struct Engine {
         s = (s & 0x0000ffffu) + (s >> 16);
         return acc + s;
     }
-    template <int Out, bool Table>
+    template <int Out, bool Table, bool Scaled>
     static GPUMAT_XNOR_INLINE void finish(V acc, const void *base, int32_t base_constant,
-                                          void *out, int count) {
+                                          void *out, int count, const Scale &s) {
+        float values[L];
         for (int l = 0; l < count; ++l) {
             const int32_t twice = 2 * (int32_t) acc[l];
             if (Out == kFloatFma) {
                 // exact operands, an exact result
                 const float b = Table ? static_cast<const float *>(base)[l] : (float) base_constant;
-                static_cast<float *>(out)[l] = b - (float) twice;
+                values[l] = b - (float) twice;
                 continue;
             }
             const int32_t r = (Table ? static_cast<const int32_t *>(base)[l] : base_constant) -
                               twice;
             if (Out == kFloat)
-                static_cast<float *>(out)[l] = (float) r;
+                values[l] = (float) r;
             else
                 static_cast<int32_t *>(out)[l] = r;
         }
+        if (Out == kInt)
+            return;
+        if (Scaled)
+            scale_values(values, count, s);       // out of line, never contracted
+        std::memcpy(out, values, sizeof(float) * (size_t) count);
     }
 };
 
@@ -332,7 +381,7 @@ GPUMAT_XNOR_INLINE int popcount(uint32_t v) {
 
 // Filters [f0, f0 + filters) (filters <= F; the block's others are computed and dropped) at
 // lanes [lane, lane + count) (count <= NV * L; the vectors past `count` read planes' slack).
-template <class E, int NV, int Out, bool Table>
+template <class E, int NV, int Out, bool Table, bool Scaled>
 GPUMAT_XNOR_INLINE void tile(const BlockJob &job, const uint32_t *GPUMAT_RESTRICT weights,
                              int64_t f0, int filters, int64_t lane, int count) {
     using V = typename E::V;
@@ -407,18 +456,29 @@ GPUMAT_XNOR_INLINE void tile(const BlockJob &job, const uint32_t *GPUMAT_RESTRIC
             const char *base = Table ? static_cast<const char *>(job.base_table) +
                                            (size_t) ((f0 + f) * job.base_filter_stride + first) * 4
                                      : nullptr;
+            Scale scale{};
+            if (Scaled) {
+                scale.has_filter = job.filter_scale != nullptr;
+                scale.filter = scale.has_filter ? job.filter_scale[f0 + f] : 1.0f;
+                scale.has_bias = job.bias != nullptr;
+                scale.bias = scale.has_bias ? job.bias[f0 + f] : 0.0f;
+            }
             GPUMAT_UNROLL
             for (int v = 0; v < NV; ++v) {
                 const int rest = count - v * L;
                 if (rest <= 0)
                     break;
-                E::template finish<Out, Table>(acc[f][v], Table ? base + v * L * 4 : nullptr,
-                                               job.base_constant, out + (size_t) (v * L) * elem,
-                                               std::min(rest, L));
+                if (Scaled)
+                    scale.pixel = job.pixel_scale == nullptr ? nullptr
+                                                             : job.pixel_scale + first + v * L;
+                E::template finish<Out, Table, Scaled>(
+                    acc[f][v], Table ? base + v * L * 4 : nullptr, job.base_constant,
+                    out + (size_t) (v * L) * elem, std::min(rest, L), scale);
             }
         }
     } else if constexpr (E::kWide) {
         // strided lanes (a product whose lanes run down the output's columns): one by one
+        // (xnor_gemm's, which has no epilogue: Scaled is never true here)
         alignas(64) int32_t sums[NV * L];
         GPUMAT_UNROLL
         for (int f = 0; f < F; ++f) {
@@ -450,19 +510,19 @@ GPUMAT_XNOR_INLINE void tile(const BlockJob &job, const uint32_t *GPUMAT_RESTRIC
 }
 
 // The partial tile at the end of a lane range: as many vectors as it needs.
-template <class E, int NV, int Out, bool Table>
+template <class E, int NV, int Out, bool Table, bool Scaled>
 GPUMAT_XNOR_INLINE void last_tile(const BlockJob &job, const uint32_t *weights, int64_t f0,
                                   int filters, int64_t lane, int count) {
     if constexpr (NV > 1) {
         if (count <= (NV - 1) * E::L) {
-            last_tile<E, NV - 1, Out, Table>(job, weights, f0, filters, lane, count);
+            last_tile<E, NV - 1, Out, Table, Scaled>(job, weights, f0, filters, lane, count);
             return;
         }
     }
-    tile<E, NV, Out, Table>(job, weights, f0, filters, lane, count);
+    tile<E, NV, Out, Table, Scaled>(job, weights, f0, filters, lane, count);
 }
 
-template <class E, int Out, bool Table>
+template <class E, int Out, bool Table, bool Scaled>
 GPUMAT_XNOR_TARGET void run_lanes(const BlockJob &job, int64_t block, int64_t lane_begin,
                                   int64_t lane_end) {
     constexpr int F = E::F, T = E::NV * E::L;
@@ -471,34 +531,40 @@ GPUMAT_XNOR_TARGET void run_lanes(const BlockJob &job, int64_t block, int64_t la
     const int filters = (int) std::min<int64_t>(F, job.filters - f0);
     int64_t lane = lane_begin;
     for (; lane + T <= lane_end; lane += T)
-        tile<E, E::NV, Out, Table>(job, weights, f0, filters, lane, T);
+        tile<E, E::NV, Out, Table, Scaled>(job, weights, f0, filters, lane, T);
     if (lane < lane_end)
-        last_tile<E, E::NV, Out, Table>(job, weights, f0, filters, lane,
-                                        (int) (lane_end - lane));
+        last_tile<E, E::NV, Out, Table, Scaled>(job, weights, f0, filters, lane,
+                                                (int) (lane_end - lane));
 }
 
 template <class E>
 GPUMAT_XNOR_TARGET void run_block(const BlockJob &job, int64_t block, int64_t lane_begin,
                                   int64_t lane_end) {
     const bool table = job.base_table != nullptr;
+    // the epilogue only with float output and lanes contiguous in the output (xnor_conv2d)
+    const bool scaled = job.scaled() && job.out_lane_stride == 1;
     switch (job.output) {
         case kFloatFma:
             if (table)
-                run_lanes<E, kFloatFma, true>(job, block, lane_begin, lane_end);
+                scaled ? run_lanes<E, kFloatFma, true, true>(job, block, lane_begin, lane_end)
+                       : run_lanes<E, kFloatFma, true, false>(job, block, lane_begin, lane_end);
             else
-                run_lanes<E, kFloatFma, false>(job, block, lane_begin, lane_end);
+                scaled ? run_lanes<E, kFloatFma, false, true>(job, block, lane_begin, lane_end)
+                       : run_lanes<E, kFloatFma, false, false>(job, block, lane_begin, lane_end);
             break;
         case kFloat:
             if (table)
-                run_lanes<E, kFloat, true>(job, block, lane_begin, lane_end);
+                scaled ? run_lanes<E, kFloat, true, true>(job, block, lane_begin, lane_end)
+                       : run_lanes<E, kFloat, true, false>(job, block, lane_begin, lane_end);
             else
-                run_lanes<E, kFloat, false>(job, block, lane_begin, lane_end);
+                scaled ? run_lanes<E, kFloat, false, true>(job, block, lane_begin, lane_end)
+                       : run_lanes<E, kFloat, false, false>(job, block, lane_begin, lane_end);
             break;
         default:
             if (table)
-                run_lanes<E, kInt, true>(job, block, lane_begin, lane_end);
+                run_lanes<E, kInt, true, false>(job, block, lane_begin, lane_end);
             else
-                run_lanes<E, kInt, false>(job, block, lane_begin, lane_end);
+                run_lanes<E, kInt, false, false>(job, block, lane_begin, lane_end);
             break;
     }
 }
@@ -507,41 +573,66 @@ GPUMAT_XNOR_TARGET void run_block(const BlockJob &job, int64_t block, int64_t la
 
 // acc[p] |= (bit t set where from[t][p] >= 0) for the `count` channels t of one word, at pixels
 // [0, pixels): the channels' planes stream through in order, a few at a time (16 planes at once
-// would share one L1 set where a plane is 4 KiB, and thrash it)
-inline GPUMAT_XNOR_TARGET void pack_channels(const float *const *from, int count, int first_bit,
-                                             int64_t pixels, bool fresh, uint32_t *acc) {
+// would share one L1 set where a plane is 4 KiB, and thrash it).  Mean: also sums[p] +=
+// |from[t][p]| for t = 0, 1, ... in order, in float32 (sums[p] starting from 0 where
+// `fresh_sums`), from the same loads.
+template <bool Mean>
+GPUMAT_XNOR_INLINE void pack_channels(const float *const *from, int count, int first_bit,
+                                      int64_t pixels, bool fresh, uint32_t *acc, float *sums,
+                                      bool fresh_sums) {
 #if GPUMAT_XNOR_KIND >= 2
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t p = 0; p < pixels; p += 16) {
         const int lanes = (int) std::min<int64_t>(16, pixels - p);
         const __mmask16 mask = (__mmask16) ((1u << lanes) - 1u);
         __m512i a = fresh ? _mm512_setzero_si512() : _mm512_maskz_loadu_epi32(mask, acc + p);
+        __m512 sum = zero;
+        if (Mean && !fresh_sums)
+            sum = _mm512_maskz_loadu_ps(mask, sums + p);
         for (int t = 0; t < count; ++t) {
             const __m512 v = _mm512_maskz_loadu_ps(mask, from[t] + p);
             const __mmask16 ge = _mm512_cmp_ps_mask(v, zero, _CMP_GE_OQ);
             a = _mm512_mask_or_epi32(a, ge, a, _mm512_set1_epi32((int) (1u << (first_bit + t))));
+            if (Mean)
+                sum = _mm512_add_ps(sum, _mm512_abs_ps(v));
         }
         _mm512_mask_storeu_epi32(acc + p, mask, a);
+        if (Mean)
+            _mm512_mask_storeu_ps(sums + p, mask, sum);
     }
 #elif GPUMAT_XNOR_KIND == 1
     const __m256 zero = _mm256_setzero_ps();
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     int64_t p = 0;
     for (; p + 8 <= pixels; p += 8) {
         __m256i a = fresh ? _mm256_setzero_si256()
                           : _mm256_loadu_si256(reinterpret_cast<const __m256i *>(acc + p));
+        __m256 sum = zero;
+        if (Mean && !fresh_sums)
+            sum = _mm256_loadu_ps(sums + p);
         for (int t = 0; t < count; ++t) {
             const __m256 v = _mm256_loadu_ps(from[t] + p);
             const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_GE_OQ));
             a = _mm256_or_si256(a, _mm256_and_si256(
                                        ge, _mm256_set1_epi32((int) (1u << (first_bit + t)))));
+            if (Mean)
+                sum = _mm256_add_ps(sum, _mm256_and_ps(v, magnitude));
         }
         _mm256_storeu_si256(reinterpret_cast<__m256i *>(acc + p), a);
+        if (Mean)
+            _mm256_storeu_ps(sums + p, sum);
     }
     for (; p < pixels; ++p) {
         uint32_t a = fresh ? 0u : acc[p];
-        for (int t = 0; t < count; ++t)
+        float sum = Mean && !fresh_sums ? sums[p] : 0.0f;
+        for (int t = 0; t < count; ++t) {
             a |= (uint32_t) (from[t][p] >= 0.0f) << (first_bit + t);
+            if (Mean)
+                sum += std::fabs(from[t][p]);
+        }
         acc[p] = a;
+        if (Mean)
+            sums[p] = sum;
     }
 #else
     int64_t p = 0;
@@ -553,29 +644,51 @@ inline GPUMAT_XNOR_TARGET void pack_channels(const float *const *from, int count
         Ints4 a = {0, 0, 0, 0};
         if (!fresh)
             std::memcpy(&a, acc + p, sizeof a);
+        Floats4 sum = zero;
+        if (Mean && !fresh_sums)
+            std::memcpy(&sum, sums + p, sizeof sum);
         for (int t = 0; t < count; ++t) {
             Floats4 v;
             std::memcpy(&v, from[t] + p, sizeof v);
             // an ordered compare: false for NaN, true for -0.0
             a |= (v >= zero) & (int32_t) (1u << (first_bit + t));
+            if (Mean) {
+                Ints4 bits;
+                std::memcpy(&bits, &v, sizeof bits);
+                bits &= 0x7fffffff;
+                Floats4 magnitude;
+                std::memcpy(&magnitude, &bits, sizeof magnitude);
+                sum += magnitude;
+            }
         }
         std::memcpy(acc + p, &a, sizeof a);
+        if (Mean)
+            std::memcpy(sums + p, &sum, sizeof sum);
     }
 #endif
     for (; p < pixels; ++p) {
         uint32_t a = fresh ? 0u : acc[p];
-        for (int t = 0; t < count; ++t)
+        float sum = Mean && !fresh_sums ? sums[p] : 0.0f;
+        for (int t = 0; t < count; ++t) {
             a |= (uint32_t) (from[t][p] >= 0.0f) << (first_bit + t);
+            if (Mean)
+                sum += std::fabs(from[t][p]);
+        }
         acc[p] = a;
+        if (Mean)
+            sums[p] = sum;
     }
 #endif
 }
 
 // Pixels [p0, p1) of one image x (C x HW floats) packed into out (HW x Wc words): word-planar
 // into `scratch` (Wc x (p1 - p0) words; straight into out when Wc is 1), then interleaved.
-inline GPUMAT_XNOR_TARGET void pack_pixels(const float *x, uint32_t *out, int64_t channels,
-                                           int64_t pixels, int64_t p0, int64_t p1,
-                                           uint32_t *scratch) {
+// Where mean is not null (the image's HW floats), mean[p] = the sum of |x| over the channels
+// (in channel order, float32) divided by C, from the same loads.
+template <bool Mean>
+GPUMAT_XNOR_INLINE void pack_pixels_with(const float *x, uint32_t *out, int64_t channels,
+                                         int64_t pixels, int64_t p0, int64_t p1,
+                                         uint32_t *scratch, float *mean) {
     constexpr int kAtOnce = 8;
     const int64_t words = blocks_of(channels, 32), count = p1 - p0;
     const float *from[kAtOnce];
@@ -586,13 +699,29 @@ inline GPUMAT_XNOR_TARGET void pack_pixels(const float *x, uint32_t *out, int64_
             const int group = std::min(kAtOnce, bits - c0);
             for (int t = 0; t < group; ++t)
                 from[t] = x + (word * 32 + c0 + t) * pixels + p0;
-            pack_channels(from, group, c0, count, c0 == 0, acc);
+            pack_channels<Mean>(from, group, c0, count, c0 == 0, acc,
+                                Mean ? mean + p0 : nullptr, word == 0 && c0 == 0);
         }
     }
     if (words > 1)
         for (int64_t p = 0; p < count; ++p)
             for (int64_t word = 0; word < words; ++word)
                 out[(p0 + p) * words + word] = scratch[word * count + p];
+    if (Mean) {
+        const float divisor = (float) channels;
+        float *GPUMAT_RESTRICT sums = mean + p0;
+        for (int64_t p = 0; p < count; ++p)
+            sums[p] = sums[p] / divisor;
+    }
+}
+
+inline GPUMAT_XNOR_TARGET void pack_pixels(const float *x, uint32_t *out, int64_t channels,
+                                           int64_t pixels, int64_t p0, int64_t p1,
+                                           uint32_t *scratch, float *mean) {
+    if (mean != nullptr)
+        pack_pixels_with<true>(x, out, channels, pixels, p0, p1, scratch, mean);
+    else
+        pack_pixels_with<false>(x, out, channels, pixels, p0, p1, scratch, nullptr);
 }
 
 // ---- the column planes of xnor_conv2d -----------------------------------------------------------
