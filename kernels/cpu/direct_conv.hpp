@@ -45,37 +45,8 @@
 #include <utility>
 #include <vector>
 
+#include "compiler.hpp"
 #include "thread_pool.hpp"
-
-// GCC and Clang: vector types (vector_size), which compile to each copy's vector width.
-// Other compilers (or -DGPUMAT_VECTOR_EXTENSIONS=0): plain arrays, one baseline copy.
-#ifndef GPUMAT_VECTOR_EXTENSIONS
-#if defined(__GNUC__) || defined(__clang__)
-#define GPUMAT_VECTOR_EXTENSIONS 1
-#else
-#define GPUMAT_VECTOR_EXTENSIONS 0
-#endif
-#endif
-#if defined(__GNUC__) || defined(__clang__)
-#define GPUMAT_FORCE_INLINE __attribute__((always_inline)) inline
-#else
-#define GPUMAT_FORCE_INLINE inline
-#endif
-#ifndef GPUMAT_RESTRICT
-#if defined(__GNUC__) || defined(__clang__) || defined(_MSC_VER)
-#define GPUMAT_RESTRICT __restrict
-#else
-#define GPUMAT_RESTRICT
-#endif
-#endif
-
-#if defined(__clang__)
-#define GPUMAT_UNROLL _Pragma("unroll")
-#elif defined(__GNUC__)
-#define GPUMAT_UNROLL _Pragma("GCC unroll 32")
-#else
-#define GPUMAT_UNROLL
-#endif
 
 // Run-time dispatch: GCC and Clang on x86-64 compile extra copies for AVX2 + FMA and AVX-512
 // (function attributes, no -m flags: the module still loads on any x86-64) and pick one with

@@ -17,15 +17,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "compiler.hpp"  // GPUMAT_RESTRICT: the columns and the input never overlap, which
+                          // spares every short row loop a run-time overlap check
 #include "parallel.hpp"
-
-// The columns and the input never overlap: telling the compiler so spares every short row
-// loop a run-time overlap check.
-#if defined(__GNUC__) || defined(__clang__) || defined(_MSC_VER)
-#define GPUMAT_RESTRICT __restrict
-#else
-#define GPUMAT_RESTRICT
-#endif
 
 namespace gpumat {
 

@@ -81,38 +81,8 @@
 #include <string>
 #include <vector>
 
+#include "compiler.hpp"
 #include "thread_pool.hpp"
-
-#ifndef GPUMAT_VECTOR_EXTENSIONS
-#if defined(__GNUC__) || defined(__clang__)
-#define GPUMAT_VECTOR_EXTENSIONS 1
-#else
-#define GPUMAT_VECTOR_EXTENSIONS 0
-#endif
-#endif
-#ifndef GPUMAT_FORCE_INLINE
-#if defined(__GNUC__) || defined(__clang__)
-#define GPUMAT_FORCE_INLINE __attribute__((always_inline)) inline
-#else
-#define GPUMAT_FORCE_INLINE inline
-#endif
-#endif
-#ifndef GPUMAT_RESTRICT
-#if defined(__GNUC__) || defined(__clang__) || defined(_MSC_VER)
-#define GPUMAT_RESTRICT __restrict
-#else
-#define GPUMAT_RESTRICT
-#endif
-#endif
-#ifndef GPUMAT_UNROLL
-#if defined(__clang__)
-#define GPUMAT_UNROLL _Pragma("unroll")
-#elif defined(__GNUC__)
-#define GPUMAT_UNROLL _Pragma("GCC unroll 32")
-#else
-#define GPUMAT_UNROLL
-#endif
-#endif
 
 // GCC and Clang on x86-64 compile the AVX2 and AVX-512 copies through function attributes
 // (no -m flags: the module still loads on any x86-64) and pick one with
