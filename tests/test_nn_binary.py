@@ -18,7 +18,7 @@ from gpumat import nn
 from gpumat.nn import binary as B
 from gpumat.nn import cli, models
 from gpumat.nn.gradcheck import gradcheck
-from gpumat.nn.serialization import (load_checkpoint, load_into, load_state, save,
+from gpumat.nn.serialization import (CheckpointError, load_checkpoint, load_into, load_state, save,
                                      save_checkpoint)
 
 MODES = ("bwn", "dorefa", "xnor")
@@ -486,6 +486,43 @@ def test_checkpoints_keep_the_latent_weights(tmp_path):
     bwn = models.lenet5(binary="bwn")
     load_into(bwn, tmp_path / "float.npz")
     np.testing.assert_array_equal(bwn.conv2.weight.gather(), float_model.conv2.weight.gather())
+
+
+def test_resuming_needs_the_same_binary_mode(tmp_path):
+    # bwn and dorefa keep the float layout, so only the saved configuration tells them apart
+    # from each other and from the float model: resuming into the wrong one must fail, not
+    # train on silently as another network
+    save_checkpoint(tmp_path / "ckpt.npz", models.lenet5(binary="bwn"), epoch=1)
+    for other, shown in ((models.lenet5(), r"LeNet5\(activation='relu'\)"),
+                         (models.lenet5(binary="dorefa"), r"LeNet5\(.*binary='dorefa'\)")):
+        before = [p.gather().copy() for p in other.parameters()]
+        with pytest.raises(CheckpointError, match=r"ckpt.npz: the checkpoint was written by a "
+                                                  r"different model: the model is LeNet5\(.*"
+                                                  r"binary='bwn'\) in the checkpoint but "
+                                                  + shown + " in this model"):
+            load_checkpoint(tmp_path / "ckpt.npz", other)
+        for a, p in zip(before, other.parameters()):
+            np.testing.assert_array_equal(a, p.gather())       # left as it was
+    load_checkpoint(tmp_path / "ckpt.npz", models.lenet5(binary="bwn"))
+    # a user's own model: the layer itself tells
+    def net(binary):
+        conv = nn.BinaryConv2d(1, 4, 3, mode=binary) if binary else nn.Conv2d(1, 4, 3,
+                                                                              bias=False)
+        return nn.Sequential(conv, nn.ReLU())
+    save_checkpoint(tmp_path / "own.npz", net("bwn"))
+    with pytest.raises(CheckpointError, match=r"own.npz: .* module '0' is BinaryConv2d\(1, 4, "
+                                              r".*mode='bwn'\) in the checkpoint but "
+                                              r"Conv2d\(1, 4, .*\) in this model"):
+        load_checkpoint(tmp_path / "own.npz", net(None))
+    with pytest.raises(CheckpointError, match=r"module '0' .*mode='dorefa'\) in this model"):
+        load_checkpoint(tmp_path / "own.npz", net("dorefa"))
+    # modules without parameters count too: ReLU and Tanh hold the same (no) entries
+    with pytest.raises(CheckpointError, match=r"module '1' is ReLU\(\) in the checkpoint but "
+                                              r"Tanh\(\) in this model"):
+        load_checkpoint(tmp_path / "own.npz", nn.Sequential(net("bwn")[0], nn.Tanh()))
+    with pytest.raises(CheckpointError, match="the checkpoint's has 3 modules, this one 4"):
+        load_checkpoint(tmp_path / "own.npz", nn.Sequential(net("bwn")[0], nn.ReLU(),
+                                                            nn.Identity()))
 
 
 # ---- summary ------------------------------------------------------------------------------------

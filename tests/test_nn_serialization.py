@@ -236,8 +236,22 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "weights.npz", model)
     path = tmp_path / "ckpt.npz"
     save_checkpoint(path, model, sgd, epoch=1)
-    with pytest.raises(CheckpointError, match="ckpt.npz: does not fit TinyNet"):
+    with pytest.raises(CheckpointError, match=r"ckpt.npz: the checkpoint was written by a "
+                                              r"different model: module 'conv' is "
+                                              r"Conv2d\(1, 4, .* in the checkpoint but "
+                                              r"Conv2d\(1, 8, .* in this model"):
         load_checkpoint(path, tiny_net("cpu", width=8))
+    # a checkpoint from before configurations were saved: the entries are still checked
+    old = tmp_path / "old.npz"
+    with np.load(path) as archive:
+        members = {k: archive[k] for k in archive.files}
+    metadata = json.loads(members["__gpumat__"].tobytes().decode("utf-8"))
+    del metadata["modules"]
+    members["__gpumat__"] = np.frombuffer(json.dumps(metadata).encode("utf-8"), np.uint8)
+    np.savez(old, **members)
+    with pytest.raises(CheckpointError, match="old.npz: does not fit TinyNet"):
+        load_checkpoint(old, tiny_net("cpu", width=8))
+    load_checkpoint(old, tiny_net("cpu"))
     with pytest.raises(CheckpointError, match="ckpt.npz: the checkpoint's optimizer is SGD, this "
                                               "one is Adam"):
         load_checkpoint(path, model, optim.Adam(model.parameters()))

@@ -19,8 +19,9 @@ File format (version 1).  A zip of ``.npy`` members, as ``numpy.savez`` writes, 
   arrays (``numpy.savez(path, **torch_model.state_dict())`` after ``.numpy()``) loads too.
 * a checkpoint (``kind: checkpoint``): the model's entries as ``model/<name>``; the
   metadata holds the epoch, ``extra``, the optimizer's, scheduler's and data loader's
-  ``state_dict()`` and gpumat's random generator state.  Those states are trees of dicts,
-  lists, numbers and strings, encoded in the JSON; the arrays inside them (momentum
+  ``state_dict()``, gpumat's random generator state and the model's configuration (each
+  module's name, class and hyper-parameters, checked on loading).  Those states are trees
+  of dicts, lists, numbers and strings, encoded in the JSON; the arrays inside them (momentum
   buffers, Adam's moments) are members named by their place in the tree
   (``optimizer/state/3/momentum_buffer``) and referenced from the JSON as
   ``{"__array__": member}``; tuples and dicts with non-string keys are tagged
@@ -312,10 +313,12 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=None, ext
     """Write everything resuming a training run needs to ``path`` (one .npz file, replaced
     atomically): the model's state, the optimizer's (hyper-parameters, step counts, momentum
     and moment buffers), the scheduler's, the data ``loader``'s (any object with
-    ``state_dict``/``load_state_dict``), gpumat's random generator state, ``epoch`` and
-    ``extra`` (a dict of JSON-able values such as a metrics history)."""
+    ``state_dict``/``load_state_dict``), gpumat's random generator state, the model's
+    configuration (each module's class and hyper-parameters), ``epoch`` and ``extra`` (a
+    dict of JSON-able values such as a metrics history)."""
     arrays = OrderedDict((MODEL_PREFIX + k, _host(v, k)) for k, v in model.state_dict().items())
     metadata = {"kind": "checkpoint", "model_class": type(model).__name__,
+                "modules": _module_configuration(model),
                 "epoch": _encode(epoch, "epoch", arrays),
                 "extra": _encode(extra, "extra", arrays),
                 "rng": _random.GLOBAL.get_state()}
@@ -325,6 +328,43 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=None, ext
     if optimizer is not None:
         metadata["optimizer"]["parameter_shapes"] = _parameter_shapes(optimizer)
     _write_npz(path, arrays, metadata)
+
+
+def _module_configuration(model):
+    """Every module's name, class and hyper-parameters (its ``extra_repr``): what a state
+    dict does not show -- a float Conv2d and a BinaryConv2d in "bwn" mode hold the same
+    entries, and so do ReLU and Tanh models."""
+    return [[name, type(module).__name__, module.extra_repr()]
+            for name, module in model.named_modules()]
+
+
+def _check_configuration(model, metadata, path):
+    """Resuming trains on from the saved state, so the model must be the one that was saved:
+    the same modules with the same hyper-parameters (checkpoints from before this check was
+    added hold no configuration and are not checked)."""
+    saved = metadata.get("modules")
+    if saved is None:
+        return
+    ours = _module_configuration(model)
+
+    def differ(message):
+        raise CheckpointError(f"{path}: the checkpoint was written by a different model: "
+                              f"{message} (build the same model to resume it, e.g. with the "
+                              f"same --binary mode; nn.load_into loads a model file's weights "
+                              f"into another model)")
+
+    for index, (theirs, mine) in enumerate(zip(saved, ours)):
+        theirs = list(theirs)
+        if theirs == mine:
+            continue
+        if theirs[0] == mine[0]:
+            what = f"module {mine[0]!r}" if mine[0] else "the model"
+            differ(f"{what} is {theirs[1]}({theirs[2]}) in the checkpoint but "
+                   f"{mine[1]}({mine[2]}) in this model")
+        differ(f"module #{index} is {theirs[0]!r} ({theirs[1]}) in the checkpoint but "
+               f"{mine[0]!r} ({mine[1]}) in this model")
+    if len(saved) != len(ours):
+        differ(f"the checkpoint's has {len(saved)} modules, this one {len(ours)}")
 
 
 def _check_saved(role, owner, metadata, path):
@@ -346,7 +386,8 @@ def _check_saved(role, owner, metadata, path):
 def load_checkpoint(path, model, optimizer=None, scheduler=None, loader=None):
     """Restore a checkpoint written by ``save_checkpoint`` into ``model`` and whichever of
     ``optimizer``, ``scheduler`` and ``loader`` are given (each must have been saved), and
-    gpumat's random generator.  The model must match exactly (names and shapes).  Returns
+    gpumat's random generator.  The model must match exactly (its modules' classes and
+    hyper-parameters, and its entries' names and shapes).  Returns
     ``{"epoch": ..., "extra": ...}``."""
     path = os.fspath(path)
     metadata, arrays = _read_npz(path)
@@ -354,6 +395,7 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, loader=None):
         held = "a model state_dict" if metadata is not None else "arrays without gpumat metadata"
         raise CheckpointError(f"{path}: not a gpumat checkpoint (it holds {held}; load "
                               f"weights with nn.load_into)")
+    _check_configuration(model, metadata, path)
     state = _model_entries(metadata, arrays)
     _check_fits(model, state, path, strict=True)
     # everything is checked before anything changes, so a mismatch leaves all as it was
