@@ -10,6 +10,15 @@ GPU) is the float conv users would pick instead.  GOP/s counts 2 * C_out * OH * 
 C_in * kh * kw for both, so a ratio of rates is a ratio of speeds; the table's
 ``<backend>/float-<backend>`` column is the speed-up the issue's targets are about.
 
+Where the time goes, per backend, in the same cases: ``packed-<backend>`` is the XNOR kernel
+alone on input already binarized and packed (what a layer pays when the previous layer emits
+bits: the kernel's own speed-up over float), and ``floor-<backend>`` is gpumat's streaming
+elementwise kernel (relu) moving exactly the bytes the layer must move -- reading the float
+input and writing the float output once.  Its rate is the ceiling of any kernel that takes and
+returns float tensors on that backend: ``<backend>/floor-<backend>`` near 1 says the layer is
+memory-bound, and ``floor-<backend>/float-<backend>`` is the most a binary convolution with
+float input and output could gain there.
+
 End to end (``*-eval`` cases): a binary network in eval mode (every conv but the first, and
 every linear but the last, in XNOR mode) against its float twin, thousands of images per
 second.
@@ -43,8 +52,9 @@ def implementations():
     for impl in harness.implementations("conv"):
         if impl.role == "gpumat":
             found.append(impl)
-            found.append(harness.Implementation(f"float-{impl.backend}", impl.device, "peer",
-                                                impl.backend))
+            for kind in ("float", "packed", "floor"):
+                found.append(harness.Implementation(f"{kind}-{impl.backend}", impl.device,
+                                                    "peer", impl.backend))
         else:
             found.append(impl)
     return found
@@ -72,9 +82,19 @@ def test_binary_conv(benchmark, case, impl):
     else:
         x, w = harness.upload(impl, x_host, w_host)
         sync = harness.gpumat_sync(impl.backend)
-        if impl.role == "gpumat":
+        kind = impl.name.split("-")[0]
+        if impl.role == "gpumat" or kind == "packed":
             packed = gm.pack_conv_weight(w)
-            call = lambda: gm.xnor_conv2d(x, packed, channels=conv.c_in, **geometry)  # noqa
+            if kind == "packed":
+                x = gm.pack_conv_input(x)
+            call = lambda: gm.xnor_conv2d(x, packed, channels=conv.c_in,  # noqa: E731
+                                          dtype="float32", **geometry)
+        elif kind == "floor":
+            # read the input and write the output once: in + out floats through relu, which
+            # reads and writes (in + out) / 2 of them
+            out = batch * conv.c_out * conv.out_size ** 2
+            (x,) = harness.upload(impl, harness.host(((x_host.size + out) // 2,), generator))
+            call = lambda: gm.relu(x)                                  # noqa: E731
         else:
             call = lambda: gm.conv2d(x, w, **geometry)                 # noqa: E731
     harness.time_case(benchmark, call, sync, suite="binary", case=f"{net}.{name} b{batch}",
@@ -90,7 +110,8 @@ def _model(name, binary):
     return models.resnet_cifar(3, 10, 1, binary=binary)
 
 
-@pytest.mark.parametrize("impl", [i for i in IMPLEMENTATIONS if not i.name.startswith("torch")],
+@pytest.mark.parametrize("impl", [i for i in IMPLEMENTATIONS
+                                  if not i.name.startswith(("torch", "packed", "floor"))],
                          ids=str)
 @pytest.mark.parametrize("case", [pytest.param(c, id=f"{c[0]}-b{c[1]}")
                                   for c in MODELS[harness.PRESET]])

@@ -122,9 +122,11 @@ def _table(suite, rows):
     impls.sort(key=lambda name: (not name.startswith("gpumat-"), 0))
     gpumat = [i for i in impls if i.startswith("gpumat-")]
     peers = [i for i in impls if not i.startswith("gpumat-")]
-    # a float-<backend> twin (the binary suite) is compared with its own backend only
+    # a peer tied to one backend (the binary suite's float-, packed- and floor-<backend>) is
+    # compared with that backend only
+    own = ("float-", "packed-", "floor-")
     pairs = [(g, p) for g in gpumat for p in peers
-             if not p.startswith("float-") or p == "float-" + _short(g)]
+             if not p.startswith(own) or p.split("-", 1)[1] == _short(g)]
     cell = {(r["case"], r["implementation"]): r for r in rows}
     case_width = max(len(c) for c in cases) + 1
     rate_width = [max(9, len(i) + 1) for i in impls]
