@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import gpumat as gm
-from gpumat.nn import netdef
+from gpumat import nn
+from gpumat.nn import models, netdef
 from gpumat.nn.netdef import NetDefError
 from gpumat.nn.serialization import load_into, save
 from torch_parity import assert_matches_torch
@@ -49,6 +50,33 @@ def test_lenet5_matches_torch(backend):
     names = {f"{layer}.{kind}": f"{index}.{kind}" for layer, index in layers.items()
              for kind in ("weight", "bias")}
     assert_matches_torch(model, twin, (3, 1, 32, 32), backend, names, seed=7)
+
+
+def test_binary_lenet5_is_the_zoo_model(backend):
+    """lenet5_xnor.json builds models.lenet5(binary="xnor")'s layers under the same names:
+    one state_dict, the same outputs and gradients in training, the same packed-kernel
+    outputs in eval mode."""
+    model = netdef.load(netdef.shipped("lenet5_xnor")).to(backend)
+    zoo = models.lenet5(binary="xnor").to(backend)
+    layers = [(n, type(m), m.extra_repr()) for n, m in model.named_modules() if n]
+    assert layers == [(n, type(m), m.extra_repr()) for n, m in zoo.named_modules() if n]
+    gm.seed(5)
+    model.load_state_dict(models.lenet5(binary="xnor").state_dict())
+    zoo.load_state_dict(model.state_dict())
+    x = gm.array(np.random.default_rng(6).standard_normal((4, 1, 32, 32)).astype(np.float32),
+                 backend=backend)
+    labels = gm.array(np.arange(4), backend=backend)
+    grads = []
+    for net in (model, zoo):
+        net.train()
+        nn.functional.cross_entropy(net(x), labels).backward()
+        grads.append({n: p.grad.gather() for n, p in net.named_parameters()})
+    assert len(grads[1]) == 16                  # 8 layers' weights and biases
+    for name, grad in grads[1].items():
+        np.testing.assert_allclose(grads[0][name], grad, rtol=1e-5, atol=1e-6, err_msg=name)
+    with nn.no_grad():
+        outs = [net.eval()(x).gather() for net in (model, zoo)]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
 
 
 class TorchResnetTiny(torch.nn.Module):
@@ -93,11 +121,11 @@ def test_loading_has_no_side_effects():
 
 
 def test_shipped_files_are_in_canonical_form():
-    for name in ("lenet5", "resnet_tiny"):
+    for name in ("lenet5", "lenet5_xnor", "resnet_tiny"):
         path = netdef.shipped(name)
         assert netdef.dumps(netdef.load(path)) == path.read_text(), name
     with pytest.raises(FileNotFoundError, match="no shipped network definition 'lenet'; "
-                                                "shipped: lenet5, resnet_tiny"):
+                                                "shipped: lenet5, lenet5_xnor, resnet_tiny"):
         netdef.shipped("lenet")
 
 
@@ -167,8 +195,13 @@ def layer(description, name):
     return next(entry for entry in description["layers"] if entry["name"] == name)
 
 
-def set_param(name, key, value):
-    return lambda d: layer(d, name).setdefault("params", {}).__setitem__(key, value)
+def set_param(name, key, value, kind=None):
+    def change(d):
+        entry = layer(d, name)
+        if kind is not None:
+            entry["type"] = kind
+        entry.setdefault("params", {})[key] = value
+    return change
 
 
 KNOWN = ", ".join(sorted(netdef.LAYER_TYPES))
@@ -249,6 +282,17 @@ MALFORMED = {
     "constructor_error": (set_param("conv2", "groups", 4),
                           "layer 3 'conv2': Conv2d: in_channels (6) and out_channels (16) must "
                           "both be divisible by groups (4)"),
+    "binary_mode": (lambda d: layer(d, "conv2").update(type="binary_conv2d", params={
+        "in_channels": 6, "out_channels": 16, "kernel_size": 5, "mode": "xnr"}),
+                    'layer 3 \'conv2\': params.mode must be "bwn" or "dorefa" or "xnor", got '
+                    '"xnr"'),
+    "binary_dilation": (set_param("conv2", "dilation", 2, kind="binary_conv2d"),
+                        "layer 3 'conv2': unknown binary_conv2d parameter 'dilation'; "
+                        "accepted: in_channels, out_channels, kernel_size, stride, padding, "
+                        "bias, mode, approx_sign"),
+    "binary_linear_sign": (set_param("fc1", "approx_sign", "yes", kind="binary_linear"),
+                           "layer 7 'fc1': params.approx_sign must be true or false, got "
+                           "\"yes\""),
     "shape_mismatch": (set_param("fc1", "in_features", 256),
                        "layer 7 'fc1': .* (its inputs have shapes (1, 400) for input_shape "
                        "[1, 32, 32])"),

@@ -9,7 +9,10 @@ Fashion-MNIST or CIFAR-10 on the best backend (or the one named), from the comma
 
 ``--binary MODE`` ("bwn", "dorefa" or "xnor"; see gpumat.nn.binary) trains the binarized
 variant of LeNet-5, lenet_tf or a CIFAR ResNet (every layer binary but the first
-convolution and the last linear layer); the run is named ``<model>-<mode>``.
+convolution and the last linear layer); the run is named ``<model>-<mode>``.  A ``--netdef``
+file names its binary layers itself (``binary_conv2d``, ``binary_linear``; the shipped
+``lenet5_xnor.json`` is LeNet-5's XNOR-Net).  Resuming checks that the model is the one
+the checkpoint was written by, binary mode included.
 
 Images are scaled to [0, 1] and normalised with the dataset's mean and std, and zero-padded
 to the model's input size (28 x 28 digits become 32 x 32 for LeNet-5 and the CIFAR ResNets).
@@ -84,8 +87,9 @@ def _check(args, parser):
     binary = getattr(args, "binary", None)
     if binary is not None:
         if args.netdef is not None:
-            parser.error("--binary selects a zoo model's binarized variant; it does not apply "
-                         "to --netdef")
+            parser.error("--binary selects a zoo model's binarized variant; a --netdef file "
+                         "names its binary layers itself (types binary_conv2d and binary_linear, "
+                         "e.g. gpumat/nn/netdefs/lenet5_xnor.json)")
         if args.model not in models.binary_names():
             parser.error(f"--binary: {args.model!r} has no binarized variant; choose from "
                          f"{', '.join(models.binary_names())}")

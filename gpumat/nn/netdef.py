@@ -21,7 +21,9 @@ through the network so a shape mismatch is reported at the layer that has it), `
 ``<name>.weight`` etc.), ``type`` (a key of ``LAYER_TYPES``), ``params`` (the layer's
 constructor arguments, PyTorch's names; optional), ``inputs`` (blob names) and ``outputs``
 (one blob name: every layer produces one blob, and each blob is produced once), and
-``comment``.  Layers may be listed in any order; they run in a topological order (the
+``comment``.  ``binary_conv2d`` and ``binary_linear`` are gpumat.nn.binary's layers
+(``mode``: "bwn", "dorefa" or "xnor", default "xnor"; ``approx_sign``; no bias unless
+``"bias": true``).  Layers may be listed in any order; they run in a topological order (the
 listed order where it is one).  ``add`` sums its inputs (residual connections), ``concat``
 joins them along ``axis`` (inception branches).  Layers that do not lead to the output are
 built (their parameters stay in the state_dict) but skipped, with a warning.
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import gpumat as gm
 
+from . import binary as B
 from . import functional as F
 from . import layers as L
 from ..errors import GpumatError
@@ -112,6 +115,7 @@ KINDS = {
     "optional number": ("a number or null", lambda v: v is None or _is_number(v)),
     "probability": ("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "binary mode": (" or ".join(f'"{m}"' for m in B.MODES), lambda v: v in B.MODES),
 }
 
 _CONV = {"in_channels": "positive int", "out_channels": "positive int",
@@ -119,6 +123,8 @@ _CONV = {"in_channels": "positive int", "out_channels": "positive int",
          "groups": "positive int", "bias": "bool"}
 _POOL = {"kernel_size": "size", "stride": "optional size", "padding": "padding",
          "ceil_mode": "bool"}
+# binary layers (gpumat.nn.binary): no bias by default, no dilation or groups
+_BINARY = {"mode": "binary mode", "approx_sign": "bool", "bias": "bool"}
 _BATCH_NORM = {"num_features": "positive int", "eps": "positive number",
                "momentum": "optional number", "affine": "bool", "track_running_stats": "bool"}
 
@@ -137,6 +143,12 @@ LAYER_TYPES = {
     "linear": LayerType(L.Linear, {"in_features": "positive int",
                                    "out_features": "positive int", "bias": "bool"},
                         ("in_features", "out_features")),
+    "binary_conv2d": LayerType(B.BinaryConv2d, dict(
+        {k: v for k, v in _CONV.items() if k not in ("dilation", "groups")}, **_BINARY),
+        ("in_channels", "out_channels", "kernel_size")),
+    "binary_linear": LayerType(B.BinaryLinear, dict(
+        {"in_features": "positive int", "out_features": "positive int"}, **_BINARY),
+        ("in_features", "out_features")),
     "relu": LayerType(L.ReLU),
     "relu6": LayerType(L.ReLU6),
     "leaky_relu": LayerType(L.LeakyReLU, {"negative_slope": "number"}),
