@@ -12,7 +12,9 @@ __fmul_rn / __fadd_rn, never contracted into FMAs).
 import numpy as np
 
 from .. import errors
+from . import xnor_launch
 from .cuda import CUDABackend, cupy
+from .xnor_launch import cdiv
 
 _SOURCE = "cuda/xnor.cu"
 _INT_MAX = 2**31 - 1
@@ -25,10 +27,6 @@ DEFINES = {"XNOR_NV": 8, "XNOR_PB": 4, "XNOR_WG": 128, "XNOR_FLAT_STAGE": 1,
 _PACK_BLOCK = 256
 _MAX_BLOCKS = 65535 * 32      # pack's grid-stride loop covers the rest
 _MAX_GRID_Y = 65535
-
-
-def _cdiv(a, b):
-    return -(-a // b)
 
 
 def conv_defines(filters):
@@ -48,25 +46,21 @@ def conv_launches(images, image_pixels, filters, defines):
         raise errors.ShapeError(
             f"xnor_conv2d: an output image of {image_pixels:,} pixels is more than the "
             f"kernel's int pixel indices cover ({room:,})")
-    if _cdiv(filters, nv) > _MAX_GRID_Y:
+    if cdiv(filters, nv) > _MAX_GRID_Y:
         raise errors.ShapeError(
             f"xnor_conv2d: {filters:,} filters need more than {_MAX_GRID_Y} blocks of "
             f"{nv} along grid y")
     step = max(1, room // max(image_pixels, 1))
     return [(first, min(step, images - first),
-             (_cdiv(min(step, images - first) * image_pixels, wg * pb), _cdiv(filters, nv)),
+             (cdiv(min(step, images - first) * image_pixels, wg * pb), cdiv(filters, nv)),
              (wg, 1, 1))
             for first in range(0, images, step)]
 
 
 def gemm_roles(m, n):
-    """Whose rows play the filters in xnor_gemm's 1 x 1 convolution ('a' or 'b'), as
-    opencl_xnor.gemm_roles: the one that pads the launch less."""
-    def padded(pixels, filters):
-        d = conv_defines(filters)
-        block = d["XNOR_WG"] * d["XNOR_PB"]
-        return _cdiv(pixels, block) * block * _cdiv(filters, d["XNOR_NV"]) * d["XNOR_NV"]
-    return "a" if padded(n, m) <= padded(m, n) else "b"
+    """Whose rows play the filters in xnor_gemm's 1 x 1 convolution, as
+    opencl_xnor.gemm_roles (see xnor_launch.gemm_roles)."""
+    return xnor_launch.gemm_roles(m, n, conv_defines)
 
 
 def epilogue_arguments(out, pixel_scale, filter_scale, bias):
@@ -106,7 +100,7 @@ def _launch_conv(self, x, w, out, images, height, width, words, channels, filter
 
 def _pack_conv_input(self, x, mean_abs=False):
     n, c, h, w = x.shape
-    words = _cdiv(c, 32)
+    words = cdiv(c, 32)
     out = self.empty((n, h, w, words), np.uint32)
     if mean_abs:
         return out, _pack_mean_abs(self, x, out)
@@ -115,7 +109,7 @@ def _pack_conv_input(self, x, mean_abs=False):
         return out
     function = self.module(_SOURCE, DEFINES).get_function("xnor_pack_conv_input")
     with self.cuda_device:
-        function((min(_cdiv(blocks, _PACK_BLOCK), _MAX_BLOCKS),), (_PACK_BLOCK,),
+        function((min(cdiv(blocks, _PACK_BLOCK), _MAX_BLOCKS),), (_PACK_BLOCK,),
                  (cupy.ascontiguousarray(x), out, np.int64(n), np.int64(c),
                   np.int64(h * w), np.int64(words)))
     return out
@@ -134,9 +128,9 @@ def _pack_mean_abs(self, x, out):
         return mean
     function = self.module(_SOURCE, DEFINES).get_function("xnor_pack_conv_input_mean_abs")
     with self.cuda_device:
-        function((min(_cdiv(blocks, _PACK_BLOCK), _MAX_BLOCKS),), (_PACK_BLOCK,),
+        function((min(cdiv(blocks, _PACK_BLOCK), _MAX_BLOCKS),), (_PACK_BLOCK,),
                  (cupy.ascontiguousarray(x), out, mean, np.int64(n), np.int64(c),
-                  np.int64(h * w), np.int64(_cdiv(c, 32))))
+                  np.int64(h * w), np.int64(cdiv(c, 32))))
     return mean
 
 
@@ -148,10 +142,7 @@ def _xnor_gemm(self, a, b, k, out_dtype):
     if k == 0:
         out.fill(0)
         return out
-    if gemm_roles(m, n) == "a":      # filters = a's rows, pixels = b's rows
-        x, w, pixels, filters, strides = b, a, n, m, (0, n, 1)
-    else:                            # filters = b's rows, pixels = a's rows
-        x, w, pixels, filters, strides = a, b, m, n, (0, 1, n)
+    x, w, pixels, filters, strides = xnor_launch.gemm_operands(a, b, m, n, gemm_roles(m, n))
     _launch_conv(self, x, w, out, 1, 1, pixels, a.shape[1], k, filters, (1, 1), (1, 1),
                  (0, 0), (1, pixels), strides)
     return out

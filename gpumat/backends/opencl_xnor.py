@@ -17,8 +17,10 @@ that the cuda build runs (see :func:`parameters`).  One program is built per set
 import numpy as np
 
 from .. import errors
+from . import xnor_launch
 from .opencl import OpenCLBackend, cl
 from .opencl_elementwise import _live
+from .xnor_launch import cdiv
 
 _SOURCE = "opencl/xnor.cl"
 _I32, _I64 = np.int32, np.int64
@@ -50,16 +52,12 @@ def parameters(backend):
     return dict(CPU_PARAMETERS if cpu else GPU_PARAMETERS)
 
 
-def _cdiv(a, b):
-    return -(-a // b)
-
-
 def kernel_defines(params, filters=None):
     """The kernel defines of ``params``; with ``filters``, no more filter vectors per
     work-item than a power of two covering the layer's filters (fewer programs to build)."""
     defines = {k: int(v) for k, v in params.items() if k.startswith("XNOR_")}
     if filters is not None:
-        vectors = _cdiv(max(filters, 1), defines["XNOR_VW"])
+        vectors = cdiv(max(filters, 1), defines["XNOR_VW"])
         nv = 1
         while nv < vectors and nv < defines["XNOR_NV"]:
             nv *= 2
@@ -118,7 +116,7 @@ def launch_conv(self, x, w, out, images, height, width, words, channels, filters
         raise errors.DtypeError("xnor_conv2d: scale and bias factors need float32 results")
     for first in range(0, images, step):
         count = min(step, images - first)
-        grid = (_cdiv(count * image_pixels, wg * pb) * wg, _cdiv(filters, ob))
+        grid = (cdiv(count * image_pixels, wg * pb) * wg, cdiv(filters, ob))
         knl(self.queue, grid, (wg, 1), _live(x), _live(w), out.data, first, count, height,
             width, words, channels, filters, kernel[0], kernel[1], stride[0], stride[1],
             padding[0], padding[1], out_hw[0], out_hw[1], *out_strides, out_float,
@@ -138,35 +136,26 @@ def epilogue_arguments(pixel_scale, filter_scale, bias):
     return factors, flags
 
 
-def _padded_work(pixels, filters, defines):
-    """Output slots a launch over ``pixels`` x ``filters`` outputs computes."""
-    block = defines["XNOR_WG"] * defines["XNOR_PB"]
-    ob = defines["XNOR_NV"] * defines["XNOR_VW"]
-    return _cdiv(pixels, block) * block * _cdiv(filters, ob) * ob
-
-
 def gemm_roles(m, n, params):
-    """Whose rows play the filters in xnor_gemm's 1 x 1 convolution, 'a' or 'b': the one
-    that pads the launch less (ties: 'a', so the stores run along b's rows, the pixels)."""
-    b_filters = _padded_work(m, n, kernel_defines(params, n))  # pixels = a rows
-    a_filters = _padded_work(n, m, kernel_defines(params, m))  # pixels = b rows
-    return "a" if a_filters <= b_filters else "b"
+    """Whose rows play the filters in xnor_gemm's 1 x 1 convolution, 'a' or 'b' (see
+    xnor_launch.gemm_roles)."""
+    return xnor_launch.gemm_roles(m, n, lambda filters: kernel_defines(params, filters))
 
 
 # ---- backend methods ----------------------------------------------------------------------
 
 def _pack_conv_input(self, x, mean_abs=False):
     n, c, h, w = x.shape
-    words = _cdiv(c, 32)
+    words = cdiv(c, 32)
     out = self.empty((n, h, w, words), np.uint32)
     params = parameters(self)
     if mean_abs:
         return out, _pack_mean_abs(self, x, out, params)
-    blocks = n * words * _cdiv(h * w, params["XNOR_PACK_VW"])
+    blocks = n * words * cdiv(h * w, params["XNOR_PACK_VW"])
     if blocks == 0:
         return out
     wg = params["PACK_WG"]
-    groups = min(_cdiv(blocks, wg), _MAX_GROUPS)
+    groups = min(cdiv(blocks, wg), _MAX_GROUPS)
     knl = _kernel(self, "xnor_pack_conv_input", kernel_defines(params))
     knl(self.queue, (groups * wg,), (wg,), _live(x), out.data, n, c, h * w, words)
     return out
@@ -176,17 +165,17 @@ def _pack_mean_abs(self, x, out, params):
     """xnor_pack_conv_input_mean_abs: fills ``out`` and returns the (N, 1, H, W) mean |x|."""
     n, c, h, w = x.shape
     mean = self.empty((n, 1, h, w), np.float32)
-    blocks = n * _cdiv(h * w, params["XNOR_PACK_VW"])
+    blocks = n * cdiv(h * w, params["XNOR_PACK_VW"])
     if blocks == 0 or mean.size == 0:
         return mean
     if c == 0:                               # the mean of nothing, as NumPy's
         self.free(mean)
         return self.full((n, 1, h, w), np.nan, np.float32)
     wg = params["PACK_WG"]
-    groups = min(_cdiv(blocks, wg), _MAX_GROUPS)
+    groups = min(cdiv(blocks, wg), _MAX_GROUPS)
     knl = _kernel(self, "xnor_pack_conv_input_mean_abs", kernel_defines(params))
     knl(self.queue, (groups * wg,), (wg,), _live(x), out.data, mean.data, n, c, h * w,
-        _cdiv(c, 32))
+        cdiv(c, 32))
     return mean
 
 
@@ -200,10 +189,8 @@ def _xnor_gemm(self, a, b, k, out_dtype):
         self.free(out)
         return self.full((m, n), 0, out_dtype)
     params = parameters(self)
-    if gemm_roles(m, n, params) == "a":      # filters = a's rows, pixels = b's rows
-        x, w, pixels, filters, strides = b, a, n, m, (0, n, 1)
-    else:                                    # filters = b's rows, pixels = a's rows
-        x, w, pixels, filters, strides = a, b, m, n, (0, 1, n)
+    x, w, pixels, filters, strides = xnor_launch.gemm_operands(a, b, m, n,
+                                                               gemm_roles(m, n, params))
     launch_conv(self, x, w, out, 1, 1, pixels, words, k, filters, (1, 1), (1, 1), (0, 0),
                 (1, pixels), strides, params)
     return out
