@@ -46,17 +46,8 @@
 #include <vector>
 
 #include "compiler.hpp"
+#include "isa.hpp"
 #include "thread_pool.hpp"
-
-// Run-time dispatch: GCC and Clang on x86-64 compile extra copies for AVX2 + FMA and AVX-512
-// (function attributes, no -m flags: the module still loads on any x86-64) and pick one with
-// __builtin_cpu_supports.  Elsewhere only the baseline copy exists.
-#if GPUMAT_VECTOR_EXTENSIONS && (defined(__x86_64__) || defined(__i386__)) && \
-    !defined(GPUMAT_NO_ISA_DISPATCH)
-#define GPUMAT_ISA_DISPATCH 1
-#else
-#define GPUMAT_ISA_DISPATCH 0
-#endif
 
 namespace gpumat {
 namespace direct {
@@ -318,79 +309,29 @@ inline const char *isa_name(Isa isa) {
     }
 }
 
-// The best copy this CPU (and OS: __builtin_cpu_supports checks the saved register state)
-// runs.
-inline Isa detected_isa() {
-#if GPUMAT_ISA_DISPATCH
-    __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-        return Isa::avx512;
-    if (avx2)
-        return Isa::avx2;
-#endif
-    return Isa::baseline;
-}
+// The copies as a ladder (isa.hpp; GPUMAT_CPU_ISA and Dispatch::select() take these names).
+struct Rungs {
+    using Isa = direct::Isa;
 
-// Every copy this CPU can run, best last.
-inline std::vector<Isa> supported_isas() {
-    std::vector<Isa> isas{Isa::baseline};
-    if (detected_isa() >= Isa::avx2)
-        isas.push_back(Isa::avx2);
-    if (detected_isa() >= Isa::avx512)
-        isas.push_back(Isa::avx512);
-    return isas;
-}
-
-// The copy in use: the best one, or a lower one that GPUMAT_CPU_ISA (read once) or
-// select_isa() asks for (tests run every copy this way).
-inline std::atomic<int> &selected_isa_slot() {
-    static std::atomic<int> slot{-1};
-    return slot;
-}
-
-inline Isa parse_isa(const std::string &name, bool &ok) {
-    ok = true;
-    if (name == "baseline" || name == "default" || name == "portable")
-        return Isa::baseline;
-    if (name == "avx2")
-        return Isa::avx2;
-    if (name == "avx512")
-        return Isa::avx512;
-    ok = false;
-    return Isa::baseline;
-}
-
-inline Isa current_isa() {
-    int value = selected_isa_slot().load(std::memory_order_relaxed);
-    if (value < 0) {
-        Isa isa = detected_isa();
-        if (const char *env = std::getenv("GPUMAT_CPU_ISA")) {
-            bool ok = false;
-            const Isa wanted = parse_isa(env, ok);
-            if (ok && wanted < isa)          // "auto" or a name this CPU lacks: the best
-                isa = wanted;
-        }
-        value = (int) isa;
-        selected_isa_slot().store(value, std::memory_order_relaxed);
+    static Isa detected() {
+        const isa::Features &f = isa::features();
+        return f.avx512 ? Isa::avx512 : f.avx2 ? Isa::avx2 : Isa::baseline;
     }
-    return (Isa) value;
-}
 
-// Uses `name` ("auto" for the best); false when this CPU or build lacks it.
-inline bool select_isa(const std::string &name) {
-    if (name == "auto") {
-        selected_isa_slot().store((int) detected_isa());
+    static bool parse(const std::string &name, Isa, Isa &out) {
+        if (isa::is_baseline_name(name))
+            out = Isa::baseline;
+        else if (name == "avx2")
+            out = Isa::avx2;
+        else if (name == "avx512")
+            out = Isa::avx512;
+        else
+            return false;
         return true;
     }
-    bool ok = false;
-    const Isa isa = parse_isa(name, ok);
-    if (!ok || isa > detected_isa())
-        return false;
-    selected_isa_slot().store((int) isa);
-    return true;
-}
+};
+
+using Dispatch = isa::Ladder<Rungs>;
 
 template <class T>
 const Kernels<T> &kernels_for(Isa isa) {
@@ -567,7 +508,7 @@ void forward(const Geometry &g, const T *x, const T *w, T *y) {
     }
     prepare_threads(g);
     const Plan p(g);
-    const Kernels<T> &isa = kernels_for<T>(current_isa());
+    const Kernels<T> &isa = kernels_for<T>(Dispatch::current());
     const int64_t taps = p.taps;
     const ForwardChoice choice(p, isa);
     const size_t pixel_choice = choice.pixels, channel_choice = choice.channels;
@@ -629,7 +570,7 @@ void backward_input(const Geometry &g, const T *dy, const T *w, T *dx) {
     }
     prepare_threads(g);
     const Plan p(g);
-    const Kernels<T> &isa = kernels_for<T>(current_isa());
+    const Kernels<T> &isa = kernels_for<T>(Dispatch::current());
     const size_t choice = cheapest(Pass::input, isa.input, input_cost, p, isa.lanes);
     // Stride 1: dx is also the forward convolution of dy, padded by d (k - 1) - p, with the
     // weight flipped in space and its channel axes swapped.  That gathers instead of adding
@@ -697,7 +638,7 @@ void backward_weight(const Geometry &g, const T *dy, const T *x, T *dw) {
     }
     prepare_threads(g);
     const Plan p(g);
-    const Kernels<T> &isa = kernels_for<T>(current_isa());
+    const Kernels<T> &isa = kernels_for<T>(Dispatch::current());
     const size_t pixel_choice = cheapest(Pass::weight, isa.weight, weight_cost, p, isa.lanes);
     const size_t channel_choice = cheapest(Pass::weight_transposed, isa.weight_transposed,
                                            weight_transposed_cost, p, isa.lanes);
@@ -741,7 +682,7 @@ void small_gemm(const T *a, const T *b, const T *c, T *out, int64_t m, int64_t n
                 bool trans_a, bool trans_b, T alpha, T beta) {
     if (m == 0 || n == 0)
         return;
-    const Kernels<T> &isa = kernels_for<T>(current_isa());
+    const Kernels<T> &isa = kernels_for<T>(Dispatch::current());
     size_t choice = 0;
     double best = std::numeric_limits<double>::infinity();
     for (size_t i = 0; i < isa.gemm.count; ++i) {

@@ -476,13 +476,13 @@ nb::object small_gemm(const AnyCpuArray &a, const AnyCpuArray &b, std::optional<
 
 std::vector<std::string> direct_conv_isas() {
     std::vector<std::string> names;
-    for (auto isa : gpumat::direct::supported_isas())
+    for (auto isa : gpumat::direct::Dispatch::supported())
         names.emplace_back(gpumat::direct::isa_name(isa));
     return names;
 }
 
 void set_direct_conv_isa(const std::string &name) {
-    if (!gpumat::direct::select_isa(name)) {
+    if (!gpumat::direct::Dispatch::select(name)) {
         std::string known = "auto";
         for (const auto &isa : direct_conv_isas())
             known += ", " + isa;
@@ -510,7 +510,7 @@ gpumat::direct::Pass direct_conv_pass(const std::string &name) {
 
 // The accumulator block shapes the current instruction set's copy has, per pass (float32).
 nb::dict direct_conv_tiles() {
-    const auto &k = gpumat::direct::kernels_for<float>(gpumat::direct::current_isa());
+    const auto &k = gpumat::direct::kernels_for<float>(gpumat::direct::Dispatch::current());
     auto listed = [](const gpumat::direct::TileShape *shapes, size_t count) {
         nb::list out;
         for (size_t i = 0; i < count; ++i)
@@ -931,13 +931,13 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
 
 std::vector<std::string> xnor_isas() {
     std::vector<std::string> names;
-    for (auto isa : gpumat::xnor::supported_isas())
+    for (auto isa : gpumat::xnor::Dispatch::supported())
         names.emplace_back(gpumat::xnor::isa_name(isa));
     return names;
 }
 
 void set_xnor_isa(const std::string &name) {
-    if (!gpumat::xnor::set_isa(name)) {
+    if (!gpumat::xnor::Dispatch::select(name)) {
         std::string known = "auto";
         for (const auto &isa : xnor_isas())
             known += ", " + isa;
@@ -1021,7 +1021,7 @@ NB_MODULE(_native, module) {
                "arrays of one dtype, op transposing where asked, on the calling thread\n"
                "(the cpu backend's small products: no BLAS threads).");
     module.def("direct_conv_isa",
-               [] { return std::string(gpumat::direct::isa_name(gpumat::direct::current_isa())); },
+               [] { return std::string(gpumat::direct::isa_name(gpumat::direct::Dispatch::current())); },
                "The instruction set the direct convolutions use: baseline (SSE2 on\n"
                "x86-64, the compiler's flags elsewhere), avx2 (with FMA) or avx512.");
     module.def("direct_conv_isas", &direct_conv_isas,
@@ -1059,7 +1059,7 @@ NB_MODULE(_native, module) {
                "((v * pixel_scale[n, oh, ow]) * filter_scale[o]) + bias[o] in float32\n"
                "(no FMA), each factor left out where None, applied as results are stored.");
     module.def("xnor_isa",
-               [] { return std::string(gpumat::xnor::isa_name(gpumat::xnor::current_isa())); },
+               [] { return std::string(gpumat::xnor::isa_name(gpumat::xnor::Dispatch::current())); },
                "The instruction set the XNOR kernels use: baseline, avx2, avx512bw or\n"
                "avx512vpopcntdq.");
     module.def("xnor_isas", &xnor_isas,

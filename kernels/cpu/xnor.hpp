@@ -48,7 +48,7 @@
 // output image's size, built once per call from a row template per row pattern) carries this
 // correction, so border pixels cost the interior's price; without padding there is no table.
 //
-// Instruction sets (GPUMAT_CPU_ISA caps them, read once; set_isa() at run time):
+// Instruction sets (isa.hpp: GPUMAT_CPU_ISA caps them, Dispatch::select() at run time):
 //   avx512vpopcntdq  16 lanes per zmm, VPOPCNTD: xor, popcount, add per 16 x 32 bits; with
 //                    BITALG (required too) 32 lanes of 16 bits (VPOPCNTW) where a convolution
 //                    has at most 16 channels, so that no bit goes unused
@@ -82,18 +82,8 @@
 #include <vector>
 
 #include "compiler.hpp"
+#include "isa.hpp"
 #include "thread_pool.hpp"
-
-// GCC and Clang on x86-64 compile the AVX2 and AVX-512 copies through function attributes
-// (no -m flags: the module still loads on any x86-64) and pick one with
-// __builtin_cpu_supports; elsewhere only the baseline copy exists.
-#if GPUMAT_VECTOR_EXTENSIONS && (defined(__x86_64__) || defined(__i386__)) && \
-    !defined(GPUMAT_NO_ISA_DISPATCH)
-#define GPUMAT_XNOR_DISPATCH 1
-#include <immintrin.h>
-#else
-#define GPUMAT_XNOR_DISPATCH 0
-#endif
 
 namespace gpumat {
 namespace xnor {
@@ -264,7 +254,7 @@ struct Kernels {
 #undef GPUMAT_XNOR_TARGET
 #undef GPUMAT_XNOR_KIND
 
-#if GPUMAT_XNOR_DISPATCH
+#if GPUMAT_ISA_DISPATCH
 #define GPUMAT_XNOR_ISA avx2
 #define GPUMAT_XNOR_TARGET __attribute__((target("avx2,fma,popcnt")))
 #define GPUMAT_XNOR_KIND 1
@@ -309,92 +299,41 @@ inline const char *isa_name(Isa isa) {
     }
 }
 
-// The best copy this CPU (and OS: __builtin_cpu_supports checks the saved register state) runs.
-inline Isa detected_isa() {
-#if GPUMAT_XNOR_DISPATCH
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-          __builtin_cpu_supports("popcnt")))
-        return Isa::baseline;
-    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")))
-        return Isa::avx2;
-    if (!(__builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512bitalg")))
-        return Isa::avx512bw;
-    return Isa::avx512vpopcntdq;
-#else
-    return Isa::baseline;
-#endif
-}
+// The copies as a ladder (isa.hpp): GPUMAT_CPU_ISA and Dispatch::select() take these names
+// and the direct convolutions' (baseline, avx2, avx512: the best AVX-512 copy).
+struct Rungs {
+    using Isa = xnor::Isa;
 
-// Every copy this CPU can run, best last.
-inline std::vector<Isa> supported_isas() {
-    std::vector<Isa> isas;
-    for (int i = 0; i <= (int) detected_isa(); ++i)
-        isas.push_back((Isa) i);
-    return isas;
-}
-
-// A name as GPUMAT_CPU_ISA or set_isa() give it: the direct convolutions' names (baseline,
-// avx2, avx512 -- the best AVX-512 copy) and this file's own.
-inline bool parse_isa(const std::string &name, Isa &isa) {
-    if (name == "baseline" || name == "default" || name == "portable")
-        isa = Isa::baseline;
-    else if (name == "avx2")
-        isa = Isa::avx2;
-    else if (name == "avx512bw")
-        isa = Isa::avx512bw;
-    else if (name == "avx512" || name == "avx512vpopcntdq")
-        isa = Isa::avx512vpopcntdq;
-    else
-        return false;
-    return true;
-}
-
-inline std::atomic<int> &selected_isa_slot() {
-    static std::atomic<int> slot{-1};
-    return slot;
-}
-
-// The copy in use: the best one, or a lower one that GPUMAT_CPU_ISA (read once) or set_isa()
-// asks for; "auto" or a name this CPU lacks give the best.
-inline Isa current_isa() {
-    int value = selected_isa_slot().load(std::memory_order_relaxed);
-    if (value < 0) {
-        Isa isa = detected_isa();
-        if (const char *env = std::getenv("GPUMAT_CPU_ISA")) {
-            Isa wanted;
-            if (parse_isa(env, wanted) && wanted < isa)
-                isa = wanted;
-        }
-        value = (int) isa;
-        selected_isa_slot().store(value, std::memory_order_relaxed);
+    static Isa detected() {
+        const isa::Features &f = isa::features();
+        return f.avx512_popcount ? Isa::avx512vpopcntdq
+               : f.avx512        ? Isa::avx512bw
+               : f.avx2          ? Isa::avx2
+                                 : Isa::baseline;
     }
-    return (Isa) value;
-}
 
-// Uses `name` ("auto": the best; "avx512": the best AVX-512 copy); false when this CPU or
-// build lacks it.
-inline bool set_isa(const std::string &name) {
-    const Isa best = detected_isa();
-    if (name == "auto") {
-        selected_isa_slot().store((int) best);
+    static bool parse(const std::string &name, Isa best, Isa &out) {
+        if (isa::is_baseline_name(name))
+            out = Isa::baseline;
+        else if (name == "avx2")
+            out = Isa::avx2;
+        else if (name == "avx512bw")
+            out = Isa::avx512bw;
+        else if (name == "avx512")
+            out = best >= Isa::avx512bw ? best : Isa::avx512vpopcntdq;
+        else if (name == "avx512vpopcntdq")
+            out = Isa::avx512vpopcntdq;
+        else
+            return false;
         return true;
     }
-    Isa isa;
-    if (!parse_isa(name, isa))
-        return false;
-    if (name == "avx512" && best >= Isa::avx512bw)
-        isa = best;
-    if (isa > best)
-        return false;
-    selected_isa_slot().store((int) isa);
-    return true;
-}
+};
+
+using Dispatch = isa::Ladder<Rungs>;
 
 inline const Kernels &kernels_for(Isa isa) {
     static const Kernels base = baseline::kernels();
-#if GPUMAT_XNOR_DISPATCH
+#if GPUMAT_ISA_DISPATCH
     static const Kernels medium = avx2::kernels();
     static const Kernels wide = avx512bw::kernels();
     static const Kernels widest = avx512vpopcntdq::kernels();
@@ -473,7 +412,7 @@ inline void pack_conv_input(const float *x, uint32_t *out, int64_t batch, int64_
     const int64_t pixels = height * width;
     if (batch == 0 || pixels == 0 || channels == 0)
         return;
-    const Kernels &k = kernels_for(current_isa());
+    const Kernels &k = kernels_for(Dispatch::current());
     const int64_t words = blocks_of(channels, 32);
     // memory-bound: a second core pays from about 256 Ki floats (1 MiB, ~25 us) on
     const int threads = pool_threads((double) batch * pixels * channels * 4.0);
@@ -510,7 +449,7 @@ inline void xnor_gemm(const uint32_t *a, const uint32_t *b, int64_t m, int64_t n
         return;
     const int64_t words = blocks_of(k, 32);
     const uint32_t last = tail_mask(k);
-    const Kernels &isa = kernels_for(current_isa());
+    const Kernels &isa = kernels_for(Dispatch::current());
     if (std::min(m, n) < kFewRows) {
         // one side has too few rows to fill a block of filters: the lane operand's
         // transposition would cost more than the products, so dot products along the words
@@ -797,7 +736,7 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
     const int64_t pixels = out_h * out_w;
     if (batch == 0 || out_channels == 0 || pixels == 0)
         return;
-    const Kernels &isa = kernels_for(current_isa());
+    const Kernels &isa = kernels_for(Dispatch::current());
     const ConvPlan p = conv_plan(batch, channels, height, width, out_channels, kernel_h,
                                  kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w, isa);
     const int64_t F = p.narrow ? isa.filters16 : isa.filters;
