@@ -10,14 +10,11 @@ GPU) is the float conv users would pick instead.  GOP/s counts 2 * C_out * OH * 
 C_in * kh * kw for both, so a ratio of rates is a ratio of speeds; the table's
 ``<backend>/float-<backend>`` column is the speed-up the issue's targets are about.
 
-Where the time goes, per backend, in the same cases: ``packed-<backend>`` is the XNOR kernel
-alone on input already binarized and packed (what a layer pays when the previous layer emits
-bits: the kernel's own speed-up over float), and ``floor-<backend>`` is gpumat's streaming
-elementwise kernel (relu) moving exactly the bytes the layer must move -- reading the float
-input and writing the float output once.  Its rate is the ceiling of any kernel that takes and
-returns float tensors on that backend: ``<backend>/floor-<backend>`` near 1 says the layer is
-memory-bound, and ``floor-<backend>/float-<backend>`` is the most a binary convolution with
-float input and output could gain there.
+Where the time goes: ``packed-<backend>`` times the XNOR kernel alone, on input already
+binarized and packed (what a layer pays when the previous layer emits bits), in the same
+cases; ``<backend>/packed-<backend>`` below 1 is the share of the layer that binarizing and
+packing its float input costs.  (bench/binary_profile.py does the same per layer of whole
+networks.)
 
 End to end (``*-eval`` cases): a binary network in eval mode (every conv but the first, and
 every linear but the last, in XNOR mode) against its float twin, thousands of images per
@@ -52,7 +49,7 @@ def implementations():
     for impl in harness.implementations("conv"):
         if impl.role == "gpumat":
             found.append(impl)
-            for kind in ("float", "packed", "floor"):
+            for kind in ("float", "packed"):
                 found.append(harness.Implementation(f"{kind}-{impl.backend}", impl.device,
                                                     "peer", impl.backend))
         else:
@@ -89,12 +86,6 @@ def test_binary_conv(benchmark, case, impl):
                 x = gm.pack_conv_input(x)
             call = lambda: gm.xnor_conv2d(x, packed, channels=conv.c_in,  # noqa: E731
                                           dtype="float32", **geometry)
-        elif kind == "floor":
-            # read the input and write the output once: in + out floats through relu, which
-            # reads and writes (in + out) / 2 of them
-            out = batch * conv.c_out * conv.out_size ** 2
-            (x,) = harness.upload(impl, harness.host(((x_host.size + out) // 2,), generator))
-            call = lambda: gm.relu(x)                                  # noqa: E731
         else:
             call = lambda: gm.conv2d(x, w, **geometry)                 # noqa: E731
     harness.time_case(benchmark, call, sync, suite="binary", case=f"{net}.{name} b{batch}",
@@ -111,7 +102,7 @@ def _model(name, binary):
 
 
 @pytest.mark.parametrize("impl", [i for i in IMPLEMENTATIONS
-                                  if not i.name.startswith(("torch", "packed", "floor"))],
+                                  if not i.name.startswith(("torch", "packed"))],
                          ids=str)
 @pytest.mark.parametrize("case", [pytest.param(c, id=f"{c[0]}-b{c[1]}")
                                   for c in MODELS[harness.PRESET]])

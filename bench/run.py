@@ -122,9 +122,9 @@ def _table(suite, rows):
     impls.sort(key=lambda name: (not name.startswith("gpumat-"), 0))
     gpumat = [i for i in impls if i.startswith("gpumat-")]
     peers = [i for i in impls if not i.startswith("gpumat-")]
-    # a peer tied to one backend (the binary suite's float-, packed- and floor-<backend>) is
+    # a peer tied to one backend (the binary suite's float- and packed-<backend>) is
     # compared with that backend only
-    own = ("float-", "packed-", "floor-")
+    own = ("float-", "packed-")
     pairs = [(g, p) for g in gpumat for p in peers
              if not p.startswith(own) or p.split("-", 1)[1] == _short(g)]
     cell = {(r["case"], r["implementation"]): r for r in rows}
