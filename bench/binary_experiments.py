@@ -19,7 +19,9 @@ convolution and the last linear layer (see gpumat.nn.models).
 It prints a markdown table (one row per dataset, model and learning rate, one column per
 mode) and the deployed model sizes (nn.summary's bits: binary weights 1 bit each), and
 writes everything, with each epoch's history, to ``bench/results/binary/`` as JSON after
-every run, so an interrupted experiment keeps what it finished.  Benchmarks assert nothing.
+every run, so an interrupted experiment keeps what it finished.  ``--summary`` trains
+nothing and gathers every experiment there into one file, ``summary.md``.  Benchmarks
+assert nothing.
 """
 import argparse
 import json
@@ -157,6 +159,40 @@ def markdown(results):
     return "\n".join(lines)
 
 
+def summarize(directory):
+    """One markdown file of every experiment in ``directory``'s binary-*.json: a table per
+    setting (dataset, epochs, training images, optimizer), the runs of later files replacing
+    earlier ones of the same model, learning rate and mode, each table under the commands
+    that produced it.  Returns the text (also written to ``directory``/summary.md)."""
+    import glob
+    settings = {}
+    for path in sorted(glob.glob(os.path.join(directory, "binary-*.json"))):
+        with open(path) as f:
+            report = json.load(f)
+        for run in report["runs"]:
+            key = (run["dataset"], run["epochs"], run["train_images"], run["optimizer"])
+            setting = settings.setdefault(key, {"runs": {}, "commands": []})
+            setting["runs"][(run["model"], run["lr"], run["mode"])] = run
+            if report["command"] not in setting["commands"]:
+                setting["commands"].append(report["command"])
+    parts = ["# Float vs binary networks (gpumat.nn.binary)", "",
+             "Test top-1 (%) after the last epoch (the best epoch's in parentheses where "
+             "higher); every run from seed 0 with a cosine schedule.  Written by "
+             "`python bench/binary_experiments.py --summary` from the JSON files beside it.",
+             ""]
+    for (dataset, epochs, images, opt), setting in sorted(settings.items(),
+                                                          key=lambda kv: kv[0]):
+        runs = sorted(setting["runs"].values(),
+                      key=lambda r: (MODELS.index(r["model"]), -r["lr"], MODES.index(r["mode"])))
+        parts += [f"## {dataset}, {epochs} epochs, {images:,} training images, {opt}", ""]
+        parts += [f"    {command}" for command in setting["commands"]] + [""]
+        parts += [markdown(runs), ""]
+    text = "\n".join(parts)
+    with open(os.path.join(directory, "summary.md"), "w") as f:
+        f.write(text)
+    return text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -185,7 +221,12 @@ def main(argv=None):
     parser.add_argument("--save-runs", action="store_true",
                         help="also keep each run's model, checkpoint and curves under "
                              "OUT/runs/")
+    parser.add_argument("--summary", action="store_true",
+                        help="train nothing: gather every experiment in OUT into OUT/summary.md")
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summarize(args.out))
+        return 0
     if args.epochs < 1 or args.batch_size < 1:
         parser.error("--epochs and --batch-size must be at least 1")
     args.backend = gm.use(args.backend)
