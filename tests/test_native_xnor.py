@@ -425,8 +425,32 @@ def test_isa_selection():
         assert NATIVE.xnor_isa() == ISAS[0]
         NATIVE.set_xnor_isa("auto")
         assert NATIVE.xnor_isa() == ISAS[-1]
+        if "avx512bw" in ISAS:          # the direct convolutions' name: the best AVX-512 copy
+            NATIVE.set_xnor_isa(ISAS[0])
+            NATIVE.set_xnor_isa("avx512")
+            assert NATIVE.xnor_isa() == ISAS[-1]
     finally:
         NATIVE.set_xnor_isa("auto")
+
+
+@needs_native
+def test_the_two_kernel_families_choose_their_copies_apart():
+    """One ladder implementation (kernels/cpu/isa.hpp), one selection per family: moving the
+    XNOR kernels to their baseline copy leaves the direct convolutions' choice alone, and each
+    family knows only its own names."""
+    direct = NATIVE.direct_conv_isas()
+    try:
+        NATIVE.set_xnor_isa(ISAS[0])
+        assert NATIVE.direct_conv_isa() == direct[-1]
+        NATIVE.set_direct_conv_isa(direct[0])
+        assert (NATIVE.xnor_isa(), NATIVE.direct_conv_isa()) == (ISAS[0], direct[0])
+        with pytest.raises(ValueError, match="'avx512bw' is not an instruction set"):
+            NATIVE.set_direct_conv_isa("avx512bw")
+        assert NATIVE.direct_conv_isa() == direct[0]            # a refused name changes nothing
+    finally:
+        NATIVE.set_xnor_isa("auto")
+        NATIVE.set_direct_conv_isa("auto")
+    assert (NATIVE.xnor_isa(), NATIVE.direct_conv_isa()) == (ISAS[-1], direct[-1])
 
 
 # ---- argument checks ---------------------------------------------------------------------------
