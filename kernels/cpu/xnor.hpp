@@ -61,12 +61,13 @@
 // exact integer rounded once (exact below 2**24; below it one FMA makes base - 2 A from
 // exact float operands, above it the int32 result is converted).
 //
-// Speed (one core of a Sapphire Rapids-class Xeon, AVX-512 VPOPCNTDQ, against the cpu
-// backend's float direct convolution on the same core): ResNet-20's 32- and 64-channel 3x3
-// layers (batch 32) run 9-10x faster including pack_conv_input, a 256-channel 14x14 layer
-// 12x; the 16-channel ones 5-6x, bound by reading the 2 MiB float input and writing the
-// 2 MiB float output.  The products themselves run at about 1.5 cycles per 512 binary
-// multiply-adds (3 vector uops on 2 ports), against the float convolution's 32 a cycle.
+// Speed (a Sapphire Rapids-class Xeon, AVX-512 VPOPCNTDQ, against the cpu backend's float
+// direct convolution, batch 32, pack_conv_input included): on one core ResNet-20's 3x3
+// layers run 8-10x faster with 32 and 64 channels, 6x with 16; on two, 6-7x and 4-5x, as
+// each call's fixed cost (15-25 us: argument checks, the weight blocks and border table,
+// handing work to the second thread) weighs on layers of 60-100 us; a 256-channel 14x14
+// layer 12-13x.  The products run at about 1.5 cycles per 512 binary multiply-adds (3
+// vector uops on 2 ports), against the float convolution's 32 a cycle.
 #pragma once
 
 #include <algorithm>
