@@ -678,3 +678,6 @@ def test_command_line_trains_a_binary_model(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "metrics.json").exists()
     stored = load_state(tmp_path / "model.npz")
     assert "conv2.weight_bits" in stored and "conv1.weight" in stored
+    kib = (tmp_path / "model.npz").stat().st_size / 1024
+    assert f"metrics, model ({kib:,.1f} KiB) and curves in {tmp_path}/" in out
+    assert kib < 241 / 4                     # the float LeNet-5's weights alone are 241 KiB

@@ -30,7 +30,7 @@ import gpumat as gm
 from . import models, netdef, optim
 from .binary import MODES as BINARY_MODES
 from .data import DataLoader, load_dataset
-from .train import fit
+from .train import MODEL, fit
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10")
 DEFAULT_LR = {"sgd": 0.02, "adam": 1e-3}
@@ -200,6 +200,9 @@ def run(args, parser=None):
                   resume=args.resume, label_smoothing=args.label_smoothing, info=info)
     if history:
         best = max(e["test_top1"] for e in history)
+        model_file = os.path.join(out, MODEL)
+        size = (f" ({os.path.getsize(model_file) / 1024:,.1f} KiB)"
+                if os.path.exists(model_file) else "")
         print(f"done: final test top-1 {100 * history[-1]['test_top1']:.2f}% (best "
-              f"{100 * best:.2f}%); metrics, model and curves in {out}/")
+              f"{100 * best:.2f}%); metrics, model{size} and curves in {out}/")
     return 0
