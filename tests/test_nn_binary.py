@@ -520,7 +520,7 @@ def test_resuming_needs_the_same_binary_mode(tmp_path):
     with pytest.raises(CheckpointError, match=r"module '1' is ReLU\(\) in the checkpoint but "
                                               r"Tanh\(\) in this model"):
         load_checkpoint(tmp_path / "own.npz", nn.Sequential(net("bwn")[0], nn.Tanh()))
-    with pytest.raises(CheckpointError, match="the checkpoint's has 3 modules, this one 4"):
+    with pytest.raises(CheckpointError, match="the checkpoint's model has 3 modules, this one 4"):
         load_checkpoint(tmp_path / "own.npz", nn.Sequential(net("bwn")[0], nn.ReLU(),
                                                             nn.Identity()))
 

@@ -364,7 +364,7 @@ def _check_configuration(model, metadata, path):
         differ(f"module #{index} is {theirs[0]!r} ({theirs[1]}) in the checkpoint but "
                f"{mine[0]!r} ({mine[1]}) in this model")
     if len(saved) != len(ours):
-        differ(f"the checkpoint's has {len(saved)} modules, this one {len(ours)}")
+        differ(f"the checkpoint's model has {len(saved)} modules, this one {len(ours)}")
 
 
 def _check_saved(role, owner, metadata, path):
