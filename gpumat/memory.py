@@ -4,6 +4,9 @@ Every Array registers a weak reference with the innermost open scope.  When the 
 each Array created inside it that is still alive and was not kept is released.  Kept arrays
 (``scope.keep(A)``, ``gm.keep(A)``, or the return value of a function decorated with
 ``@gm.scope()``) move to the enclosing scope, so an outer scope can still free them.
+State that a long-lived object creates lazily (an optimizer's moment buffers, a layer's
+inference cache) is marked with ``outlive_scopes`` and never released by a scope: it lives
+as long as its owner refers to it, whichever scope its first use ran in.
 """
 import functools
 import threading
@@ -17,6 +20,18 @@ def _stack():
     if stack is None:
         stack = _state.stack = []
     return stack
+
+
+# id -> Array of the arrays no scope releases (weak: an entry goes with its array)
+_OUTLIVING = weakref.WeakValueDictionary()
+
+
+def outlive_scopes(*arrays):
+    """Exempt ``arrays`` (lazily made state of a long-lived owner) from every scope's
+    release; returns its argument(s)."""
+    for a in _iter_arrays(arrays):
+        _OUTLIVING[id(a)] = a
+    return arrays[0] if len(arrays) == 1 else arrays
 
 
 def register(array):
@@ -59,7 +74,7 @@ class scope:
             if id(a) in self._kept:
                 if parent is not None:
                     parent._arrays.append(ref)
-            else:
+            elif _OUTLIVING.get(id(a)) is not a:
                 a.release()
         self._arrays.clear()
         self._kept.clear()

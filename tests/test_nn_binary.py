@@ -488,6 +488,35 @@ def test_checkpoints_keep_the_latent_weights(tmp_path):
     np.testing.assert_array_equal(bwn.conv2.weight.gather(), float_model.conv2.weight.gather())
 
 
+@pytest.mark.parametrize("make_optimizer", [
+    lambda ps: nn.optim.SGD(ps, lr=0.01, momentum=0.9), lambda ps: nn.optim.Adam(ps)],
+    ids=["sgd", "adam"])
+def test_state_made_inside_a_scope_outlives_it(backend, make_optimizer):
+    """A first training step and a first packed inference inside gm.scope() make the
+    optimizer's buffers, the layers' inference caches and K's box filter; the scope must not
+    release them, or the model and optimizer are unusable after it."""
+    gm.seed(2)
+    model = models.lenet5(binary="xnor").to(backend)
+    opt = make_optimizer(model.parameters())
+    x = on(backend, rng(6).standard_normal((2, 1, 32, 32)).astype(np.float32))
+    labels = gm.array(np.array([1, 2]), backend=backend)
+
+    def step():
+        model.train()
+        loss = nn.functional.cross_entropy(model(x), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.eval()
+        with nn.no_grad():
+            return model(x).gather()
+
+    with gm.scope():
+        step()
+    after = step()
+    assert np.isfinite(after).all()
+
+
 def test_resuming_needs_the_same_binary_mode(tmp_path):
     # bwn and dorefa keep the float layout, so only the saved configuration tells them apart
     # from each other and from the float model: resuming into the wrong one must fail, not

@@ -71,6 +71,7 @@ import numpy as np
 import gpumat as gm
 
 from ..errors import ShapeError
+from ..memory import outlive_scopes
 from . import functional as F
 from .autograd import Function, Variable, is_grad_enabled
 from .layers import Conv2d, Linear
@@ -190,8 +191,8 @@ def _box(kernel, like):
     box = _BOXES.get(key)
     if box is None or box._backend is not like._backend:
         kh, kw = kernel
-        box = _BOXES[key] = gm.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=like.dtype,
-                                    backend=like.backend)
+        box = _BOXES[key] = outlive_scopes(gm.full((1, 1, kh, kw), 1.0 / (kh * kw),
+                                                   dtype=like.dtype, backend=like.backend))
     return box
 
 
@@ -278,6 +279,7 @@ class _Binary:
                  "weight": signs.reshape(data.shape) if self.mode == "xnor"
                  else (signs * alpha).reshape(data.shape),
                  "packed": self._pack_weight(data) if packed else None}
+        outlive_scopes(cache["alpha"], cache["weight"], cache["packed"])
         object.__setattr__(self, "_cache", cache)
         return cache
 

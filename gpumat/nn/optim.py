@@ -14,6 +14,7 @@ updates the Parameter's Array and its state buffers in place.  ``state_dict`` /
 import math
 
 import gpumat as gm
+from gpumat.memory import outlive_scopes
 
 from .autograd import no_grad
 from .module import Parameter
@@ -98,6 +99,7 @@ class Optimizer:
         for i, buffers in state_dict["state"].items():
             p = by_index[int(i)]
             self.state[p] = {k: _like(v, p) for k, v in buffers.items()}
+            outlive_scopes(self.state[p])
 
 
 def _like(value, p):
@@ -132,8 +134,8 @@ class SGD(Optimizer):
         buf = state.get("momentum_buffer")
         first = momentum != 0 and buf is None
         if first:
-            buf = state["momentum_buffer"] = gm.empty(*p.shape, dtype=p.dtype,
-                                                      backend=p.backend)
+            buf = state["momentum_buffer"] = outlive_scopes(
+                gm.empty(*p.shape, dtype=p.dtype, backend=p.backend))
         gm.sgd_update(p.data, grad, buf, group["lr"], momentum, group["dampening"],
                       group["weight_decay"], group["nesterov"], first)
 
@@ -156,8 +158,9 @@ class Adam(Optimizer):
 
     def _update(self, p, grad, state, group):
         if "exp_avg" not in state:
-            state["exp_avg"] = gm.zeros(*p.shape, dtype=p.dtype, backend=p.backend)
-            state["exp_avg_sq"] = gm.zeros(*p.shape, dtype=p.dtype, backend=p.backend)
+            state["exp_avg"], state["exp_avg_sq"] = outlive_scopes(
+                gm.zeros(*p.shape, dtype=p.dtype, backend=p.backend),
+                gm.zeros(*p.shape, dtype=p.dtype, backend=p.backend))
         state["step"] = state.get("step", 0) + 1
         b1, b2 = group["betas"]
         gm.adam_update(p.data, grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
