@@ -24,6 +24,7 @@ nothing and gathers every experiment there into one file, ``summary.md``.  Bench
 assert nothing.
 """
 import argparse
+import glob
 import json
 import os
 import platform
@@ -164,7 +165,6 @@ def summarize(directory):
     setting (dataset, epochs, training images, optimizer), the runs of later files replacing
     earlier ones of the same model, learning rate and mode, each table under the commands
     that produced it.  Returns the text (also written to ``directory``/summary.md)."""
-    import glob
     settings = {}
     for path in sorted(glob.glob(os.path.join(directory, "binary-*.json"))):
         with open(path) as f:
@@ -180,8 +180,7 @@ def summarize(directory):
              "higher); every run from seed 0 with a cosine schedule.  Written by "
              "`python bench/binary_experiments.py --summary` from the JSON files beside it.",
              ""]
-    for (dataset, epochs, images, opt), setting in sorted(settings.items(),
-                                                          key=lambda kv: kv[0]):
+    for (dataset, epochs, images, opt), setting in sorted(settings.items()):
         runs = sorted(setting["runs"].values(),
                       key=lambda r: (MODELS.index(r["model"]), -r["lr"], MODES.index(r["mode"])))
         parts += [f"## {dataset}, {epochs} epochs, {images:,} training images, {opt}", ""]
