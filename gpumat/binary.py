@@ -16,7 +16,9 @@ ceil(C/32) XOR-popcounts.  Zero padding has no +-1 code: a padded pixel of the f
 convolution contributes 0, which a -1 (or +1) bit would not.  The kernels therefore visit only
 the taps whose input pixel lies inside the image and add channels - 2 * popcount for each: the
 result equals conv2d(b(x), b(w)) with ordinary zero padding exactly, at the border too.  The
-input is binarized and packed straight from NCHW floats; no float im2col matrix is made.
+input is binarized and packed straight from NCHW floats; no float im2col matrix is made.  On
+the cpu backend ``xnor_conv2d`` given float input packs it inside its own parallel pass, each
+chunk of work the input rows it reads (no packed copy of the batch); the others pack first.
 
 Results are int32, or float32 (exact: |value| <= C * kh * kw, far below 2**24 for any layer).
 Every argument is checked here with errors that name it; the backends get valid input only.
@@ -32,6 +34,8 @@ __all__ = ["pack_signs", "pack_conv_input", "pack_conv_weight", "xnor_gemm", "xn
 _WORD_BITS = 32
 _UINT32 = np.dtype(np.uint32)
 _FLOAT32 = np.dtype(np.float32)
+_CONV_LAYOUTS = {"x": ("N, C, H, W", "N, H, W, ceil(C/32)"),
+                 "w": ("O, C, kh, kw", "O, kh, kw, ceil(C/32)")}
 _RESULT_DTYPES = {"int32": np.dtype(np.int32), "float32": np.dtype(np.float32),
                   "single": np.dtype(np.float32)}
 
@@ -63,15 +67,14 @@ def _need_float32(a, what, name):
 
 
 def _same_backend(what, **arrays):
-    backends = {name: a._backend for name, a in arrays.items()}
-    first = next(iter(backends.values()))
-    for name, backend in backends.items():
-        if backend is not first:
-            from .errors import BackendMismatchError
-            names = ", ".join(f"{n} on {b.name!r}" for n, b in backends.items())
-            raise BackendMismatchError(f"{what}: operands live on two backends ({names}); "
-                                       f"move one with A.to({first.name!r})")
-    return first
+    backends = [a._backend for a in arrays.values()]
+    first = backends[0]
+    if all(backend is first for backend in backends):
+        return first
+    from .errors import BackendMismatchError
+    names = ", ".join(f"{name} on {a._backend.name!r}" for name, a in arrays.items())
+    raise BackendMismatchError(f"{what}: operands live on two backends ({names}); "
+                               f"move one with A.to({first.name!r})")
 
 
 # ---- packing --------------------------------------------------------------------------------
@@ -206,20 +209,21 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
     x, w = _array(x, what, "x"), _array(w, what, "w")
     backend = _same_backend(what, x=x, w=w)
     out_dtype = _result_dtype(dtype, what)
-    layouts = {"x": ("N, C, H, W", "N, H, W, ceil(C/32)"),
-               "w": ("O, C, kh, kw", "O, kh, kw, ceil(C/32)")}
-    for name, arr in (("x", x), ("w", w)):
-        if arr.dtype not in (_FLOAT32, _UINT32):
+    # (each dtype and shape read once: this runs per layer call, often on small layers)
+    x_dtype, w_dtype, x_shape, w_shape = x.dtype, w.dtype, x.shape, w.shape
+    for name, arr_dtype, shape in (("x", x_dtype, x_shape), ("w", w_dtype, w_shape)):
+        if arr_dtype != _FLOAT32 and arr_dtype != _UINT32:
             raise DtypeError(f"{what}: {name} must be single (float32) or packed signs "
-                             f"(uint32), got {arr.dtype}")
-        if arr.ndim != 4:
-            layout = layouts[name][arr.dtype == _UINT32]
-            raise ShapeError(f"{what}: {name} must be 4-d ({layout}), got shape {arr.shape}")
+                             f"(uint32), got {arr_dtype}")
+        if len(shape) != 4:
+            layout = _CONV_LAYOUTS[name][arr_dtype == _UINT32]
+            raise ShapeError(f"{what}: {name} must be 4-d ({layout}), got shape {shape}")
+    x_float, w_float = x_dtype == _FLOAT32, w_dtype == _FLOAT32
     known = {}
-    if x.dtype == _FLOAT32:
-        known["x"] = x.shape[1]
-    if w.dtype == _FLOAT32:
-        known["w"] = w.shape[1]
+    if x_float:
+        known["x"] = x_shape[1]
+    if w_float:
+        known["w"] = w_shape[1]
     if channels is not None:
         if not _is_int(channels) or channels < 1:
             raise ShapeError(f"{what}: channels must be a positive int, got {channels!r}")
@@ -231,27 +235,35 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
         listed = ", ".join(f"{name} says {c}" for name, c in known.items())
         raise ShapeError(f"{what}: the input channel counts disagree ({listed})")
     c = next(iter(known.values()))
-    xp = pack_conv_input(x) if x.dtype == _FLOAT32 else x
-    wp = pack_conv_weight(w) if w.dtype == _FLOAT32 else w
-    for name, arr in (("x", xp), ("w", wp)):
-        if arr.shape[3] != words(c):
-            raise ShapeError(f"{what}: packed {name} {arr.shape} has {arr.shape[3]} words per "
-                             f"pixel, but {c} channels need {words(c)}")
-    kernel = wp.shape[1:3]
+    # float input goes as it is to a backend that packs it inside the convolution's own
+    # pass, elsewhere through pack_conv_input first
+    packs_itself = x_float and backend.xnor_conv2d_packs_input
+    xp = pack_conv_input(x) if x_float and not packs_itself else x
+    wp = pack_conv_weight(w) if w_float else w
+    xp_shape = xp.shape if xp is not x else x_shape
+    wp_shape = wp.shape if wp is not w else w_shape
+    for name, shape, packed in (("x", xp_shape, not packs_itself), ("w", wp_shape, True)):
+        if packed and shape[3] != words(c):
+            raise ShapeError(f"{what}: packed {name} {shape} has {shape[3]} words per pixel, "
+                             f"but {c} channels need {words(c)}")
+    in_hw = x_shape[2:4] if packs_itself else xp_shape[1:3]
+    kernel = wp_shape[1:3]
     stride = _pair(stride, "stride", what, 1)
     padding = _pair(padding, "padding", what, 0)
     if min(kernel) < 1:
         raise ShapeError(f"{what}: the kernel {tuple(kernel)} is empty")
     out_hw = []
-    for axis, size, k, s, p in zip(("height", "width"), xp.shape[1:3], kernel, stride, padding):
+    for axis, size, k, s, p in zip(("height", "width"), in_hw, kernel, stride, padding):
         if size + 2 * p < k:
             raise ShapeError(f"{what}: the kernel {axis} {k} is larger than the padded input "
                              f"{axis} {size} + 2*{p} = {size + 2 * p}; the output would be "
                              f"empty")
         out_hw.append((size + 2 * p - k) // s + 1)
-    epilogue = _epilogue(what, backend, out_dtype, (xp.shape[0], wp.shape[0], *out_hw),
-                         pixel_scale=pixel_scale, filter_scale=filter_scale, bias=bias)
-    natives = {name: a._live for name, a in epilogue.items()}
+    natives = {}
+    if pixel_scale is not None or filter_scale is not None or bias is not None:
+        epilogue = _epilogue(what, backend, out_dtype, (xp_shape[0], wp_shape[0], *out_hw),
+                             pixel_scale=pixel_scale, filter_scale=filter_scale, bias=bias)
+        natives = {name: a._live for name, a in epilogue.items()}
     return Array._wrap(backend, backend.xnor_conv2d(xp._live, wp._live, c, stride, padding,
                                                     tuple(out_hw), out_dtype, **natives))
 

@@ -359,6 +359,51 @@ def test_xnor_conv2d_threads_and_row_blocks(restore_threads):
 
 
 @needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_xnor_conv2d_packs_float_input_in_its_own_pass(isa, restore_isa):
+    """Float input handed to the module as it is (each chunk packs the rows it reads): the
+    values of packing it first, special values included, int32 and float32 with every
+    factor of the epilogue, on every geometry."""
+    NATIVE.set_xnor_isa(isa)
+    for index, geometry in enumerate(GEOMETRIES):
+        n, c, h, w, o, kernel, stride, padding = geometry
+        x = special_input((n, c, h, w), 30 + index)
+        wp = with_garbage(pack_reference(special_input((o, c) + kernel, 60 + index)), c, index)
+        xp = pack_reference(x)
+        hw = out_hw(h, w, kernel, stride, padding)
+        geometry_args = (c, pair(stride), pair(padding), hw)
+        what = f"{isa} {ids(geometry)}"
+        assert_exact(NATIVE.xnor_conv2d(x, wp, *geometry_args, "int32"),
+                     conv_reference(xp, wp, c, stride, padding), np.int32, what)
+        rng = np.random.default_rng(index)
+        factors = (rng.standard_normal((n,) + hw).astype(np.float32),
+                   rng.standard_normal(o).astype(np.float32),
+                   rng.standard_normal(o).astype(np.float32))
+        assert_exact(NATIVE.xnor_conv2d(x, wp, *geometry_args, "float32", *factors),
+                     NATIVE.xnor_conv2d(xp, wp, *geometry_args, "float32", *factors),
+                     np.float32, what + " (float32, scaled)")
+
+
+@needs_native
+def test_xnor_conv2d_packs_float_input_in_row_blocks(restore_threads):
+    # small batches split images into blocks of output rows, each packing the input rows its
+    # planes read (overlapping its neighbours'), strided and padded
+    for index, geometry in enumerate([(1, 64, 30, 26, 64, (3, 3), 1, 1),
+                                      (3, 16, 40, 40, 32, (3, 3), 2, 1),
+                                      (2, 40, 23, 9, 5, (5, 3), (2, 1), (2, 0)),
+                                      (1, 7, 50, 6, 3, (4, 4), 3, 0)]):
+        n, c, h, w, o, kernel, stride, padding = geometry
+        x = special_input((n, c, h, w), 90 + index)
+        wp = pack_reference(special_input((o, c) + kernel, 95 + index))
+        want = conv_reference(pack_reference(x), wp, c, stride, padding)
+        hw = out_hw(h, w, kernel, stride, padding)
+        for threads in (1, 2, 5):
+            NATIVE.set_native_threads(threads)
+            got = NATIVE.xnor_conv2d(x, wp, c, pair(stride), pair(padding), hw, "int32")
+            assert_exact(got, want, np.int32, f"{ids(geometry)} {threads} threads")
+
+
+@needs_native
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 2), c=st.integers(1, 70), h=st.integers(1, 9), w=st.integers(1, 9),
        o=st.integers(1, 20), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3),
@@ -528,8 +573,14 @@ def test_module_checks_its_arguments_itself():
         NATIVE.xnor_gemm(a, a, 70, "int32")
     with pytest.raises(ValueError, match="C-contiguous"):
         NATIVE.xnor_gemm(np.zeros((2, 4), np.uint32)[:, ::2], a, 40, "int32")
-    with pytest.raises(TypeError, match="xp must be uint32.*float32"):
+    with pytest.raises(TypeError, match="xp must be uint32.*or float32.*got dtype float64"):
+        NATIVE.xnor_conv2d(xp.astype(np.float64), wp, 20, (1, 1), (1, 1), (5, 5), "int32")
+    with pytest.raises(ValueError, match=r"float input xp \(1, 5, 5, 1\) has 5 channels, "
+                                         r"but channels = 20"):
         NATIVE.xnor_conv2d(xp.astype(np.float32), wp, 20, (1, 1), (1, 1), (5, 5), "int32")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        NATIVE.xnor_conv2d(np.zeros((1, 20, 5, 10), np.float32)[..., ::2], wp, 20, (1, 1),
+                           (1, 1), (5, 5), "int32")
     with pytest.raises(ValueError, match="out_hw is \\(5, 4\\)"):
         NATIVE.xnor_conv2d(xp, wp, 20, (1, 1), (1, 1), (5, 4), "int32")
     with pytest.raises(ValueError, match="stride must be at least 1"):
@@ -585,6 +636,10 @@ def test_cpu_backend_methods(with_module, monkeypatch):
     y = backend.xnor_conv2d(xp, wp, 20, (2, 1), (1, 0), (3, 5), np.dtype(np.float32))
     assert backend.memory_info()["bytes_in_use"] == before + y.nbytes
     assert_exact(y, conv_reference(xp, wp, 20, (2, 1), (1, 0)), np.float32, "backend conv")
+    # float input, packed by the backend's convolution itself (the twin packs it first)
+    assert backend.xnor_conv2d_packs_input
+    assert_exact(backend.xnor_conv2d(x, wp, 20, (2, 1), (1, 0), (3, 5), np.dtype(np.float32)),
+                 y, np.float32, "backend conv of float input")
     a, b = random_words((6, 3), 3), random_words((4, 3), 4)
     assert_exact(backend.xnor_gemm(a, b, 90, np.dtype(np.int32)), gemm_reference(a, b, 90),
                  np.int32, "backend gemm")

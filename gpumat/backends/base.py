@@ -192,6 +192,11 @@ class Backend:
         (M, ceil(k/32)) and ``b`` (N, ceil(k/32)): k - 2 * popcount(a[m] ^ b[n])."""
         raise NotImplementedError
 
+    #: True where ``xnor_conv2d`` also takes the float32 (N, C, H, W) input itself as ``xp``
+    #: and binarizes and packs it in the same pass as the products (gm.xnor_conv2d then hands
+    #: float input straight over instead of calling pack_conv_input first)
+    xnor_conv2d_packs_input = False
+
     def xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
                     pixel_scale=None, filter_scale=None, bias=None):
         """conv2d(b(x), b(w)) with zero padding, exactly, from packed ``xp`` (N, H, W, Wc) and

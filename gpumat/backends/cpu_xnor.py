@@ -2,7 +2,9 @@
 arguments): ``pack_conv_input``, ``xnor_gemm`` and ``xnor_conv2d``.
 
 They run in the native module (kernels/cpu/xnor.hpp): the input's channel signs are packed
-straight from NCHW floats, and the products are XOR + popcount over 32 signs a word,
+straight from NCHW floats (by ``xnor_conv2d`` itself when given them: each chunk of its
+parallel pass packs the rows it reads, so the float input is read once and no packed copy of
+the batch is made), and the products are XOR + popcount over 32 signs a word,
 vectorised for the CPU's instruction set (AVX-512 VPOPCNTDQ, AVX-512BW, AVX2 or a portable
 baseline, picked at run time; GPUMAT_CPU_ISA caps it, ``kernels().set_xnor_isa`` changes it)
 and split over the native thread pool (GPUMAT_NUM_THREADS) where the work pays for it.
@@ -13,6 +15,10 @@ import numpy as np
 
 from .. import native
 from .cpu import CPUBackend
+
+
+#: the native module's names of the result dtypes (np.dtype.name is a slow property)
+_DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32"}
 
 
 def _words(bits):
@@ -42,27 +48,32 @@ def _xnor_gemm(self, a, b, k, out_dtype):
     kernels = native.kernels()
     if kernels is None:
         return self._run(lambda: native.xnor_gemm_numpy(a, b, k, out_dtype), shape, out_dtype)
-    return self._run(lambda: kernels.xnor_gemm(a, b, int(k), out_dtype.name), shape, out_dtype)
+    return self._run(lambda: kernels.xnor_gemm(a, b, int(k), _DTYPE_NAMES[out_dtype]), shape, out_dtype)
 
 
 def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype, pixel_scale=None,
                  filter_scale=None, bias=None):
     """The binary convolution; pixel_scale (N, OH, OW), filter_scale (O,) and bias (O,)
     (float32, float32 output only, each optional) fuse ((y * pixel_scale) * filter_scale)
-    + bias into the kernel's stores, bit-identical to that float32 NumPy expression."""
+    + bias into the kernel's stores, bit-identical to that float32 NumPy expression.  ``xp``
+    may be the float32 (N, C, H, W) input: the native kernel packs it chunk by chunk inside
+    its own parallel pass (the NumPy twin packs it first)."""
     out_dtype = np.dtype(out_dtype)
     stride, padding, out_hw = tuple(stride), tuple(padding), tuple(out_hw)
     shape = (xp.shape[0], wp.shape[0]) + out_hw
     kernels = native.kernels()
     if kernels is None:
+        if xp.dtype == np.float32:
+            xp = native.pack_conv_input_numpy(xp)
         return self._run(lambda: native.xnor_conv2d_numpy(
             xp, wp, channels, stride, padding, out_hw, out_dtype, pixel_scale, filter_scale,
             bias), shape, out_dtype)
     return self._run(lambda: kernels.xnor_conv2d(xp, wp, int(channels), stride, padding, out_hw,
-                                                 out_dtype.name, pixel_scale, filter_scale,
+                                                 _DTYPE_NAMES[out_dtype], pixel_scale, filter_scale,
                                                  bias), shape, out_dtype)
 
 
 CPUBackend.pack_conv_input = _pack_conv_input
 CPUBackend.xnor_gemm = _xnor_gemm
 CPUBackend.xnor_conv2d = _xnor_conv2d
+CPUBackend.xnor_conv2d_packs_input = True

@@ -881,7 +881,20 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
                        std::optional<AnyCpuArray> pixel_scale,
                        std::optional<AnyCpuArray> filter_scale, std::optional<AnyCpuArray> bias) {
     const char *what = "xnor_conv2d";
-    require_packed(xp, what, "xp", 4);
+    // xp: packed (N, H, W, Wc) words, or the float32 (N, C, H, W) input, packed inside
+    const bool float_input = xp.dtype() == nb::dtype<float>();
+    if (float_input) {
+        require_layout(xp, what, "xp", 4);
+        if (extent(xp, 1) != channels)
+            fail_value(what, "the float input xp " + gpumat::shape_text(xp) + " has " +
+                                 std::to_string(extent(xp, 1)) + " channels, but channels = " +
+                                 std::to_string(channels));
+    } else {
+        if (xp.dtype() != nb::dtype<uint32_t>())
+            fail_type(what, "xp must be uint32 (packed signs) or float32 (the input, packed "
+                            "here), got dtype " + gpumat::dtype_name(xp.dtype()));
+        require_layout(xp, what, "xp", 4);
+    }
     require_packed(wp, what, "wp", 4);
     const bool is_float = float_output(out_dtype, what);
     require_at_least(stride, 1, what, "stride");
@@ -890,11 +903,14 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
     if (channels < 1)
         fail_value(what, "channels must be at least 1, got " + std::to_string(channels));
     const int64_t words = (channels + 31) / 32;
-    if (extent(xp, 3) != words || extent(wp, 3) != words)
+    if ((!float_input && extent(xp, 3) != words) || extent(wp, 3) != words)
         fail_value(what, std::to_string(channels) + " channels need " + std::to_string(words) +
-                             " words per pixel, but xp has shape " + gpumat::shape_text(xp) +
-                             " and wp has shape " + gpumat::shape_text(wp));
-    const int64_t n = extent(xp, 0), h = extent(xp, 1), w = extent(xp, 2);
+                             " words per pixel, but " +
+                             (float_input ? std::string() : "xp has shape " +
+                                                                gpumat::shape_text(xp) + " and ") +
+                             "wp has shape " + gpumat::shape_text(wp));
+    const int64_t n = extent(xp, 0);
+    const int64_t h = extent(xp, float_input ? 2 : 1), w = extent(xp, float_input ? 3 : 2);
     const int64_t o = extent(wp, 0), kh = extent(wp, 1), kw = extent(wp, 2);
     if (kh < 1 || kw < 1)
         fail_value(what, "the kernel must be at least 1 x 1, got wp of shape " +
@@ -919,13 +935,14 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
     const float *pixel_data = xnor_scale(pixel_scale, what, "pixel_scale", {n, oh, ow});
     const float *filter_data = xnor_scale(filter_scale, what, "filter_scale", {o});
     const float *bias_data = xnor_scale(bias, what, "bias", {o});
-    const uint32_t *x_data = static_cast<const uint32_t *>(xp.data());
+    const uint32_t *x_data = float_input ? nullptr : static_cast<const uint32_t *>(xp.data());
+    const float *x_floats = float_input ? static_cast<const float *>(xp.data()) : nullptr;
     const uint32_t *w_data = static_cast<const uint32_t *>(wp.data());
     return xnor_result(is_float, {(size_t) n, (size_t) o, (size_t) oh, (size_t) ow},
                        [&](void *out) {
         gpumat::xnor::xnor_conv2d(x_data, w_data, n, channels, h, w, o, kh, kw, stride.first,
                                   stride.second, padding.first, padding.second, oh, ow, out,
-                                  is_float, pixel_data, filter_data, bias_data);
+                                  is_float, pixel_data, filter_data, bias_data, x_floats);
     });
 }
 
@@ -1054,7 +1071,10 @@ NB_MODULE(_native, module) {
                "conv2d(b(x), b(w)) with zero padding, b = +1 for a set bit and -1 else, of\n"
                "a packed input xp (N x H x W x ceil(C / 32), from pack_conv_input) and\n"
                "packed weights wp (O x kh x kw x ceil(C / 32)): N x O x OH x OW, int32 or\n"
-               "float32 (out_dtype); out_hw must be the geometry's output size.  float32\n"
+               "float32 (out_dtype).  xp may instead be the float32 N x C x H x W input\n"
+               "(b(v) = +1 for v >= 0), binarized and packed inside, chunk by chunk, in the\n"
+               "same pass (the same results as packing it first).  out_hw must be the\n"
+               "geometry's output size.  float32 output\n"
                "only: pixel_scale (N, OH, OW), filter_scale (O,), bias (O,) make it\n"
                "((v * pixel_scale[n, oh, ow]) * filter_scale[o]) + bias[o] in float32\n"
                "(no FMA), each factor left out where None, applied as results are stored.");

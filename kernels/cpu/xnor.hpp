@@ -726,12 +726,17 @@ inline std::vector<int32_t> conv_base_table(const ConvPlan &p, const uint32_t *w
 // Float output only: pixel_scale (N x OH x OW), filter_scale (O) and bias (O), each null
 // where absent, make it out[n][o][q] = ((v * pixel_scale[n][q]) * filter_scale[o]) + bias[o]
 // in float32, v the float result, applied as the results are stored (see Scale).
+// Where `xf` (N x C x H x W floats) is not null it is the input instead of xp (then unused):
+// each chunk binarizes and packs the input rows its planes read into its own scratch, in the
+// same parallel pass as its products -- no packed copy of the batch, no second hand-over to
+// the threads, and the words are still in cache when the planes are built from them.
 inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, int64_t channels,
                         int64_t height, int64_t width, int64_t out_channels, int64_t kernel_h,
                         int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
                         int64_t pad_w, int64_t out_h, int64_t out_w, void *out,
                         bool out_float, const float *pixel_scale = nullptr,
-                        const float *filter_scale = nullptr, const float *bias = nullptr) {
+                        const float *filter_scale = nullptr, const float *bias = nullptr,
+                        const float *xf = nullptr) {
     if (!out_float)
         pixel_scale = filter_scale = bias = nullptr;     // (the bindings refuse them)
     const int64_t pixels = out_h * out_w;
@@ -760,13 +765,32 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
     const int64_t row_blocks = blocks_of(out_h, p.chunk_rows);
     const int64_t image_words = height * width * p.words;
     const size_t elem = out_float ? sizeof(float) : sizeof(int32_t);
+    // float input: the chunk's scratch holds, after the planes, one packed image (only the
+    // rows the planes read are written) and pack_pixels' word-planar buffer (Wc > 1)
+    const int64_t plane_words = blocks_of(p.scratch_words(), 16) * 16;
+    const int64_t packed_words = xf == nullptr ? 0 : blocks_of(image_words, 16) * 16;
+    const int64_t pack_buffer_words = xf == nullptr || p.words == 1 ? 0 : image_words;
     ThreadPool::instance().run(batch * row_blocks, threads, [&](int64_t chunk) {
         const int64_t n = chunk / row_blocks, rb = chunk % row_blocks;
         const int64_t oh0 = rb * p.chunk_rows;
         const int64_t rows = std::min(p.chunk_rows, out_h - oh0);
         Scratch &scratch = thread_scratch();
-        uint32_t *planes = scratch.get((size_t) p.scratch_words());
-        build_planes(p, xp + n * image_words, oh0, rows, planes);
+        uint32_t *planes = scratch.get((size_t) (plane_words + packed_words + pack_buffer_words));
+        const uint32_t *image = xp + n * image_words;
+        if (xf != nullptr) {
+            // the input rows build_planes reads: (oh0 + u) sh + a - ph for u < plane rows,
+            // a < phases, inside the image
+            const int64_t first = std::max<int64_t>(0, oh0 * stride_h - pad_h);
+            const int64_t last = std::min<int64_t>(
+                height, (oh0 + p.plane_rows(rows) - 1) * stride_h + p.phases - pad_h);
+            uint32_t *packed = planes + plane_words;
+            if (last > first)
+                isa.pack_pixels(xf + n * channels * height * width, packed, channels,
+                                height * width, first * width, last * width,
+                                packed + packed_words, nullptr);
+            image = packed;
+        }
+        build_planes(p, image, oh0, rows, planes);
         BlockJob job{};
         job.planes = planes;
         job.offsets = p.offsets.data();
