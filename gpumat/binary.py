@@ -26,8 +26,10 @@ Every argument is checked here with errors that name it; the backends get valid 
 import numpy as np
 
 from .array import Array, _as_array
-from .conv import _is_int, _pair
+from .conv import _is_int, _pair, conv2d
+from .creation import full
 from .errors import DtypeError, ShapeError
+from .memory import outlive_scopes
 
 __all__ = ["pack_signs", "pack_conv_input", "pack_conv_weight", "xnor_gemm", "xnor_conv2d"]
 
@@ -204,7 +206,14 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
     becomes ((v * pixel_scale[n, oh, ow]) * filter_scale[o]) + bias[o], in that order and
     without fused multiply-adds, so it equals the same three float32 operations done one
     after another.  ``pixel_scale`` is N x OH x OW (or N x 1 x OH x OW: K), ``filter_scale``
-    and ``bias`` hold O values (alpha and the layer's bias); any of them may be None."""
+    and ``bias`` hold O values (alpha and the layer's bias); any of them may be None.
+
+    ``pixel_scale="window_mean"`` (float ``x`` only) makes K from x itself: the mean over each
+    kernel window, the padding's zeros counted, of the channel mean of |x|.  The cpu backend
+    makes it inside the convolution's pass (the channel means as it packs, then the window
+    sums in tap order, divided by kh * kw: ``native.window_mean_numpy`` gives the same
+    bits); the others run pack_conv_input(x, mean_abs=True) and a box-filter conv2d, equal to
+    float32 rounding.  A binary layer's whole inference is then this one call."""
     what = "xnor_conv2d"
     x, w = _array(x, what, "x"), _array(w, what, "w")
     backend = _same_backend(what, x=x, w=w)
@@ -235,10 +244,27 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
         listed = ", ".join(f"{name} says {c}" for name, c in known.items())
         raise ShapeError(f"{what}: the input channel counts disagree ({listed})")
     c = next(iter(known.values()))
+    window_mean = isinstance(pixel_scale, str)
+    if window_mean:
+        if pixel_scale != "window_mean":
+            raise ValueError(f"{what}: pixel_scale must be an Array, None or 'window_mean', "
+                             f"got {pixel_scale!r}")
+        if not x_float:
+            raise DtypeError(f"{what}: pixel_scale='window_mean' makes K from the float "
+                             f"input, but x is packed ({x_dtype}); give x as float32")
+        if out_dtype != _FLOAT32:
+            raise DtypeError(f"{what}: pixel_scale needs dtype='float32' results, got "
+                             f"{out_dtype}")
     # float input goes as it is to a backend that packs it inside the convolution's own
     # pass, elsewhere through pack_conv_input first
     packs_itself = x_float and backend.xnor_conv2d_packs_input
-    xp = pack_conv_input(x) if x_float and not packs_itself else x
+    if x_float and not packs_itself:
+        if window_mean:
+            xp, mean = pack_conv_input(x, mean_abs=True)
+        else:
+            xp = pack_conv_input(x)
+    else:
+        xp = x
     wp = pack_conv_weight(w) if w_float else w
     xp_shape = xp.shape if xp is not x else x_shape
     wp_shape = wp.shape if wp is not w else w_shape
@@ -260,12 +286,35 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
                              f"empty")
         out_hw.append((size + 2 * p - k) // s + 1)
     natives = {}
+    if window_mean:
+        if packs_itself:
+            natives["window_mean"] = True
+            pixel_scale = None
+        else:
+            pixel_scale = conv2d(mean, window_box(kernel, mean), stride=stride,
+                                 padding=padding)
     if pixel_scale is not None or filter_scale is not None or bias is not None:
         epilogue = _epilogue(what, backend, out_dtype, (xp_shape[0], wp_shape[0], *out_hw),
                              pixel_scale=pixel_scale, filter_scale=filter_scale, bias=bias)
-        natives = {name: a._live for name, a in epilogue.items()}
+        natives.update((name, a._live) for name, a in epilogue.items())
     return Array._wrap(backend, backend.xnor_conv2d(xp._live, wp._live, c, stride, padding,
                                                     tuple(out_hw), out_dtype, **natives))
+
+
+_BOXES = {}
+
+
+def window_box(kernel, like):
+    """The kh x kw averaging filter (one channel in, one out: every weight 1 / (kh * kw)) in
+    ``like``'s dtype on its backend, made once per kernel size, dtype and backend instance
+    (a conv2d with it is the mean over each window, XNOR-Net's K)."""
+    key = (tuple(kernel), like.dtype, id(like._backend))
+    box = _BOXES.get(key)
+    if box is None or box._backend is not like._backend:
+        kh, kw = kernel
+        box = _BOXES[key] = outlive_scopes(full((1, 1, kh, kw), 1.0 / (kh * kw),
+                                                dtype=like.dtype, backend=like.backend))
+    return box
 
 
 def _epilogue(what, backend, out_dtype, out_shape, **factors):

@@ -37,6 +37,7 @@ __all__ = [
     "pack_conv_input_numpy",
     "pack_signs",
     "pack_signs_numpy",
+    "window_mean_numpy",
     "xnor_conv2d",
     "xnor_conv2d_numpy",
     "xnor_gemm",
@@ -381,6 +382,28 @@ def _valid_range(size, out_size, stride, pad, tap):
     first = max(0, -(-(pad - tap) // stride))
     last = min(out_size, (size - 1 + pad - tap) // stride + 1) if size - 1 + pad - tap >= 0 else 0
     return first, max(first, last), first * stride - pad + tap
+
+
+def window_mean_numpy(mean, kernel, stride, padding, out_hw) -> np.ndarray:
+    """XNOR-Net's K as the native xnor_conv2d makes it with window_mean, bit for bit: for
+    float32 ``mean`` (N, 1, H, W) (the channel mean of |x|), the (N, OH, OW) float32 sums of
+    mean over the kernel taps inside the image, in tap order (kernel row by kernel row, from
+    0), divided by kh * kw (the padding's zeros counted in the average)."""
+    what = "window_mean_numpy"
+    (kh, kw) = _int_pair(kernel, what, "kernel", 1)
+    (sh, sw) = _int_pair(stride, what, "stride", 1)
+    (ph, pw) = _int_pair(padding, what, "padding", 0)
+    (oh, ow) = _int_pair(out_hw, what, "out_hw", 0)
+    n, _, h, w = mean.shape
+    k = np.zeros((n, oh, ow), np.float32)
+    for i in range(kh):
+        r0, r1, ih = _valid_range(h, oh, sh, ph, i)
+        for j in range(kw):
+            c0, c1, iw = _valid_range(w, ow, sw, pw, j)
+            if r0 < r1 and c0 < c1:
+                k[:, r0:r1, c0:c1] += mean[:, 0, ih:ih + (r1 - r0 - 1) * sh + 1:sh,
+                                           iw:iw + (c1 - c0 - 1) * sw + 1:sw]
+    return k / np.float32(kh * kw)
 
 
 def xnor_conv2d_numpy(xp, wp, channels, stride=1, padding=0, out_hw=None,

@@ -249,6 +249,33 @@ def test_fused_scaling_equals_the_float32_operations(backend, case, factors):
     np.testing.assert_array_equal(got.gather(), expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("case", [(1, 1, 4, 4, 1, 1, 0), (2, 16, 9, 7, 17, 2, 1),
+                                  (1, 33, 6, 6, 5, 1, 2), (3, 16, 32, 32, 16, 1, 1)])
+def test_window_mean_scale_is_xnor_nets_k(backend, case):
+    """pixel_scale='window_mean': K, the mean over each 3x3 window (padding zeros counted) of
+    the channel mean of |x|, made from x by the call itself (on cpu inside the kernel's pass,
+    elsewhere by pack_conv_input and a box filter), then alpha and the bias."""
+    n, c, h, w, o, stride, padding = case
+    rng = np.random.default_rng(o + c + h)
+    x, weight = rand(rng, n, c, h, w), rand(rng, o, c, 3, 3)
+    alpha, bias = np.abs(rand(rng, o)), rand(rng, o)
+    mean = np.pad(np.abs(x.astype(np.float64)).mean(axis=1),
+                  ((0, 0), (padding, padding), (padding, padding)))
+    k = np.lib.stride_tricks.sliding_window_view(mean, (3, 3), axis=(1, 2))[
+        :, ::stride, ::stride].mean(axis=(3, 4))[:, None]
+    expected = (reference_conv(x, weight, (stride, stride), (padding, padding)) * k
+                * alpha.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1))
+    xg, wg = gm.array(x, backend=backend), gm.array(weight, backend=backend)
+    for w_given in (wg, gm.pack_conv_weight(wg)):
+        got = gm.xnor_conv2d(xg, w_given, stride=stride, padding=padding, channels=c,
+                             pixel_scale="window_mean",
+                             filter_scale=gm.array(alpha, backend=backend),
+                             bias=gm.array(bias, backend=backend))
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        # K in float32 against float64: a few ulps, scaled by products of at most 9 C
+        np.testing.assert_allclose(got.gather(), expected, rtol=1e-5, atol=1e-5 * 9 * c)
+
+
 # ---- bad input ------------------------------------------------------------------------------
 
 def test_bad_input_is_named(backend):
@@ -277,6 +304,12 @@ def test_bad_input_is_named(backend):
         gm.xnor_conv2d(x, w, filter_scale=arr(np.ones(3, np.float32)))
     with pytest.raises(ValueError, match="pixel_scale must have shape"):
         gm.xnor_conv2d(x, w, pixel_scale=arr(np.ones((1, 5, 5), np.float32)))
+    with pytest.raises(ValueError, match="an Array, None or 'window_mean', got 'mean'"):
+        gm.xnor_conv2d(x, w, pixel_scale="mean")
+    with pytest.raises(TypeError, match="makes K from the float input, but x is packed"):
+        gm.xnor_conv2d(gm.pack_conv_input(x), w, pixel_scale="window_mean")
+    with pytest.raises(TypeError, match="pixel_scale needs dtype='float32'"):
+        gm.xnor_conv2d(x, w, dtype="int32", pixel_scale="window_mean")
     a = gm.pack_signs(arr(np.ones((3, 40), np.float32)))
     with pytest.raises(ValueError, match="k=70 needs 3 words"):
         gm.xnor_gemm(a, a, 70)

@@ -805,6 +805,93 @@ def test_pack_conv_input_mean_abs_large_and_threaded(restore_threads):
         assert np.isnan(mean[3, 0, 4, 4]) and np.isnan(mean).sum() == 1
 
 
+# ---- XNOR-Net's K made inside the convolution (window_mean) -------------------------------------
+
+#: (N, C, H, W, O, kernel, stride, padding): borders, strides, a window larger than the image
+WINDOW_GEOMETRIES = EPILOGUE_GEOMETRIES + [
+    (1, 5, 3, 3, 2, (3, 3), 3, 2), (2, 40, 9, 7, 3, (5, 3), (2, 1), (2, 0)),
+    (1, 7, 30, 6, 4, (4, 4), 3, 1), (1, 70, 4, 4, 9, (5, 5), 1, 2)]
+
+
+def window_reference(mean, kernel, stride, padding):
+    """The mean over each kernel window of float64 ``mean``, the padding's zeros counted."""
+    kh, kw = kernel
+    (sh, sw), (ph, pw) = pair(stride), pair(padding)
+    padded = np.pad(mean[:, 0].astype(np.float64), ((0, 0), (ph, ph), (pw, pw)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(1, 2))
+    return windows[:, ::sh, ::sw].mean(axis=(3, 4))
+
+
+def check_window_mean(conv, geometry, seed, label):
+    """conv (the module or the backend) with float input and window_mean equals the packed
+    path given K = window_mean_numpy(mean) as its pixel scale, bit for bit; that K is the
+    window average to float32 rounding."""
+    n, c, h, w, o, kernel, stride, padding = geometry
+    x = mean_abs_input((n, c, h, w), seed)
+    wp = pack_reference(mean_abs_input((o, c) + kernel, seed + 1))
+    xp, mean = native.pack_conv_input_numpy(x, True)
+    hw = out_hw(h, w, kernel, stride, padding)
+    k = native.window_mean_numpy(mean, kernel, stride, padding, hw)
+    # a float32 sum of at most kh kw = 25 positive terms and one division: within 2e-6
+    np.testing.assert_allclose(k, window_reference(mean, kernel, stride, padding), rtol=2e-6,
+                               atol=0, err_msg=f"{label} {ids(geometry)} K")
+    _, filt, bias = scale_operands(n, o, hw, seed + 2)
+    for factors in [(None, None), (filt, None), (filt, bias), (None, bias)]:
+        got = conv(x, wp, c, pair(stride), pair(padding), hw, factors, True)
+        want = native.xnor_conv2d_numpy(xp, wp, c, stride, padding, hw, np.float32, k,
+                                        *factors)
+        assert_bits_equal(got, want, f"{label} {ids(geometry)} window_mean "
+                                     f"{[f is not None for f in factors]}")
+
+
+def module_conv(x, wp, c, stride, padding, hw, factors, window_mean):
+    return NATIVE.xnor_conv2d(x, wp, c, stride, padding, hw, "float32", None, *factors,
+                              window_mean=window_mean)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_xnor_conv2d_window_mean_is_the_twins_k(isa, restore_isa):
+    NATIVE.set_xnor_isa(isa)
+    for index, geometry in enumerate(WINDOW_GEOMETRIES):
+        check_window_mean(module_conv, geometry, 70 + index, isa)
+
+
+@needs_native
+def test_xnor_conv2d_window_mean_threads_and_row_blocks(restore_threads):
+    for index, geometry in enumerate([(1, 64, 30, 26, 9, (3, 3), 1, 1),
+                                      (3, 16, 40, 40, 32, (3, 3), 2, 1),
+                                      (32, 16, 32, 32, 16, (3, 3), 1, 1)]):
+        for threads in (1, 2, 5):
+            NATIVE.set_native_threads(threads)
+            check_window_mean(module_conv, geometry, 80 + index, f"{threads} threads")
+
+
+def test_window_mean_numpy_without_the_module():
+    # the twin's K alone (the module's tests above compare against it)
+    for index, geometry in enumerate(WINDOW_GEOMETRIES):
+        n, c, h, w, o, kernel, stride, padding = geometry
+        mean = np.abs(mean_abs_input((n, 1, h, w), index))
+        hw = out_hw(h, w, kernel, stride, padding)
+        k = native.window_mean_numpy(mean, kernel, stride, padding, hw)
+        assert k.dtype == np.float32 and k.shape == (n,) + hw
+        np.testing.assert_allclose(k, window_reference(mean, kernel, stride, padding),
+                                   rtol=2e-6, atol=0, err_msg=ids(geometry))
+
+
+@needs_native
+def test_window_mean_arguments_are_checked():
+    x = mean_abs_input((2, 20, 6, 7), 3)
+    xp, wp = pack_reference(x), pack_reference(mean_abs_input((5, 20, 3, 3), 4))
+    k = np.ones((2, 6, 7), np.float32)
+    with pytest.raises(ValueError, match="window_mean makes the pixel scale from the float32"):
+        NATIVE.xnor_conv2d(xp, wp, 20, (1, 1), (1, 1), (6, 7), "float32", window_mean=True)
+    with pytest.raises(ValueError, match="no pixel_scale"):
+        NATIVE.xnor_conv2d(x, wp, 20, (1, 1), (1, 1), (6, 7), "float32", k, window_mean=True)
+    with pytest.raises(ValueError, match="window_mean need out_dtype float32"):
+        NATIVE.xnor_conv2d(x, wp, 20, (1, 1), (1, 1), (6, 7), "int32", window_mean=True)
+
+
 def test_epilogue_arguments_are_checked():
     xp, wp, c, stride, padding, hw = conv_case((2, 20, 6, 7, 5, (3, 3), 1, 1), 3)
     pixel, filt, bias = scale_operands(2, 5, hw, 4)
@@ -867,3 +954,11 @@ def test_cpu_backend_fused_methods(with_module, monkeypatch):
     got = backend.xnor_conv2d(xp, wp, 20, (1, 1), (1, 1), (6, 7), np.dtype(np.float32), k,
                               alpha)
     assert_bits_equal(got, scaled_reference(y, k, alpha, None), "backend fused, no bias")
+
+    def backend_conv(x, wp, c, stride, padding, hw, factors, window_mean):
+        return backend.xnor_conv2d(x, wp, c, stride, padding, hw, np.dtype(np.float32), None,
+                                   *factors, window_mean=window_mean)
+
+    # float input and K made from it: the module in its pass, the twins beforehand, one result
+    for index, geometry in enumerate(WINDOW_GEOMETRIES[:4]):
+        check_window_mean(backend_conv, geometry, 90 + index, f"backend {with_module}")

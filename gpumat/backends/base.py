@@ -193,12 +193,14 @@ class Backend:
         raise NotImplementedError
 
     #: True where ``xnor_conv2d`` also takes the float32 (N, C, H, W) input itself as ``xp``
-    #: and binarizes and packs it in the same pass as the products (gm.xnor_conv2d then hands
-    #: float input straight over instead of calling pack_conv_input first)
+    #: and binarizes and packs it in the same pass as the products, and takes
+    #: ``window_mean=True`` (XNOR-Net's K made from that input in the pass, as the pixel
+    #: scale); gm.xnor_conv2d then hands float input straight over instead of calling
+    #: pack_conv_input (and a box-filter conv2d for K) first
     xnor_conv2d_packs_input = False
 
     def xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
-                    pixel_scale=None, filter_scale=None, bias=None):
+                    pixel_scale=None, filter_scale=None, bias=None, window_mean=False):
         """conv2d(b(x), b(w)) with zero padding, exactly, from packed ``xp`` (N, H, W, Wc) and
         ``wp`` (O, kh, kw, Wc), Wc = ceil(channels/32): out (N, O, OH, OW) of ``out_dtype``
         (int32 or float32) sums channels - 2 * popcount(xp[pixel] ^ wp[o, i, j]) over the taps

@@ -48,29 +48,37 @@ def _xnor_gemm(self, a, b, k, out_dtype):
     kernels = native.kernels()
     if kernels is None:
         return self._run(lambda: native.xnor_gemm_numpy(a, b, k, out_dtype), shape, out_dtype)
-    return self._run(lambda: kernels.xnor_gemm(a, b, int(k), _DTYPE_NAMES[out_dtype]), shape, out_dtype)
+    return self._run(lambda: kernels.xnor_gemm(a, b, int(k), _DTYPE_NAMES[out_dtype]), shape,
+                     out_dtype)
 
 
 def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype, pixel_scale=None,
-                 filter_scale=None, bias=None):
+                 filter_scale=None, bias=None, window_mean=False):
     """The binary convolution; pixel_scale (N, OH, OW), filter_scale (O,) and bias (O,)
     (float32, float32 output only, each optional) fuse ((y * pixel_scale) * filter_scale)
     + bias into the kernel's stores, bit-identical to that float32 NumPy expression.  ``xp``
     may be the float32 (N, C, H, W) input: the native kernel packs it chunk by chunk inside
-    its own parallel pass (the NumPy twin packs it first)."""
+    its own parallel pass, and with window_mean also makes the pixel scale K from it there
+    (the NumPy twins do both first, to the same bits)."""
     out_dtype = np.dtype(out_dtype)
     stride, padding, out_hw = tuple(stride), tuple(padding), tuple(out_hw)
     shape = (xp.shape[0], wp.shape[0]) + out_hw
     kernels = native.kernels()
     if kernels is None:
         if xp.dtype == np.float32:
-            xp = native.pack_conv_input_numpy(xp)
+            if window_mean:
+                xp, mean = native.pack_conv_input_numpy(xp, True)
+                pixel_scale = native.window_mean_numpy(mean, wp.shape[1:3], stride, padding,
+                                                       out_hw)
+            else:
+                xp = native.pack_conv_input_numpy(xp)
         return self._run(lambda: native.xnor_conv2d_numpy(
             xp, wp, channels, stride, padding, out_hw, out_dtype, pixel_scale, filter_scale,
             bias), shape, out_dtype)
     return self._run(lambda: kernels.xnor_conv2d(xp, wp, int(channels), stride, padding, out_hw,
-                                                 _DTYPE_NAMES[out_dtype], pixel_scale, filter_scale,
-                                                 bias), shape, out_dtype)
+                                                 _DTYPE_NAMES[out_dtype], pixel_scale,
+                                                 filter_scale, bias, window_mean),
+                     shape, out_dtype)
 
 
 CPUBackend.pack_conv_input = _pack_conv_input

@@ -44,7 +44,11 @@ fine-tune with frozen batch norm, takes the training path, which computes the sa
 * ``"xnor"`` packs the input's signs (``gm.pack_conv_input``, which also gives the channel
   mean of |x| in the same pass, / ``gm.pack_signs``) and runs ``gm.xnor_conv2d`` /
   ``gm.xnor_gemm`` on the cached packed weight; the convolution scales by K and alpha and
-  adds the bias as it stores its results (the training forward's operations in its order);
+  adds the bias as it stores its results (the training forward's operations in its order).
+  On the cpu backend the convolution layer is one native call
+  (``gm.xnor_conv2d(x, ..., pixel_scale="window_mean")``: packing, the channel means, K and
+  the products in one parallel pass); K there sums the window in tap order where training's
+  box-filter convolution has its own order, so the two agree to float32 rounding of K;
 * ``"bwn"`` / ``"dorefa"`` keep the float input, so they run the float convolution / product
   with the cached b(W) * alpha (the packed path needs binary activations).
 
@@ -70,6 +74,7 @@ import numpy as np
 
 import gpumat as gm
 
+from ..binary import window_box
 from ..errors import ShapeError
 from ..memory import outlive_scopes
 from . import functional as F
@@ -181,27 +186,12 @@ def channel_mean_abs(x):
     return ChannelMeanAbs.apply(x)
 
 
-_BOXES = {}
-
-
-def _box(kernel, like):
-    """The kh x kw averaging filter (one channel in, one out) in ``like``'s dtype, made once
-    per backend instance."""
-    key = (tuple(kernel), str(like.dtype), id(like._backend))
-    box = _BOXES.get(key)
-    if box is None or box._backend is not like._backend:
-        kh, kw = kernel
-        box = _BOXES[key] = outlive_scopes(gm.full((1, 1, kh, kw), 1.0 / (kh * kw),
-                                                   dtype=like.dtype, backend=like.backend))
-    return box
-
-
 def _window_mean(a, kernel, stride, padding, differentiable):
     """K: the mean of ``a`` (N x 1 x H x W) over each kernel window, zeros of the padding
     counted, on the convolution's output grid: a one-channel convolution with a box filter
     (average pooling with count_include_pad gives the same, but its kernels are built for
     small windows: on the cpu backend the convolution is 1.5-4x faster at these shapes)."""
-    box = _box(kernel, a.data if isinstance(a, Variable) else a)
+    box = window_box(kernel, a.data if isinstance(a, Variable) else a)
     if differentiable:
         return F.conv2d(a, box, None, stride, padding)
     return gm.conv2d(a, box, None, stride=stride, padding=padding)
@@ -391,13 +381,11 @@ class BinaryConv2d(_Binary, Conv2d):
         if self.mode != "xnor":
             return gm.conv2d(x, cache["weight"], bias, stride=self.stride, padding=self.padding)
         if cache["packed"] is not None and x.dtype == np.float32:
-            # one pass packs x and takes its channel mean |x|; the kernel scales by K and
-            # alpha and adds the bias as it stores (the training path's order of operations)
-            packed, mean_abs = gm.pack_conv_input(x, mean_abs=True)
-            k = _window_mean(mean_abs, self.kernel_size, self.stride, self.padding,
-                             differentiable=False)
-            return gm.xnor_conv2d(packed, cache["packed"], stride=self.stride,
-                                  padding=self.padding, channels=x.shape[1], pixel_scale=k,
+            # x's signs packed with its channel mean |x| taken in the same pass, K made from
+            # that, and the kernel scaling by K and alpha and adding the bias as it stores
+            # (the training path's order of operations): on the cpu backend all in one call
+            return gm.xnor_conv2d(x, cache["packed"], stride=self.stride, padding=self.padding,
+                                  channels=x.shape[1], pixel_scale="window_mean",
                                   filter_scale=cache["alpha"], bias=bias)
         k = _window_mean(gm.abs(x).mean(axis=1, keepdims=True), self.kernel_size, self.stride,
                          self.padding, differentiable=False)

@@ -879,7 +879,8 @@ const float *xnor_scale(const std::optional<AnyCpuArray> &v, const char *what, c
 nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t channels,
                        Pair stride, Pair padding, Pair out_hw, const std::string &out_dtype,
                        std::optional<AnyCpuArray> pixel_scale,
-                       std::optional<AnyCpuArray> filter_scale, std::optional<AnyCpuArray> bias) {
+                       std::optional<AnyCpuArray> filter_scale, std::optional<AnyCpuArray> bias,
+                       bool window_mean) {
     const char *what = "xnor_conv2d";
     // xp: packed (N, H, W, Wc) words, or the float32 (N, C, H, W) input, packed inside
     const bool float_input = xp.dtype() == nb::dtype<float>();
@@ -930,8 +931,12 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
         fail_value(what, "out_hw is (" + std::to_string(out_hw.first) + ", " +
                              std::to_string(out_hw.second) + ") but this geometry gives (" +
                              std::to_string(oh) + ", " + std::to_string(ow) + ")");
-    if (!is_float && (pixel_scale || filter_scale || bias))
-        fail_value(what, "pixel_scale, filter_scale and bias need out_dtype float32");
+    if (!is_float && (pixel_scale || filter_scale || bias || window_mean))
+        fail_value(what, "pixel_scale, filter_scale, bias and window_mean need out_dtype "
+                         "float32");
+    if (window_mean && (!float_input || pixel_scale))
+        fail_value(what, "window_mean makes the pixel scale from the float32 input: it needs "
+                         "xp as float32 (N, C, H, W) and no pixel_scale");
     const float *pixel_data = xnor_scale(pixel_scale, what, "pixel_scale", {n, oh, ow});
     const float *filter_data = xnor_scale(filter_scale, what, "filter_scale", {o});
     const float *bias_data = xnor_scale(bias, what, "bias", {o});
@@ -942,7 +947,8 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
                        [&](void *out) {
         gpumat::xnor::xnor_conv2d(x_data, w_data, n, channels, h, w, o, kh, kw, stride.first,
                                   stride.second, padding.first, padding.second, oh, ow, out,
-                                  is_float, pixel_data, filter_data, bias_data, x_floats);
+                                  is_float, pixel_data, filter_data, bias_data, x_floats,
+                                  window_mean);
     });
 }
 
@@ -1067,7 +1073,7 @@ NB_MODULE(_native, module) {
                "channels"_a, "stride"_a, "padding"_a, "out_hw"_a, "out_dtype"_a,
                "pixel_scale"_a.noconvert().none() = nb::none(),
                "filter_scale"_a.noconvert().none() = nb::none(),
-               "bias"_a.noconvert().none() = nb::none(),
+               "bias"_a.noconvert().none() = nb::none(), "window_mean"_a = false,
                "conv2d(b(x), b(w)) with zero padding, b = +1 for a set bit and -1 else, of\n"
                "a packed input xp (N x H x W x ceil(C / 32), from pack_conv_input) and\n"
                "packed weights wp (O x kh x kw x ceil(C / 32)): N x O x OH x OW, int32 or\n"
@@ -1077,7 +1083,10 @@ NB_MODULE(_native, module) {
                "geometry's output size.  float32 output\n"
                "only: pixel_scale (N, OH, OW), filter_scale (O,), bias (O,) make it\n"
                "((v * pixel_scale[n, oh, ow]) * filter_scale[o]) + bias[o] in float32\n"
-               "(no FMA), each factor left out where None, applied as results are stored.");
+               "(no FMA), each factor left out where None, applied as results are stored.\n"
+               "window_mean (float32 xp, no pixel_scale): the pixel scale is XNOR-Net's K,\n"
+               "made in the same pass: the channel mean of |x| (pack_conv_input's) summed\n"
+               "over the kernel taps inside the image in tap order, divided by kh * kw.");
     module.def("xnor_isa",
                [] { return std::string(gpumat::xnor::isa_name(gpumat::xnor::Dispatch::current())); },
                "The instruction set the XNOR kernels use: baseline, avx2, avx512bw or\n"

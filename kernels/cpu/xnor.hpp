@@ -233,6 +233,11 @@ struct Kernels {
     void (*run_block16)(const BlockJob &, int64_t block, int64_t lane_begin, int64_t lane_end);
     void (*build_planes16)(const ConvPlan &, const uint32_t *image, int64_t oh0, int64_t rows,
                            void *scratch);
+    // XNOR-Net's K of output rows [oh0, oh0 + rows) of one image from its channel means of
+    // |x| (H x W floats; the rows those output rows read), into k (the image's OH x OW),
+    // with H x (W + 2 pw) floats of scratch
+    void (*window_mean_rows)(const ConvPlan &, const float *mean, int64_t oh0, int64_t rows,
+                             float *k, float *padded);
     // counts[r] = the set bits of row r of `rows` rows of `words` words, the last word masked
     void (*row_popcounts)(const uint32_t *rows, int64_t count, int64_t words, uint32_t last_mask,
                           int64_t *counts);
@@ -729,16 +734,23 @@ inline std::vector<int32_t> conv_base_table(const ConvPlan &p, const uint32_t *w
 // Where `xf` (N x C x H x W floats) is not null it is the input instead of xp (then unused):
 // each chunk binarizes and packs the input rows its planes read into its own scratch, in the
 // same parallel pass as its products -- no packed copy of the batch, no second hand-over to
-// the threads, and the words are still in cache when the planes are built from them.
+// the threads, and the words are still in cache when the planes are built from them.  With
+// `window_mean` (float input and output only; pixel_scale then unused) the chunk also takes
+// the channel mean of |x| in that packing pass and makes XNOR-Net's K of its output rows from
+// it (Kernels::window_mean_rows), the pixel scale of its results: a binary layer's whole
+// inference in one call.
 inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, int64_t channels,
                         int64_t height, int64_t width, int64_t out_channels, int64_t kernel_h,
                         int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
                         int64_t pad_w, int64_t out_h, int64_t out_w, void *out,
                         bool out_float, const float *pixel_scale = nullptr,
                         const float *filter_scale = nullptr, const float *bias = nullptr,
-                        const float *xf = nullptr) {
-    if (!out_float)
+                        const float *xf = nullptr, bool window_mean = false) {
+    if (!out_float) {
         pixel_scale = filter_scale = bias = nullptr;     // (the bindings refuse them)
+        window_mean = false;
+    }
+    window_mean = window_mean && xf != nullptr;
     const int64_t pixels = out_h * out_w;
     if (batch == 0 || out_channels == 0 || pixels == 0)
         return;
@@ -770,12 +782,20 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
     const int64_t plane_words = blocks_of(p.scratch_words(), 16) * 16;
     const int64_t packed_words = xf == nullptr ? 0 : blocks_of(image_words, 16) * 16;
     const int64_t pack_buffer_words = xf == nullptr || p.words == 1 ? 0 : image_words;
+    // ... and with window_mean, the image's channel means and the K of its output pixels
+    const int64_t mean_words = window_mean ? blocks_of(height * width, 16) * 16 : 0;
+    const int64_t k_words = window_mean ? blocks_of(pixels, 16) * 16 : 0;
+    const int64_t window_words = window_mean ? height * (width + 2 * pad_w) : 0;
     ThreadPool::instance().run(batch * row_blocks, threads, [&](int64_t chunk) {
         const int64_t n = chunk / row_blocks, rb = chunk % row_blocks;
         const int64_t oh0 = rb * p.chunk_rows;
         const int64_t rows = std::min(p.chunk_rows, out_h - oh0);
         Scratch &scratch = thread_scratch();
-        uint32_t *planes = scratch.get((size_t) (plane_words + packed_words + pack_buffer_words));
+        uint32_t *planes = scratch.get((size_t) (plane_words + packed_words + pack_buffer_words +
+                                                 mean_words + k_words + window_words));
+        float *mean = window_mean ? reinterpret_cast<float *>(planes + plane_words + packed_words +
+                                                              pack_buffer_words)
+                                  : nullptr;
         const uint32_t *image = xp + n * image_words;
         if (xf != nullptr) {
             // the input rows build_planes reads: (oh0 + u) sh + a - ph for u < plane rows,
@@ -787,8 +807,13 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
             if (last > first)
                 isa.pack_pixels(xf + n * channels * height * width, packed, channels,
                                 height * width, first * width, last * width,
-                                packed + packed_words, nullptr);
+                                packed + packed_words, mean);
             image = packed;
+        }
+        float *k = nullptr;
+        if (window_mean) {
+            k = mean + mean_words;
+            isa.window_mean_rows(p, mean, oh0, rows, k, k + k_words);
         }
         build_planes(p, image, oh0, rows, planes);
         BlockJob job{};
@@ -805,7 +830,8 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
         job.base_table = base.empty() ? nullptr : base.data();
         job.base_filter_stride = pixels;
         job.base_constant = (int32_t) (kernel_h * kernel_w * channels);
-        job.pixel_scale = pixel_scale == nullptr ? nullptr : pixel_scale + n * pixels;
+        job.pixel_scale = window_mean ? k
+                          : pixel_scale == nullptr ? nullptr : pixel_scale + n * pixels;
         job.filter_scale = filter_scale;
         job.bias = bias;
         for (int64_t block = 0; block < blocks; ++block)

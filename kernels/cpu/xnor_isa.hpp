@@ -833,6 +833,53 @@ GPUMAT_XNOR_TARGET void build_planes(const ConvPlan &p, const uint32_t *image, i
     }
 }
 
+// ---- XNOR-Net's K (xnor_conv2d's window_mean) ---------------------------------------------------
+
+// k[oh][ow] for output rows [oh0, oh0 + rows) = the sum of mean[ih][iw] (the channel mean of
+// |x|) over the kernel taps inside the image, in tap order (kernel row by kernel row), float32
+// from 0, divided by kh kw: the average over the whole window with the padding's zeros
+// counted, as a box filter's.  The rows read are first copied between pw zeros on either
+// side (into `padded`, H x (W + 2 pw) floats), so that every tap of a kernel row is one
+// vectorised pass over the whole output row with no clipping: adding such a zero changes
+// nothing, as each sum is never -0.0 (it starts at +0.0 and adds means, >= 0 or NaN), so the
+// result is the skipping sum's exactly (native.window_mean_numpy skips them).
+inline GPUMAT_XNOR_TARGET void window_mean_rows(const ConvPlan &p, const float *mean,
+                                                int64_t oh0, int64_t rows, float *k,
+                                                float *padded) {
+    const float divisor = (float) (p.kernel_h * p.kernel_w);
+    const int64_t out_w = p.out_w, sh = p.stride_h, sw = p.stride_w, width = p.width;
+    const int64_t pw = p.pad_w, span = width + 2 * pw;
+    const int64_t first = std::max<int64_t>(0, oh0 * sh - p.pad_h);
+    const int64_t last = std::min<int64_t>(p.height, (oh0 + rows - 1) * sh - p.pad_h + p.kernel_h);
+    for (int64_t r = first; r < last; ++r) {
+        float *GPUMAT_RESTRICT to = padded + r * span;
+        std::fill(to, to + pw, 0.0f);
+        std::copy(mean + r * width, mean + (r + 1) * width, to + pw);
+        std::fill(to + pw + width, to + span, 0.0f);
+    }
+    for (int64_t oh = oh0; oh < oh0 + rows; ++oh) {
+        float *GPUMAT_RESTRICT row = k + oh * out_w;
+        for (int64_t ow = 0; ow < out_w; ++ow)
+            row[ow] = 0.0f;
+        const int64_t top = oh * sh - p.pad_h;
+        const int64_t i_first = std::max<int64_t>(0, -top);
+        const int64_t i_last = std::min<int64_t>(p.kernel_h, p.height - top);
+        for (int64_t i = i_first; i < i_last; ++i) {
+            const float *GPUMAT_RESTRICT a = padded + (top + i) * span;
+            for (int64_t j = 0; j < p.kernel_w; ++j) {
+                if (sw == 1)
+                    for (int64_t ow = 0; ow < out_w; ++ow)
+                        row[ow] += a[ow + j];
+                else
+                    for (int64_t ow = 0; ow < out_w; ++ow)
+                        row[ow] += a[ow * sw + j];
+            }
+        }
+        for (int64_t ow = 0; ow < out_w; ++ow)
+            row[ow] = row[ow] / divisor;
+    }
+}
+
 // ---- xnor_gemm with few rows on one side: vectors along the words -----------------------------
 
 // out[i][j] = k - 2 popcount(a[i] XOR b[j]) for the m rows of a and the rows j in
@@ -914,6 +961,7 @@ inline Kernels kernels() {
     k.run_block16 = nullptr;
     k.build_planes16 = nullptr;
 #endif
+    k.window_mean_rows = &window_mean_rows;
     k.row_popcounts = &row_popcounts;
     k.dot_rows = &dot_rows;
     return k;
