@@ -30,6 +30,7 @@ from .conv import _is_int, _pair, conv2d
 from .creation import full
 from .errors import DtypeError, ShapeError
 from .memory import outlive_scopes
+from .normalization import batch_norm_forward
 
 __all__ = ["pack_signs", "pack_conv_input", "pack_conv_weight", "xnor_gemm", "xnor_conv2d"]
 
@@ -193,7 +194,7 @@ def xnor_gemm(a, b, k=None, dtype="int32"):
 
 
 def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pixel_scale=None,
-                filter_scale=None, bias=None):
+                filter_scale=None, bias=None, batch_norm=None):
     """conv2d(b(x), b(w), stride, padding) with ordinary zero padding, exactly.
 
     ``x`` is float32 N x C x H x W (binarized and packed here, in one pass) or packed
@@ -213,7 +214,14 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
     makes it inside the convolution's pass (the channel means as it packs, then the window
     sums in tap order, divided by kh * kw: ``native.window_mean_numpy`` gives the same
     bits); the others run pack_conv_input(x, mean_abs=True) and a box-filter conv2d, equal to
-    float32 rounding.  A binary layer's whole inference is then this one call."""
+    float32 rounding.  A binary layer's whole inference is then this one call.
+
+    ``batch_norm=(running_mean, running_var, weight, bias, eps)`` (float ``x`` only; weight
+    and bias may be None, the others are C-element float32 Arrays) batch-normalizes x with
+    those evaluation statistics first: XNOR-Net's BatchNorm -> BinActiv -> BinConv as one
+    call.  The cpu backend folds it into the packing pass, computing each value as its batch
+    norm kernel does ((x - mean) * (weight / sqrt(var + eps)) + bias, bit for bit); the
+    others run gm.batch_norm_forward first.  Either way the result is the unfused one's."""
     what = "xnor_conv2d"
     x, w = _array(x, what, "x"), _array(w, what, "w")
     backend = _same_backend(what, x=x, w=w)
@@ -258,6 +266,14 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
     # float input goes as it is to a backend that packs it inside the convolution's own
     # pass, elsewhere through pack_conv_input first
     packs_itself = x_float and backend.xnor_conv2d_packs_input
+    if batch_norm is not None:
+        if not x_float:
+            raise DtypeError(f"{what}: batch_norm normalizes the float input, but x is packed "
+                             f"({x_dtype}); give x as float32")
+        batch_norm = _batch_norm_operands(what, backend, batch_norm, c)
+        if not packs_itself:
+            mean, var, weight, shift, eps = batch_norm
+            x = batch_norm_forward(x, weight, shift, mean, var, eps, training=False).y
     if x_float and not packs_itself:
         if window_mean:
             xp, mean = pack_conv_input(x, mean_abs=True)
@@ -286,6 +302,10 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
                              f"empty")
         out_hw.append((size + 2 * p - k) // s + 1)
     natives = {}
+    if batch_norm is not None and packs_itself:
+        natives.update(zip(("bn_mean", "bn_var", "bn_weight", "bn_bias"),
+                           (None if a is None else a._live for a in batch_norm[:4])))
+        natives["bn_eps"] = batch_norm[4]
     if window_mean:
         if packs_itself:
             natives["window_mean"] = True
@@ -299,6 +319,37 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
         natives.update((name, a._live) for name, a in epilogue.items())
     return Array._wrap(backend, backend.xnor_conv2d(xp._live, wp._live, c, stride, padding,
                                                     tuple(out_hw), out_dtype, **natives))
+
+
+def _batch_norm_operands(what, backend, batch_norm, channels):
+    """xnor_conv2d's batch_norm as (mean, var, weight, bias, eps): C-element float32 Arrays on
+    ``backend`` (weight and bias may be None) and a float eps >= 0."""
+    if not isinstance(batch_norm, (tuple, list)) or len(batch_norm) != 5:
+        raise TypeError(f"{what}: batch_norm must be (running_mean, running_var, weight, bias, "
+                        f"eps), got {batch_norm!r}")
+    *arrays, eps = batch_norm
+    checked = []
+    for name, value in zip(("running_mean", "running_var", "weight", "bias"), arrays):
+        if value is None and name in ("weight", "bias"):
+            checked.append(None)
+            continue
+        a = _array(value, what, f"batch_norm's {name}")
+        if a._backend is not backend:
+            from .errors import BackendMismatchError
+            raise BackendMismatchError(f"{what}: batch_norm's {name} is on "
+                                       f"{a._backend.name!r} but x is on {backend.name!r}")
+        if a.dtype != _FLOAT32:
+            raise DtypeError(f"{what}: batch_norm's {name} must be single (float32), got "
+                             f"{a.dtype}")
+        if a.shape != (channels,):
+            raise ShapeError(f"{what}: batch_norm's {name} must have shape ({channels},) for "
+                             f"{channels} input channels, got {a.shape}")
+        checked.append(a)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{what}: batch_norm's eps must be a real number, got {eps!r}")
+    if not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"{what}: batch_norm's eps must be finite and >= 0, got {eps!r}")
+    return (*checked, float(eps))
 
 
 _BOXES = {}

@@ -276,6 +276,34 @@ def test_window_mean_scale_is_xnor_nets_k(backend, case):
         np.testing.assert_allclose(got.gather(), expected, rtol=1e-5, atol=1e-5 * 9 * c)
 
 
+@pytest.mark.parametrize("case", [(2, 16, 9, 7, 5, 1, 1), (1, 40, 6, 6, 3, 2, 1),
+                                  (2, 3, 5, 5, 17, 1, 0)])
+def test_batch_norm_in_front_equals_normalizing_first(backend, case):
+    """batch_norm=(mean, var, weight, bias, eps): bit for bit gm.batch_norm_forward's output
+    convolved (cpu folds it into the packing pass), with and without the affine part."""
+    n, c, h, w, o, stride, padding = case
+    rng = np.random.default_rng(n + c + o)
+    mean = rand(rng, c)
+    x = rand(rng, n, c, h, w) * 2 + mean.reshape(1, -1, 1, 1)
+    x[:, :, ::2, ::3] = mean.reshape(1, -1, 1, 1)                # normalized zeros
+    var, weight, shift = np.abs(rand(rng, c)) + 0.1, rand(rng, c), rand(rng, c)
+    alpha = np.abs(rand(rng, o))
+
+    def arr(v):
+        return None if v is None else gm.array(v, backend=backend)
+
+    xg, wg = arr(x), gm.pack_conv_weight(arr(rand(rng, o, c, 3, 3)))
+    for weight_given, shift_given in [(weight, shift), (None, None)]:
+        statistics = (arr(mean), arr(var), arr(weight_given), arr(shift_given), 1e-5)
+        y = gm.batch_norm_forward(xg, statistics[2], statistics[3], statistics[0],
+                                  statistics[1], 1e-5, training=False).y
+        for scales in [{}, {"pixel_scale": "window_mean", "filter_scale": arr(alpha)}]:
+            want = gm.xnor_conv2d(y, wg, stride=stride, padding=padding, channels=c, **scales)
+            got = gm.xnor_conv2d(xg, wg, stride=stride, padding=padding, channels=c,
+                                 batch_norm=statistics, **scales)
+            np.testing.assert_array_equal(got.gather(), want.gather())
+
+
 # ---- bad input ------------------------------------------------------------------------------
 
 def test_bad_input_is_named(backend):
@@ -310,6 +338,17 @@ def test_bad_input_is_named(backend):
         gm.xnor_conv2d(gm.pack_conv_input(x), w, pixel_scale="window_mean")
     with pytest.raises(TypeError, match="pixel_scale needs dtype='float32'"):
         gm.xnor_conv2d(x, w, dtype="int32", pixel_scale="window_mean")
+    stats = (arr(np.zeros(4, np.float32)), arr(np.ones(4, np.float32)), None, None, 1e-5)
+    with pytest.raises(TypeError, match="batch_norm normalizes the float input, but x is packed"):
+        gm.xnor_conv2d(gm.pack_conv_input(x), w, batch_norm=stats)
+    with pytest.raises(TypeError, match=r"batch_norm must be \(running_mean, running_var"):
+        gm.xnor_conv2d(x, w, batch_norm=stats[:2])
+    with pytest.raises(ValueError, match=r"batch_norm's running_var must have shape \(4,\)"):
+        gm.xnor_conv2d(x, w, batch_norm=(stats[0], arr(np.ones(5, np.float32)), None, None, 0))
+    with pytest.raises(TypeError, match="batch_norm's weight must be single"):
+        gm.xnor_conv2d(x, w, batch_norm=(*stats[:2], arr(np.ones(4)), None, 1e-5))
+    with pytest.raises(ValueError, match="batch_norm's eps must be finite and >= 0"):
+        gm.xnor_conv2d(x, w, batch_norm=(*stats[:4], -1.0))
     a = gm.pack_signs(arr(np.ones((3, 40), np.float32)))
     with pytest.raises(ValueError, match="k=70 needs 3 words"):
         gm.xnor_gemm(a, a, 70)

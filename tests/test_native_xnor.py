@@ -927,6 +927,98 @@ def test_epilogue_arguments_are_checked():
             native.xnor_conv2d(xp, wp, c, stride, padding, hw, np.float32, pixel))
 
 
+# ---- the batch norm in front folded into the packing pass (bn_mean & co.) -----------------------
+
+def batch_norm_operands(channels, seed):
+    """Evaluation statistics and affine parameters: negative weights among them, and a mean
+    that equals some inputs exactly (see bn_input), so that normalized zeros occur."""
+    rng = np.random.default_rng(seed)
+    mean = rng.standard_normal(channels).astype(np.float32)
+    var = (rng.uniform(0.01, 4.0, channels)).astype(np.float32)
+    weight = rng.standard_normal(channels).astype(np.float32)
+    bias = (0.5 * rng.standard_normal(channels)).astype(np.float32)
+    bias[::3] = 0.0
+    return mean, var, weight, bias
+
+
+def bn_input(shape, mean, seed):
+    x = mean_abs_input(shape, seed) + mean.reshape(1, -1, 1, 1)
+    x[:, :, ::3, ::2] = mean.reshape(1, -1, 1, 1)      # (x - mean) == 0 exactly
+    return x
+
+
+def check_batch_norm_fold(conv, geometry, seed, label):
+    """conv (module or backend) with float input and bn_*: bit for bit the packed path on the
+    cpu backend's own batch norm output, with and without weight and bias, with K made in the
+    pass or given, scaled and plain."""
+    backend = get_backend("cpu")
+    n, c, h, w, o, kernel, stride, padding = geometry
+    mean, var, weight, bias = batch_norm_operands(c, seed)
+    x = bn_input((n, c, h, w), mean, seed + 1)
+    wp = pack_reference(mean_abs_input((o, c) + kernel, seed + 2))
+    hw = out_hw(h, w, kernel, stride, padding)
+    _, filt, shift = scale_operands(n, o, hw, seed + 3)
+    for bn_weight, bn_bias, eps in [(weight, bias, 1e-5), (None, None, 1e-3), (weight, None, 0.0)]:
+        y = backend.batch_norm_forward(x, bn_weight, bn_bias, mean, var, eps)[0]
+        packed, y_mean = native.pack_conv_input_numpy(y, True)
+        k = native.window_mean_numpy(y_mean, kernel, stride, padding, hw)
+        what = f"{label} {ids(geometry)} weight={bn_weight is not None} bias={bn_bias is not None}"
+        got = conv(x, wp, c, pair(stride), pair(padding), hw, (filt, shift), True,
+                   (mean, var, bn_weight, bn_bias, eps))
+        assert_bits_equal(got, native.xnor_conv2d_numpy(packed, wp, c, stride, padding, hw,
+                                                        np.float32, k, filt, shift), what)
+        got = conv(x, wp, c, pair(stride), pair(padding), hw, (None, None), False,
+                   (mean, var, bn_weight, bn_bias, eps))
+        assert_bits_equal(got, native.xnor_conv2d_numpy(packed, wp, c, stride, padding, hw,
+                                                        np.float32), what + " plain")
+
+
+def module_bn_conv(x, wp, c, stride, padding, hw, factors, window_mean, bn):
+    mean, var, weight, bias, eps = bn
+    return NATIVE.xnor_conv2d(x, wp, c, stride, padding, hw, "float32", None, *factors,
+                              window_mean=window_mean, bn_mean=mean, bn_var=var,
+                              bn_weight=weight, bn_bias=bias, bn_eps=eps)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_xnor_conv2d_folds_the_batch_norm_bit_for_bit(isa, restore_isa):
+    NATIVE.set_xnor_isa(isa)
+    for index, geometry in enumerate(WINDOW_GEOMETRIES):
+        check_batch_norm_fold(module_bn_conv, geometry, 100 + index, isa)
+
+
+@needs_native
+def test_xnor_conv2d_folds_the_batch_norm_threaded(restore_threads):
+    for threads in (1, 2, 5):
+        NATIVE.set_native_threads(threads)
+        for index, geometry in enumerate([(32, 16, 32, 32, 16, (3, 3), 1, 1),
+                                          (1, 64, 30, 26, 9, (3, 3), 1, 1),
+                                          (3, 40, 17, 11, 5, (3, 3), 2, 1)]):
+            check_batch_norm_fold(module_bn_conv, geometry, 110 + index, f"{threads} threads")
+
+
+@needs_native
+def test_batch_norm_fold_arguments_are_checked():
+    mean, var, weight, bias = batch_norm_operands(20, 1)
+    x = bn_input((2, 20, 6, 7), mean, 2)
+    xp, wp = pack_reference(x), pack_reference(mean_abs_input((5, 20, 3, 3), 4))
+    geometry = (20, (1, 1), (1, 1), (6, 7), "float32")
+    with pytest.raises(ValueError, match="bn_mean normalizes the float32 input"):
+        NATIVE.xnor_conv2d(xp, wp, *geometry, bn_mean=mean, bn_var=var)
+    with pytest.raises(ValueError, match="bn_mean needs bn_var"):
+        NATIVE.xnor_conv2d(x, wp, *geometry, bn_mean=mean)
+    with pytest.raises(ValueError, match="need bn_mean"):
+        NATIVE.xnor_conv2d(x, wp, *geometry, bn_var=var)
+    with pytest.raises(ValueError, match=r"bn_weight must have shape \(20,\)"):
+        NATIVE.xnor_conv2d(x, wp, *geometry, bn_mean=mean, bn_var=var, bn_weight=weight[:4])
+    with pytest.raises(TypeError, match="bn_bias must be float32"):
+        NATIVE.xnor_conv2d(x, wp, *geometry, bn_mean=mean, bn_var=var,
+                           bn_bias=bias.astype(np.float64))
+    with pytest.raises(ValueError, match="bn_eps must be finite and >= 0"):
+        NATIVE.xnor_conv2d(x, wp, *geometry, bn_mean=mean, bn_var=var, bn_eps=-1.0)
+
+
 @pytest.mark.parametrize("with_module", [True, False])
 def test_cpu_backend_fused_methods(with_module, monkeypatch):
     if with_module and NATIVE is None:
@@ -962,3 +1054,17 @@ def test_cpu_backend_fused_methods(with_module, monkeypatch):
     # float input and K made from it: the module in its pass, the twins beforehand, one result
     for index, geometry in enumerate(WINDOW_GEOMETRIES[:4]):
         check_window_mean(backend_conv, geometry, 90 + index, f"backend {with_module}")
+
+    def backend_bn_conv(x, wp, c, stride, padding, hw, factors, window_mean, bn):
+        mean, var, weight, shift, eps = bn
+        before = backend.memory_info()["bytes_in_use"]
+        y = backend.xnor_conv2d(x, wp, c, stride, padding, hw, np.dtype(np.float32), None,
+                                *factors, window_mean=window_mean, bn_mean=mean, bn_var=var,
+                                bn_weight=weight, bn_bias=shift, bn_eps=eps)
+        # only the result stays counted (the twins' normalized input was a temporary)
+        assert backend.memory_info()["bytes_in_use"] == before + y.nbytes
+        return y
+
+    # ... and the batch norm in front, folded into the pass or run first: the same bits
+    for index, geometry in enumerate(WINDOW_GEOMETRIES[:4]):
+        check_batch_norm_fold(backend_bn_conv, geometry, 120 + index, f"backend {with_module}")

@@ -582,6 +582,91 @@ def test_summary_counts_binary_weights_as_bits():
     assert "BinaryConv2d" in text and "BinaryLinear" in text
 
 
+# ---- a batch norm folded into the binary convolution ----------------------------------------------
+
+def trained_batch_norm(backend, channels, seed):
+    """A BatchNorm2d with non-trivial running statistics and affine parameters."""
+    bn = nn.BatchNorm2d(channels).to(backend)
+    r = rng(seed)
+    bn.running_mean = gm.array(r.standard_normal(channels).astype(np.float32), backend=backend)
+    bn.running_var = gm.array(r.uniform(0.2, 3.0, channels).astype(np.float32),
+                              backend=backend)
+    bn.weight.data = gm.array(r.standard_normal(channels).astype(np.float32), backend=backend)
+    bn.bias.data = gm.array(r.standard_normal(channels).astype(np.float32), backend=backend)
+    return bn
+
+
+def test_conv_with_batch_norm_equals_the_two_calls(backend, monkeypatch):
+    """layer(x, batch_norm=bn) == layer(bn(x)): in inference bit for bit (the normalization
+    then runs inside gm.xnor_conv2d, on cpu in the packing pass), in training with the same
+    values, running statistics and gradients."""
+    calls = []
+    original = gm.xnor_conv2d
+    monkeypatch.setattr(gm, "xnor_conv2d",
+                        lambda *a, **k: calls.append(k.get("batch_norm")) or original(*a, **k))
+    for kernel, stride, padding in CONV_GEOMETRY:
+        conv = conv_layer(backend, "xnor", kernel, stride, padding, cin=20, cout=5)
+        bn = trained_batch_norm(backend, 20, 3)
+        x = on(backend, rng(4).standard_normal((2, 20, 7, 6)).astype(np.float32))
+        conv.eval()
+        bn.eval()
+        with nn.no_grad():
+            want = conv(bn(x)).gather()
+            calls.clear()
+            got = conv(x, batch_norm=bn).gather()
+        assert len(calls) == 1 and calls[0] is not None        # one call, folded
+        np.testing.assert_array_equal(got, want)
+        # recording a graph (eval mode, gradients on): the two modules in turn, differentiable
+        calls.clear()
+        out = conv(x, batch_norm=bn)
+        assert calls == [] and out.requires_grad
+        np.testing.assert_allclose(out.gather(), want, rtol=1e-5, atol=1e-5)
+    # training: bn updates its statistics and both get gradients, as with two calls
+    pairs = []
+    for _ in range(2):
+        conv = conv_layer(backend, "xnor", (3, 3), 1, 1, cin=6, cout=3, seed=7)
+        bn = trained_batch_norm(backend, 6, 8)
+        pairs.append((conv, bn))
+    x = on(backend, rng(9).standard_normal((3, 6, 5, 5)).astype(np.float32))
+    (c1, b1), (c2, b2) = pairs
+    F.sum(c1(x, batch_norm=b1) ** 2).backward()
+    F.sum(c2(b2(x)) ** 2).backward()
+    for p, q in [(c1.weight, c2.weight), (b1.weight, b2.weight), (b1.bias, b2.bias)]:
+        np.testing.assert_array_equal(p.grad.gather(), q.grad.gather())
+    np.testing.assert_array_equal(b1.running_mean.gather(), b2.running_mean.gather())
+    # a bwn layer has no packed input path: bn runs on its own, same values
+    conv = conv_layer(backend, "bwn", (3, 3), 1, 1, cin=6, cout=3).eval()
+    bn = trained_batch_norm(backend, 6, 8).eval()
+    with nn.no_grad():
+        np.testing.assert_array_equal(conv(x, batch_norm=bn).gather(), conv(bn(x)).gather())
+
+
+@pytest.mark.parametrize("name", ["resnet_cifar1", "lenet5"])
+def test_binary_models_fold_their_batch_norms_exactly(backend, name, monkeypatch):
+    """The XNOR blocks' BatchNorm -> BinaryConv2d pairs run as one call in inference, and the
+    network's output is bit for bit the one with every batch norm run on its own."""
+    make, size = BINARY_MODELS[name]
+    gm.seed(1)
+    model = make("xnor").to(backend)
+    for module in model.modules():               # running statistics away from 0 / 1
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean = gm.array(rng(2).standard_normal(module.num_features)
+                                           .astype(np.float32) * 0.1, backend=backend)
+    model.eval()
+    x = gm.array(rng(5).standard_normal((2, model.input_shape[0], size, size))
+                 .astype(np.float32), backend=backend)
+    folded = []
+    original = nn.BinaryConv2d._folds
+    monkeypatch.setattr(nn.BinaryConv2d, "_folds",
+                        lambda self, bn, v: folded.append(bn) or original(self, bn, v))
+    with nn.no_grad():
+        fused = model(x).gather()
+        assert folded and all(isinstance(bn, nn.BatchNorm2d) for bn in folded)
+        monkeypatch.setattr(nn.BinaryConv2d, "_folds", lambda self, bn, v: False)
+        separate = model(x).gather()
+    np.testing.assert_array_equal(fused, separate)
+
+
 # ---- models -------------------------------------------------------------------------------------
 
 BINARY_MODELS = {"lenet5": (lambda b: models.lenet5(binary=b), 32),

@@ -195,12 +195,15 @@ class Backend:
     #: True where ``xnor_conv2d`` also takes the float32 (N, C, H, W) input itself as ``xp``
     #: and binarizes and packs it in the same pass as the products, and takes
     #: ``window_mean=True`` (XNOR-Net's K made from that input in the pass, as the pixel
-    #: scale); gm.xnor_conv2d then hands float input straight over instead of calling
-    #: pack_conv_input (and a box-filter conv2d for K) first
+    #: scale) and ``bn_mean`` / ``bn_var`` / ``bn_weight`` / ``bn_bias`` / ``bn_eps`` (an
+    #: evaluation batch norm applied to that input first, as batch_norm_forward computes it);
+    #: gm.xnor_conv2d then hands float input straight over instead of calling
+    #: batch_norm_forward, pack_conv_input (and a box-filter conv2d for K) first
     xnor_conv2d_packs_input = False
 
     def xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
-                    pixel_scale=None, filter_scale=None, bias=None, window_mean=False):
+                    pixel_scale=None, filter_scale=None, bias=None, window_mean=False,
+                    bn_mean=None, bn_var=None, bn_weight=None, bn_bias=None, bn_eps=1e-5):
         """conv2d(b(x), b(w)) with zero padding, exactly, from packed ``xp`` (N, H, W, Wc) and
         ``wp`` (O, kh, kw, Wc), Wc = ceil(channels/32): out (N, O, OH, OW) of ``out_dtype``
         (int32 or float32) sums channels - 2 * popcount(xp[pixel] ^ wp[o, i, j]) over the taps

@@ -53,19 +53,26 @@ def _xnor_gemm(self, a, b, k, out_dtype):
 
 
 def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype, pixel_scale=None,
-                 filter_scale=None, bias=None, window_mean=False):
+                 filter_scale=None, bias=None, window_mean=False, bn_mean=None, bn_var=None,
+                 bn_weight=None, bn_bias=None, bn_eps=1e-5):
     """The binary convolution; pixel_scale (N, OH, OW), filter_scale (O,) and bias (O,)
     (float32, float32 output only, each optional) fuse ((y * pixel_scale) * filter_scale)
     + bias into the kernel's stores, bit-identical to that float32 NumPy expression.  ``xp``
     may be the float32 (N, C, H, W) input: the native kernel packs it chunk by chunk inside
-    its own parallel pass, and with window_mean also makes the pixel scale K from it there
-    (the NumPy twins do both first, to the same bits)."""
+    its own parallel pass, and with window_mean also makes the pixel scale K from it there,
+    and with bn_mean & co. batch-normalizes its values first (the NumPy twins do all of it
+    beforehand, to the same bits)."""
     out_dtype = np.dtype(out_dtype)
     stride, padding, out_hw = tuple(stride), tuple(padding), tuple(out_hw)
     shape = (xp.shape[0], wp.shape[0]) + out_hw
     kernels = native.kernels()
     if kernels is None:
         if xp.dtype == np.float32:
+            if bn_mean is not None:     # a temporary: counted out again right away
+                xp, _, _, inv_std = self.batch_norm_forward(xp, bn_weight, bn_bias, bn_mean,
+                                                            bn_var, bn_eps)
+                self.free(xp)
+                self.free(inv_std)
             if window_mean:
                 xp, mean = native.pack_conv_input_numpy(xp, True)
                 pixel_scale = native.window_mean_numpy(mean, wp.shape[1:3], stride, padding,
@@ -77,7 +84,8 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype, pix
             bias), shape, out_dtype)
     return self._run(lambda: kernels.xnor_conv2d(xp, wp, int(channels), stride, padding, out_hw,
                                                  _DTYPE_NAMES[out_dtype], pixel_scale,
-                                                 filter_scale, bias, window_mean),
+                                                 filter_scale, bias, window_mean, bn_mean,
+                                                 bn_var, bn_weight, bn_bias, bn_eps),
                      shape, out_dtype)
 
 

@@ -353,7 +353,18 @@ class BinaryConv2d(_Binary, Conv2d):
         self.approx_sign = bool(approx_sign)
         self.clear_cache()
 
-    def forward(self, x):
+    def forward(self, x, batch_norm=None):
+        """This layer on ``x``, or on ``batch_norm(x)`` where a BatchNorm2d is given: the same
+        values as calling the two in turn, but in inference (both in eval mode, the batch
+        norm with running statistics, nothing recorded) an "xnor" layer folds the
+        normalization into its own packing pass instead of writing the normalized input out
+        (gm.xnor_conv2d's ``batch_norm``): XNOR-Net's BatchNorm -> BinActiv -> BinConv block
+        in one call."""
+        if batch_norm is not None:
+            if self._folds(batch_norm, x):
+                data = x.data if isinstance(x, Variable) else x
+                return Variable._make(self._infer(data, batch_norm), False)
+            x = batch_norm(x)
         if self._inference(x):
             return Variable._make(self._infer(x.data if isinstance(x, Variable) else x), False)
         if self.mode != "xnor":
@@ -373,13 +384,39 @@ class BinaryConv2d(_Binary, Conv2d):
     def _pack_weight(self, data):
         return gm.pack_conv_weight(data)
 
-    def _infer(self, x):
+    def _folds(self, batch_norm, x):
+        """Whether batch_norm(x) can run inside this layer's inference call (forward's
+        ``batch_norm``): xnor packed kernels on float32 N x C x H x W input, the batch norm a
+        BatchNorm2d over C channels in eval mode with running statistics, and nothing that
+        would record a graph (with gradients enabled, neither layer's parameters need one)."""
+        from .layers import BatchNorm2d
+        data = x.data if isinstance(x, Variable) else x
+        if (self.mode != "xnor" or not isinstance(batch_norm, BatchNorm2d)
+                or batch_norm.training or batch_norm.running_mean is None
+                or not isinstance(data, gm.Array) or data.dtype != np.float32
+                or data.ndim != 4 or data.shape[1] != batch_norm.num_features):
+            return False
+        if is_grad_enabled() and any(isinstance(p, Variable) and p.requires_grad
+                                     for p in (batch_norm.weight, batch_norm.bias)):
+            return False
+        return self._inference(x) and self._cached()["packed"] is not None
+
+    def _infer(self, x, batch_norm=None):
         if x.ndim != 4:
             raise ShapeError(f"BinaryConv2d: the input must be N x C x H x W, got {x.shape}")
         cache = self._cached()
         bias = None if self.bias is None else self.bias.data
         if self.mode != "xnor":
             return gm.conv2d(x, cache["weight"], bias, stride=self.stride, padding=self.padding)
+        if batch_norm is not None:      # (forward checked _folds: the packed path)
+            statistics = (batch_norm.running_mean, batch_norm.running_var,
+                          None if batch_norm.weight is None else batch_norm.weight.data,
+                          None if batch_norm.bias is None else batch_norm.bias.data,
+                          batch_norm.eps)
+            return gm.xnor_conv2d(x, cache["packed"], stride=self.stride, padding=self.padding,
+                                  channels=x.shape[1], pixel_scale="window_mean",
+                                  filter_scale=cache["alpha"], bias=bias,
+                                  batch_norm=statistics)
         if cache["packed"] is not None and x.dtype == np.float32:
             # x's signs packed with its channel mean |x| taken in the same pass, K made from
             # that, and the kernel scaling by K and alpha and adding the bias as it stores

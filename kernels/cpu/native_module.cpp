@@ -880,7 +880,9 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
                        Pair stride, Pair padding, Pair out_hw, const std::string &out_dtype,
                        std::optional<AnyCpuArray> pixel_scale,
                        std::optional<AnyCpuArray> filter_scale, std::optional<AnyCpuArray> bias,
-                       bool window_mean) {
+                       bool window_mean, std::optional<AnyCpuArray> bn_mean,
+                       std::optional<AnyCpuArray> bn_var, std::optional<AnyCpuArray> bn_weight,
+                       std::optional<AnyCpuArray> bn_bias, double bn_eps) {
     const char *what = "xnor_conv2d";
     // xp: packed (N, H, W, Wc) words, or the float32 (N, C, H, W) input, packed inside
     const bool float_input = xp.dtype() == nb::dtype<float>();
@@ -937,6 +939,35 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
     if (window_mean && (!float_input || pixel_scale))
         fail_value(what, "window_mean makes the pixel scale from the float32 input: it needs "
                          "xp as float32 (N, C, H, W) and no pixel_scale");
+    // the evaluation batch norm folded into the packing: its per-channel scale and shift as
+    // the batch norm kernel makes them (batchnorm.hpp: inv_std = 1 / sqrt(var + eps) in
+    // float32, scale = inv_std * weight)
+    if ((bn_var || bn_weight || bn_bias) && !bn_mean)
+        fail_value(what, "bn_var, bn_weight and bn_bias need bn_mean");
+    std::vector<float> bn_scale, bn_shift;
+    gpumat::xnor::ChannelAffine affine{};
+    if (bn_mean) {
+        if (!float_input)
+            fail_value(what, "bn_mean normalizes the float32 input: it needs xp as float32 "
+                             "(N, C, H, W)");
+        if (!bn_var)
+            fail_value(what, "bn_mean needs bn_var");
+        if (!(bn_eps >= 0.0) || !std::isfinite(bn_eps))
+            fail_value(what, "bn_eps must be finite and >= 0, got " + std::to_string(bn_eps));
+        const float *mean_data = xnor_scale(bn_mean, what, "bn_mean", {channels});
+        const float *var_data = xnor_scale(bn_var, what, "bn_var", {channels});
+        const float *weight_data = xnor_scale(bn_weight, what, "bn_weight", {channels});
+        const float *shift_data = xnor_scale(bn_bias, what, "bn_bias", {channels});
+        bn_scale.resize((size_t) channels);
+        bn_shift.assign((size_t) channels, 0.0f);
+        for (int64_t c = 0; c < channels; ++c) {
+            const float inv_std = 1.0f / std::sqrt(var_data[c] + (float) bn_eps);
+            bn_scale[(size_t) c] = weight_data ? inv_std * weight_data[c] : inv_std;
+            if (shift_data)
+                bn_shift[(size_t) c] = shift_data[c];
+        }
+        affine = {mean_data, bn_scale.data(), bn_shift.data()};
+    }
     const float *pixel_data = xnor_scale(pixel_scale, what, "pixel_scale", {n, oh, ow});
     const float *filter_data = xnor_scale(filter_scale, what, "filter_scale", {o});
     const float *bias_data = xnor_scale(bias, what, "bias", {o});
@@ -948,7 +979,7 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
         gpumat::xnor::xnor_conv2d(x_data, w_data, n, channels, h, w, o, kh, kw, stride.first,
                                   stride.second, padding.first, padding.second, oh, ow, out,
                                   is_float, pixel_data, filter_data, bias_data, x_floats,
-                                  window_mean);
+                                  window_mean, bn_mean ? &affine : nullptr);
     });
 }
 
@@ -1074,6 +1105,10 @@ NB_MODULE(_native, module) {
                "pixel_scale"_a.noconvert().none() = nb::none(),
                "filter_scale"_a.noconvert().none() = nb::none(),
                "bias"_a.noconvert().none() = nb::none(), "window_mean"_a = false,
+               "bn_mean"_a.noconvert().none() = nb::none(),
+               "bn_var"_a.noconvert().none() = nb::none(),
+               "bn_weight"_a.noconvert().none() = nb::none(),
+               "bn_bias"_a.noconvert().none() = nb::none(), "bn_eps"_a = 1e-5,
                "conv2d(b(x), b(w)) with zero padding, b = +1 for a set bit and -1 else, of\n"
                "a packed input xp (N x H x W x ceil(C / 32), from pack_conv_input) and\n"
                "packed weights wp (O x kh x kw x ceil(C / 32)): N x O x OH x OW, int32 or\n"
@@ -1086,7 +1121,11 @@ NB_MODULE(_native, module) {
                "(no FMA), each factor left out where None, applied as results are stored.\n"
                "window_mean (float32 xp, no pixel_scale): the pixel scale is XNOR-Net's K,\n"
                "made in the same pass: the channel mean of |x| (pack_conv_input's) summed\n"
-               "over the kernel taps inside the image in tap order, divided by kh * kw.");
+               "over the kernel taps inside the image in tap order, divided by kh * kw.\n"
+               "bn_mean, bn_var (and bn_weight, bn_bias, each (C,) float32; float32 xp):\n"
+               "the input is first batch-normalized with these evaluation statistics,\n"
+               "(x - mean) * (weight / sqrt(var + eps)) + bias as batch_norm_forward\n"
+               "computes it, bit for bit, inside the packing pass.");
     module.def("xnor_isa",
                [] { return std::string(gpumat::xnor::isa_name(gpumat::xnor::Dispatch::current())); },
                "The instruction set the XNOR kernels use: baseline, avx2, avx512bw or\n"

@@ -155,6 +155,32 @@ inline void scale_values(float *values, int count, const Scale &s) {
     }
 }
 
+// An input transform applied before binarizing (xnor_conv2d's batch_norm): channel c's values
+// become (v - mean[c]) * scale[c] + shift[c], each operation rounded on its own, as the batch
+// norm kernel computes its evaluation output (batchnorm.hpp, baseline instruction set: no
+// FMA), so the signs and |values| are that output's exactly.
+struct ChannelAffine {
+    const float *mean, *scale, *shift;
+};
+
+// Keeps the compiler from fusing the product computed before it with a later add into an FMA
+// (GCC contracts across statements under its default -ffp-contract=fast where the target has
+// FMA): `v` (a float or a vector of them) is hidden from the optimiser in between.
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define GPUMAT_NO_CONTRACT(v) __asm__("" : "+x"(v))
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define GPUMAT_NO_CONTRACT(v) __asm__("" : "+w"(v))
+#else
+#define GPUMAT_NO_CONTRACT(v) ((void) 0)    // MSVC: no contraction under /fp:precise
+#endif
+
+// (v - mean) * scale + shift, rounded after each operation (see ChannelAffine)
+inline float affine_value(float v, float mean, float scale, float shift) {
+    float product = (v - mean) * scale;
+    GPUMAT_NO_CONTRACT(product);
+    return product + shift;
+}
+
 struct BlockJob {
     const void *planes;             // uint32 words, or uint16 for 16-bit lanes
     const int64_t *offsets;
@@ -221,9 +247,11 @@ struct Kernels {
     void (*run_block)(const BlockJob &, int64_t block, int64_t lane_begin, int64_t lane_end);
     // pixels [p0, p1) of one image x (C x HW floats) packed into out (HW x Wc words), with
     // Wc x (p1 - p0) words of scratch; where mean is not null, also mean[p] = the mean of
-    // |x| over the channels of each pixel p (mean: the image's HW floats)
+    // |x| over the channels of each pixel p (mean: the image's HW floats); where affine is
+    // not null, of the transformed values (ChannelAffine) instead of x's
     void (*pack_pixels)(const float *x, uint32_t *out, int64_t channels, int64_t pixels,
-                        int64_t p0, int64_t p1, uint32_t *scratch, float *mean);
+                        int64_t p0, int64_t p1, uint32_t *scratch, float *mean,
+                        const ChannelAffine *affine);
     // the column planes of output rows [oh0, oh0 + rows) of one image (H x W x Wc words)
     void (*build_planes)(const ConvPlan &, const uint32_t *image, int64_t oh0, int64_t rows,
                          void *scratch);
@@ -435,7 +463,7 @@ inline void pack_conv_input(const float *x, uint32_t *out, int64_t batch, int64_
         Scratch &scratch = thread_scratch();
         uint32_t *buffer = words > 1 ? scratch.get((size_t) (words * (p1 - p0))) : nullptr;
         k.pack_pixels(x + n * channels * pixels, out + n * pixels * words, channels, pixels, p0,
-                      p1, buffer, mean == nullptr ? nullptr : mean + n * pixels);
+                      p1, buffer, mean == nullptr ? nullptr : mean + n * pixels, nullptr);
         scratch.trim();
     });
 }
@@ -738,19 +766,24 @@ inline std::vector<int32_t> conv_base_table(const ConvPlan &p, const uint32_t *w
 // `window_mean` (float input and output only; pixel_scale then unused) the chunk also takes
 // the channel mean of |x| in that packing pass and makes XNOR-Net's K of its output rows from
 // it (Kernels::window_mean_rows), the pixel scale of its results: a binary layer's whole
-// inference in one call.
+// inference in one call.  `input` (float input only) transforms the input's values before
+// they are binarized and averaged: the evaluation batch norm in front of an XNOR-Net layer,
+// folded into its packing pass (see ChannelAffine).
 inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, int64_t channels,
                         int64_t height, int64_t width, int64_t out_channels, int64_t kernel_h,
                         int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
                         int64_t pad_w, int64_t out_h, int64_t out_w, void *out,
                         bool out_float, const float *pixel_scale = nullptr,
                         const float *filter_scale = nullptr, const float *bias = nullptr,
-                        const float *xf = nullptr, bool window_mean = false) {
+                        const float *xf = nullptr, bool window_mean = false,
+                        const ChannelAffine *input = nullptr) {
     if (!out_float) {
         pixel_scale = filter_scale = bias = nullptr;     // (the bindings refuse them)
         window_mean = false;
     }
     window_mean = window_mean && xf != nullptr;
+    if (xf == nullptr)
+        input = nullptr;
     const int64_t pixels = out_h * out_w;
     if (batch == 0 || out_channels == 0 || pixels == 0)
         return;
@@ -807,7 +840,7 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
             if (last > first)
                 isa.pack_pixels(xf + n * channels * height * width, packed, channels,
                                 height * width, first * width, last * width,
-                                packed + packed_words, mean);
+                                packed + packed_words, mean, input);
             image = packed;
         }
         float *k = nullptr;

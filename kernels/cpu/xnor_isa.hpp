@@ -576,10 +576,14 @@ GPUMAT_XNOR_TARGET void run_block(const BlockJob &job, int64_t block, int64_t la
 // would share one L1 set where a plane is 4 KiB, and thrash it).  Mean: also sums[p] +=
 // |from[t][p]| for t = 0, 1, ... in order, in float32 (sums[p] starting from 0 where
 // `fresh_sums`), from the same loads.
-template <bool Mean>
+// Affine: each channel t's values are first transformed by (v - am[t]) * as[t] + at[t]
+// (ChannelAffine: rounded after each operation; the lanes past `pixels` get garbage, never
+// stored).
+template <bool Mean, bool Affine>
 GPUMAT_XNOR_INLINE void pack_channels(const float *const *from, int count, int first_bit,
                                       int64_t pixels, bool fresh, uint32_t *acc, float *sums,
-                                      bool fresh_sums) {
+                                      bool fresh_sums, const float *am, const float *as,
+                                      const float *at) {
 #if GPUMAT_XNOR_KIND >= 2
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t p = 0; p < pixels; p += 16) {
@@ -590,7 +594,12 @@ GPUMAT_XNOR_INLINE void pack_channels(const float *const *from, int count, int f
         if (Mean && !fresh_sums)
             sum = _mm512_maskz_loadu_ps(mask, sums + p);
         for (int t = 0; t < count; ++t) {
-            const __m512 v = _mm512_maskz_loadu_ps(mask, from[t] + p);
+            __m512 v = _mm512_maskz_loadu_ps(mask, from[t] + p);
+            if (Affine) {
+                v = _mm512_mul_ps(_mm512_sub_ps(v, _mm512_set1_ps(am[t])), _mm512_set1_ps(as[t]));
+                __asm__("" : "+v"(v));
+                v = _mm512_add_ps(v, _mm512_set1_ps(at[t]));
+            }
             const __mmask16 ge = _mm512_cmp_ps_mask(v, zero, _CMP_GE_OQ);
             a = _mm512_mask_or_epi32(a, ge, a, _mm512_set1_epi32((int) (1u << (first_bit + t))));
             if (Mean)
@@ -611,7 +620,12 @@ GPUMAT_XNOR_INLINE void pack_channels(const float *const *from, int count, int f
         if (Mean && !fresh_sums)
             sum = _mm256_loadu_ps(sums + p);
         for (int t = 0; t < count; ++t) {
-            const __m256 v = _mm256_loadu_ps(from[t] + p);
+            __m256 v = _mm256_loadu_ps(from[t] + p);
+            if (Affine) {
+                v = _mm256_mul_ps(_mm256_sub_ps(v, _mm256_set1_ps(am[t])), _mm256_set1_ps(as[t]));
+                __asm__("" : "+x"(v));
+                v = _mm256_add_ps(v, _mm256_set1_ps(at[t]));
+            }
             const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_GE_OQ));
             a = _mm256_or_si256(a, _mm256_and_si256(
                                        ge, _mm256_set1_epi32((int) (1u << (first_bit + t)))));
@@ -626,9 +640,10 @@ GPUMAT_XNOR_INLINE void pack_channels(const float *const *from, int count, int f
         uint32_t a = fresh ? 0u : acc[p];
         float sum = Mean && !fresh_sums ? sums[p] : 0.0f;
         for (int t = 0; t < count; ++t) {
-            a |= (uint32_t) (from[t][p] >= 0.0f) << (first_bit + t);
+            const float v = Affine ? affine_value(from[t][p], am[t], as[t], at[t]) : from[t][p];
+            a |= (uint32_t) (v >= 0.0f) << (first_bit + t);
             if (Mean)
-                sum += std::fabs(from[t][p]);
+                sum += std::fabs(v);
         }
         acc[p] = a;
         if (Mean)
@@ -650,6 +665,11 @@ GPUMAT_XNOR_INLINE void pack_channels(const float *const *from, int count, int f
         for (int t = 0; t < count; ++t) {
             Floats4 v;
             std::memcpy(&v, from[t] + p, sizeof v);
+            if (Affine) {
+                v = (v - am[t]) * as[t];
+                GPUMAT_NO_CONTRACT(v);
+                v = v + at[t];
+            }
             // an ordered compare: false for NaN, true for -0.0
             a |= (v >= zero) & (int32_t) (1u << (first_bit + t));
             if (Mean) {
@@ -670,9 +690,10 @@ GPUMAT_XNOR_INLINE void pack_channels(const float *const *from, int count, int f
         uint32_t a = fresh ? 0u : acc[p];
         float sum = Mean && !fresh_sums ? sums[p] : 0.0f;
         for (int t = 0; t < count; ++t) {
-            a |= (uint32_t) (from[t][p] >= 0.0f) << (first_bit + t);
+            const float v = Affine ? affine_value(from[t][p], am[t], as[t], at[t]) : from[t][p];
+            a |= (uint32_t) (v >= 0.0f) << (first_bit + t);
             if (Mean)
-                sum += std::fabs(from[t][p]);
+                sum += std::fabs(v);
         }
         acc[p] = a;
         if (Mean)
@@ -685,10 +706,11 @@ GPUMAT_XNOR_INLINE void pack_channels(const float *const *from, int count, int f
 // into `scratch` (Wc x (p1 - p0) words; straight into out when Wc is 1), then interleaved.
 // Where mean is not null (the image's HW floats), mean[p] = the sum of |x| over the channels
 // (in channel order, float32) divided by C, from the same loads.
-template <bool Mean>
+template <bool Mean, bool Affine>
 GPUMAT_XNOR_INLINE void pack_pixels_with(const float *x, uint32_t *out, int64_t channels,
                                          int64_t pixels, int64_t p0, int64_t p1,
-                                         uint32_t *scratch, float *mean) {
+                                         uint32_t *scratch, float *mean,
+                                         const ChannelAffine *affine) {
     constexpr int kAtOnce = 8;
     const int64_t words = blocks_of(channels, 32), count = p1 - p0;
     const float *from[kAtOnce];
@@ -699,8 +721,12 @@ GPUMAT_XNOR_INLINE void pack_pixels_with(const float *x, uint32_t *out, int64_t 
             const int group = std::min(kAtOnce, bits - c0);
             for (int t = 0; t < group; ++t)
                 from[t] = x + (word * 32 + c0 + t) * pixels + p0;
-            pack_channels<Mean>(from, group, c0, count, c0 == 0, acc,
-                                Mean ? mean + p0 : nullptr, word == 0 && c0 == 0);
+            const int64_t channel = word * 32 + c0;
+            pack_channels<Mean, Affine>(from, group, c0, count, c0 == 0, acc,
+                                        Mean ? mean + p0 : nullptr, word == 0 && c0 == 0,
+                                        Affine ? affine->mean + channel : nullptr,
+                                        Affine ? affine->scale + channel : nullptr,
+                                        Affine ? affine->shift + channel : nullptr);
         }
     }
     if (words > 1)
@@ -717,11 +743,20 @@ GPUMAT_XNOR_INLINE void pack_pixels_with(const float *x, uint32_t *out, int64_t 
 
 inline GPUMAT_XNOR_TARGET void pack_pixels(const float *x, uint32_t *out, int64_t channels,
                                            int64_t pixels, int64_t p0, int64_t p1,
-                                           uint32_t *scratch, float *mean) {
-    if (mean != nullptr)
-        pack_pixels_with<true>(x, out, channels, pixels, p0, p1, scratch, mean);
-    else
-        pack_pixels_with<false>(x, out, channels, pixels, p0, p1, scratch, nullptr);
+                                           uint32_t *scratch, float *mean,
+                                           const ChannelAffine *affine) {
+    if (affine != nullptr) {
+        if (mean != nullptr)
+            pack_pixels_with<true, true>(x, out, channels, pixels, p0, p1, scratch, mean, affine);
+        else
+            pack_pixels_with<false, true>(x, out, channels, pixels, p0, p1, scratch, nullptr,
+                                          affine);
+    } else if (mean != nullptr) {
+        pack_pixels_with<true, false>(x, out, channels, pixels, p0, p1, scratch, mean, nullptr);
+    } else {
+        pack_pixels_with<false, false>(x, out, channels, pixels, p0, p1, scratch, nullptr,
+                                       nullptr);
+    }
 }
 
 // ---- the column planes of xnor_conv2d -----------------------------------------------------------

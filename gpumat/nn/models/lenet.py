@@ -38,6 +38,12 @@ class _MaybeNormalised(Module):
         layer = self._modules.get(name)
         return x if layer is None else layer(x)
 
+    def _norm_conv(self, name, conv, x):
+        """conv(BatchNorm ``name``(x)) where the variant has it (the binary convolution folds
+        it into its packing pass in inference), else conv(x)."""
+        layer = self._modules.get(name)
+        return conv(x) if layer is None else conv(x, batch_norm=layer)
+
 
 class LeNet5(_MaybeNormalised):
     """conv 5x5 (6) -> pool 2 -> conv 5x5 (16) -> pool 2 -> fc 400-120-84-num_classes on a
@@ -79,7 +85,7 @@ class LeNet5(_MaybeNormalised):
 
     def forward(self, x):
         x = self.pool1(self.act1(self.conv1(x)))
-        x = self.pool2(self.act2(self.conv2(self._norm("bn2", x))))
+        x = self.pool2(self.act2(self._norm_conv("bn2", self.conv2, x)))
         x = self.act3(self.fc1(self._norm("bn3", self.flatten(x))))
         return self.fc3(self.act4(self.fc2(self._norm("bn4", x))))
 
@@ -123,7 +129,7 @@ class LeNetTF(_MaybeNormalised):
 
     def forward(self, x):
         x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(self._norm("bn2", x))))
+        x = self.pool2(self.relu2(self._norm_conv("bn2", self.conv2, x)))
         x = self.dropout(self.relu3(self.fc1(self._norm("bn3", self.flatten(x)))))
         return self.fc2(x)
 

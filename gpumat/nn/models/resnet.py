@@ -68,7 +68,9 @@ class BasicBlock(Module):
 
     def forward(self, x):
         if self.binary == "xnor":
-            out = self.conv2(self.bn2(self.conv1(self.bn1(x))))
+            # conv(x, batch_norm=bn) is conv(bn(x)); in inference the binary convolution
+            # folds the normalization into its packing pass
+            out = self.conv2(self.conv1(x, batch_norm=self.bn1), batch_norm=self.bn2)
             return out + (x if self.downsample is None else self.downsample(x))
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
