@@ -194,7 +194,7 @@ def xnor_gemm(a, b, k=None, dtype="int32"):
 
 
 def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pixel_scale=None,
-                filter_scale=None, bias=None, batch_norm=None):
+                filter_scale=None, bias=None, batch_norm=None, residual=None):
     """conv2d(b(x), b(w), stride, padding) with ordinary zero padding, exactly.
 
     ``x`` is float32 N x C x H x W (binarized and packed here, in one pass) or packed
@@ -221,7 +221,11 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
     those evaluation statistics first: XNOR-Net's BatchNorm -> BinActiv -> BinConv as one
     call.  The cpu backend folds it into the packing pass, computing each value as its batch
     norm kernel does ((x - mean) * (weight / sqrt(var + eps)) + bias, bit for bit); the
-    others run gm.batch_norm_forward first.  Either way the result is the unfused one's."""
+    others run gm.batch_norm_forward first.  Either way the result is the unfused one's.
+
+    ``residual`` (float32, N x O x OH x OW, float results only) is added last, ((...) + bias)
+    + residual: a residual block's addition, on cpu as the results are stored (the same bits
+    as adding it afterwards)."""
     what = "xnor_conv2d"
     x, w = _array(x, what, "x"), _array(w, what, "w")
     backend = _same_backend(what, x=x, w=w)
@@ -265,7 +269,8 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
                              f"{out_dtype}")
     # float input goes as it is to a backend that packs it inside the convolution's own
     # pass, elsewhere through pack_conv_input first
-    packs_itself = x_float and backend.xnor_conv2d_packs_input
+    fuses = backend.xnor_conv2d_fuses_layer
+    packs_itself = x_float and fuses
     if batch_norm is not None:
         if not x_float:
             raise DtypeError(f"{what}: batch_norm normalizes the float input, but x is packed "
@@ -313,12 +318,19 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
         else:
             pixel_scale = conv2d(mean, window_box(kernel, mean), stride=stride,
                                  padding=padding)
-    if pixel_scale is not None or filter_scale is not None or bias is not None:
+    factors = {"pixel_scale": pixel_scale, "filter_scale": filter_scale, "bias": bias,
+               "residual": residual}
+    if any(v is not None for v in factors.values()):
         epilogue = _epilogue(what, backend, out_dtype, (xp_shape[0], wp_shape[0], *out_hw),
-                             pixel_scale=pixel_scale, filter_scale=filter_scale, bias=bias)
+                             **factors)
         natives.update((name, a._live) for name, a in epilogue.items())
-    return Array._wrap(backend, backend.xnor_conv2d(xp._live, wp._live, c, stride, padding,
-                                                    tuple(out_hw), out_dtype, **natives))
+    added = None
+    if not fuses and "residual" in natives:         # added after the kernel, as its own op
+        del natives["residual"]
+        added = epilogue["residual"]
+    out = Array._wrap(backend, backend.xnor_conv2d(xp._live, wp._live, c, stride, padding,
+                                                   tuple(out_hw), out_dtype, **natives))
+    return out if added is None else out + added
 
 
 def _batch_norm_operands(what, backend, batch_norm, channels):
@@ -372,7 +384,7 @@ def _epilogue(what, backend, out_dtype, out_shape, **factors):
     """The given scale / bias factors as contiguous float32 Arrays of the kernel's shapes."""
     n, o, oh, ow = out_shape
     shapes = {"pixel_scale": ((n, oh, ow), (n, 1, oh, ow)), "filter_scale": ((o,),),
-              "bias": ((o,),)}
+              "bias": ((o,),), "residual": ((n, o, oh, ow),)}
     given = {}
     for name, value in factors.items():
         if value is None:
@@ -387,7 +399,7 @@ def _epilogue(what, backend, out_dtype, out_shape, **factors):
         if a.dtype != _FLOAT32:
             raise DtypeError(f"{what}: {name} must be single (float32), got {a.dtype}")
         wanted = shapes[name]
-        if a.shape not in wanted and not (name != "pixel_scale" and a.size == o):
+        if a.shape not in wanted and not (name in ("filter_scale", "bias") and a.size == o):
             listed = " or ".join(str(s) for s in wanted)
             raise ShapeError(f"{what}: {name} must have shape {listed} for an output of "
                              f"shape {out_shape}, got {a.shape}")

@@ -258,17 +258,19 @@ def _check_conv(xp, wp, channels, stride, padding, out_hw, out_dtype):
     return xp, wp, channels, stride, padding, out_hw, out_dtype
 
 
-def _check_scales(pixel_scale, filter_scale, bias, out_dtype, n, o, out_hw):
-    """The epilogue operands of xnor_conv2d, checked: float32 (N, OH, OW), (O,), (O,) or None,
-    only with out_dtype float32; C-contiguous copies where needed."""
+def _check_scales(pixel_scale, filter_scale, bias, out_dtype, n, o, out_hw, residual=None):
+    """The epilogue operands of xnor_conv2d, checked: float32 (N, OH, OW), (O,), (O,),
+    (N, O, OH, OW) or None, only with out_dtype float32; C-contiguous copies where needed."""
     what = "xnor_conv2d"
     given = [(name, v) for name, v in (("pixel_scale", pixel_scale),
-                                       ("filter_scale", filter_scale), ("bias", bias))
+                                       ("filter_scale", filter_scale), ("bias", bias),
+                                       ("residual", residual))
              if v is not None]
     if given and out_dtype != np.float32:
         raise ValueError(f"{what}: {', '.join(name for name, _ in given)} need out_dtype "
                          f"float32, got {out_dtype}")
-    shapes = {"pixel_scale": (n,) + tuple(out_hw), "filter_scale": (o,), "bias": (o,)}
+    shapes = {"pixel_scale": (n,) + tuple(out_hw), "filter_scale": (o,), "bias": (o,),
+              "residual": (n, o) + tuple(out_hw)}
     checked = {}
     for name, v in given:
         if not isinstance(v, np.ndarray):
@@ -279,18 +281,21 @@ def _check_scales(pixel_scale, filter_scale, bias, out_dtype, n, o, out_hw):
         if v.shape != shapes[name]:
             raise ValueError(f"{what}: {name} must have shape {shapes[name]}, got {v.shape}")
         checked[name] = np.ascontiguousarray(v)
-    return checked.get("pixel_scale"), checked.get("filter_scale"), checked.get("bias")
+    return (checked.get("pixel_scale"), checked.get("filter_scale"), checked.get("bias"),
+            checked.get("residual"))
 
 
-def _apply_scales(out, pixel_scale, filter_scale, bias):
-    """((out * pixel_scale) * filter_scale) + bias in float32, in place, each left out where
-    None: the NumPy expression the native epilogue matches bit for bit."""
+def _apply_scales(out, pixel_scale, filter_scale, bias, residual=None):
+    """(((out * pixel_scale) * filter_scale) + bias) + residual in float32, in place, each
+    left out where None: the NumPy expression the native epilogue matches bit for bit."""
     if pixel_scale is not None:
         np.multiply(out, pixel_scale[:, None], out=out)
     if filter_scale is not None:
         np.multiply(out, filter_scale[None, :, None, None], out=out)
     if bias is not None:
         np.add(out, bias[None, :, None, None], out=out)
+    if residual is not None:
+        np.add(out, residual, out=out)
     return out
 
 
@@ -408,13 +413,14 @@ def window_mean_numpy(mean, kernel, stride, padding, out_hw) -> np.ndarray:
 
 def xnor_conv2d_numpy(xp, wp, channels, stride=1, padding=0, out_hw=None,
                       out_dtype=np.float32, pixel_scale=None, filter_scale=None,
-                      bias=None) -> np.ndarray:
+                      bias=None, residual=None) -> np.ndarray:
     """NumPy twin of the native `xnor_conv2d`: same checks, same values (tap by tap, the
     taps outside the image skipped; the epilogue as float32 NumPy operations)."""
     xp, wp, channels, stride, padding, out_hw, out_dtype = _check_conv(
         xp, wp, channels, stride, padding, out_hw, out_dtype)
-    pixel_scale, filter_scale, bias = _check_scales(
-        pixel_scale, filter_scale, bias, out_dtype, xp.shape[0], wp.shape[0], out_hw)
+    pixel_scale, filter_scale, bias, residual = _check_scales(
+        pixel_scale, filter_scale, bias, out_dtype, xp.shape[0], wp.shape[0], out_hw,
+        residual)
     mask = _tail_mask(channels)
     xp, wp = _masked(xp, mask), _masked(wp, mask)
     n, h, w, words = xp.shape
@@ -434,12 +440,12 @@ def xnor_conv2d_numpy(xp, wp, channels, stride=1, padding=0, out_hw=None,
                 differing = _popcount(pixels[:, None] ^ taps[None, :, None, None, :]).sum(
                     axis=-1, dtype=np.int64)
                 out[:, f0:f0 + chunk, r0:r1, c0:c1] += channels - 2 * differing
-    return _apply_scales(out.astype(out_dtype), pixel_scale, filter_scale, bias)
+    return _apply_scales(out.astype(out_dtype), pixel_scale, filter_scale, bias, residual)
 
 
 def xnor_conv2d(xp, wp, channels, stride=1, padding=0, out_hw=None,
                 out_dtype=np.float32, pixel_scale=None, filter_scale=None,
-                bias=None) -> np.ndarray:
+                bias=None, residual=None) -> np.ndarray:
     """conv2d(b(x), b(w)) with zero padding, exactly, from packed signs.
 
     xp is uint32 (N, H, W, ceil(C/32)) (pack_conv_input), wp uint32 (O, kh, kw, ceil(C/32))
@@ -455,18 +461,20 @@ def xnor_conv2d(xp, wp, channels, stride=1, padding=0, out_hw=None,
     out[n, o, oh, ow] = ((v * pixel_scale[n, oh, ow]) * filter_scale[o]) + bias[o], rounded
     to float32 after each operation (no FMA): bit-identical to NumPy's
     ``((y * K) * alpha) + bias`` on the unfused float32 result y, applied as the results
-    are stored.  TypeError for dtypes, ValueError for shapes and geometry.
+    are stored; residual float32 (N, O, OH, OW), also optional, is added after them (a
+    residual block's addition).  TypeError for dtypes, ValueError for shapes and geometry.
     """
     xp, wp, channels, stride, padding, out_hw, out_dtype = _check_conv(
         xp, wp, channels, stride, padding, out_hw, out_dtype)
-    pixel_scale, filter_scale, bias = _check_scales(
-        pixel_scale, filter_scale, bias, out_dtype, xp.shape[0], wp.shape[0], out_hw)
+    pixel_scale, filter_scale, bias, residual = _check_scales(
+        pixel_scale, filter_scale, bias, out_dtype, xp.shape[0], wp.shape[0], out_hw,
+        residual)
     if _native is not None:
         return _native.xnor_conv2d(xp, wp, channels, stride, padding, out_hw, out_dtype.name,
-                                   pixel_scale, filter_scale, bias)
+                                   pixel_scale, filter_scale, bias, residual=residual)
     _warn_fallback_once()
     return xnor_conv2d_numpy(xp, wp, channels, stride, padding, out_hw, out_dtype,
-                             pixel_scale, filter_scale, bias)
+                             pixel_scale, filter_scale, bias, residual)
 
 
 def kernels():

@@ -304,6 +304,33 @@ def test_batch_norm_in_front_equals_normalizing_first(backend, case):
             np.testing.assert_array_equal(got.gather(), want.gather())
 
 
+def test_residual_is_added_last(backend):
+    """residual=R: the result plus R, bit for bit the separate addition (cpu adds it as the
+    kernel stores its results), after the scaling and with packed or float operands."""
+    rng = np.random.default_rng(11)
+    x, weight = rand(rng, 2, 20, 7, 6), rand(rng, 9, 20, 3, 3)
+    alpha, shift, residual = np.abs(rand(rng, 9)), rand(rng, 9), rand(rng, 2, 9, 4, 3)
+
+    def arr(v):
+        return gm.array(v, backend=backend)
+
+    xg, wg = arr(x), arr(weight)
+    for operands in [(xg, wg), (gm.pack_conv_input(xg), gm.pack_conv_weight(wg))]:
+        for scales in [{}, {"filter_scale": arr(alpha)},
+                       {"pixel_scale": "window_mean", "filter_scale": arr(alpha),
+                        "bias": arr(shift)}]:
+            if scales.get("pixel_scale") == "window_mean" and operands[0].dtype != np.float32:
+                continue
+            plain = gm.xnor_conv2d(*operands, stride=2, padding=1, channels=20, **scales)
+            got = gm.xnor_conv2d(*operands, stride=2, padding=1, channels=20,
+                                 residual=arr(residual), **scales)
+            np.testing.assert_array_equal(got.gather(), (plain + arr(residual)).gather())
+    with pytest.raises(ValueError, match=r"residual must have shape \(2, 9, 4, 3\)"):
+        gm.xnor_conv2d(xg, wg, stride=2, padding=1, residual=arr(residual[:, :, :3]))
+    with pytest.raises(TypeError, match="residual needs dtype='float32'"):
+        gm.xnor_conv2d(xg, wg, stride=2, padding=1, dtype="int32", residual=arr(residual))
+
+
 # ---- bad input ------------------------------------------------------------------------------
 
 def test_bad_input_is_named(backend):

@@ -637,7 +637,7 @@ def test_cpu_backend_methods(with_module, monkeypatch):
     assert backend.memory_info()["bytes_in_use"] == before + y.nbytes
     assert_exact(y, conv_reference(xp, wp, 20, (2, 1), (1, 0)), np.float32, "backend conv")
     # float input, packed by the backend's convolution itself (the twin packs it first)
-    assert backend.xnor_conv2d_packs_input
+    assert backend.xnor_conv2d_fuses_layer
     assert_exact(backend.xnor_conv2d(x, wp, 20, (2, 1), (1, 0), (3, 5), np.dtype(np.float32)),
                  y, np.float32, "backend conv of float input")
     a, b = random_words((6, 3), 3), random_words((4, 3), 4)
@@ -749,6 +749,52 @@ def test_xnor_conv2d_fused_epilogue_past_two_to_the_24():
     pixel, filt, bias = scale_operands(1, 2, (3, 3), 9)
     got = native.xnor_conv2d(xp, wp, channels, 1, 1, None, np.float32, pixel, filt, bias)
     assert_bits_equal(got, scaled_reference(y, pixel, filt, bias), "past 2**24")
+
+
+def check_residual(conv, geometry, seed, label):
+    """The residual added last by the epilogue: (((y * K) * alpha) + bias) + residual in
+    float32 NumPy bit for bit, after every combination of the other factors (a product right
+    before it included: no FMA contraction), zeros and negative zeros among its values."""
+    xp, wp, c, stride, padding, hw = conv_case(geometry, seed)
+    n, o = xp.shape[0], wp.shape[0]
+    y = conv(xp, wp, c, stride, padding, hw, np.float32)
+    pixel, filt, bias = scale_operands(n, o, hw, seed + 1)
+    residual = np.random.default_rng(seed).standard_normal((n, o) + hw).astype(np.float32)
+    residual.reshape(-1)[::5] = 0.0
+    residual.reshape(-1)[1::5] = -0.0
+    for use_pixel, use_filter, use_bias in SCALE_COMBINATIONS:
+        args = (pixel if use_pixel else None, filt if use_filter else None,
+                bias if use_bias else None)
+        got = conv(xp, wp, c, stride, padding, hw, np.float32, *args, residual=residual)
+        assert_bits_equal(got, scaled_reference(y, *args) + residual,
+                          f"{label} {ids(geometry)} residual after "
+                          f"{use_pixel, use_filter, use_bias}")
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_xnor_conv2d_adds_the_residual_last(isa, restore_isa):
+    NATIVE.set_xnor_isa(isa)
+
+    def conv(xp, wp, c, stride, padding, hw, dtype, *scales, residual=None):
+        return NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, np.dtype(dtype).name,
+                                  *scales, residual=residual)
+
+    for index, geometry in enumerate(EPILOGUE_GEOMETRIES):
+        check_residual(conv, geometry, 130 + index, isa)
+
+
+def test_xnor_conv2d_twin_adds_the_residual_last():
+    for index, geometry in enumerate(EPILOGUE_GEOMETRIES[:6]):
+        check_residual(native.xnor_conv2d_numpy, geometry, 130 + index, "twin")
+
+
+@needs_native
+def test_xnor_conv2d_residual_threads(restore_threads):
+    for threads in (1, 3):
+        NATIVE.set_native_threads(threads)
+        check_residual(native.xnor_conv2d, (3, 32, 16, 16, 33, (3, 3), 1, 1), 140,
+                       f"{threads} threads")
 
 
 def mean_abs_input(shape, seed):
@@ -888,7 +934,7 @@ def test_window_mean_arguments_are_checked():
         NATIVE.xnor_conv2d(xp, wp, 20, (1, 1), (1, 1), (6, 7), "float32", window_mean=True)
     with pytest.raises(ValueError, match="no pixel_scale"):
         NATIVE.xnor_conv2d(x, wp, 20, (1, 1), (1, 1), (6, 7), "float32", k, window_mean=True)
-    with pytest.raises(ValueError, match="window_mean need out_dtype float32"):
+    with pytest.raises(ValueError, match="window_mean and residual need out_dtype float32"):
         NATIVE.xnor_conv2d(x, wp, 20, (1, 1), (1, 1), (6, 7), "int32", window_mean=True)
 
 
@@ -909,6 +955,13 @@ def test_epilogue_arguments_are_checked():
                 conv(xp, wp, c, stride, padding, hw, np.float32, **{name: bad})
         with pytest.raises(ValueError, match="float32"):
             conv(xp, wp, c, stride, padding, hw, np.int32, pixel_scale=pixel)
+        residual = np.zeros((2, 5) + hw, np.float32)
+        with pytest.raises(ValueError, match=r"residual must have shape \(2, 5, 6, 7\)"):
+            conv(xp, wp, c, stride, padding, hw, np.float32, residual=residual[:, :4])
+        with pytest.raises(TypeError, match="residual"):
+            conv(xp, wp, c, stride, padding, hw, np.float32, residual=residual.astype(np.float16))
+        with pytest.raises(ValueError, match="residual need out_dtype float32"):
+            conv(xp, wp, c, stride, padding, hw, np.int32, residual=residual)
     if NATIVE is not None:
         for name, bad in [("pixel_scale", pixel.astype(np.float64)),
                           ("filter_scale", filt.astype(np.float16))]:

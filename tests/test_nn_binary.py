@@ -641,10 +641,42 @@ def test_conv_with_batch_norm_equals_the_two_calls(backend, monkeypatch):
         np.testing.assert_array_equal(conv(x, batch_norm=bn).gather(), conv(bn(x)).gather())
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_conv_with_residual_equals_the_sum(backend, mode):
+    """layer(x, residual=r) == layer(x) + r: in inference bit for bit (xnor adds it in the
+    kernel's stores), in training with the same gradients, r's included."""
+    conv = conv_layer(backend, mode, (3, 3), 1, 1, cin=6, cout=4, seed=2)
+    x = on(backend, rng(3).standard_normal((2, 6, 5, 5)).astype(np.float32))
+    r = on(backend, rng(4).standard_normal((2, 4, 5, 5)).astype(np.float32),
+           requires_grad=True)
+    conv.eval()
+    with nn.no_grad():
+        np.testing.assert_array_equal(conv(x, residual=r).gather(), (conv(x) + r).gather())
+    conv.train()
+    F.sum(conv(x, residual=r) ** 2).backward()
+    grads = conv.weight.grad.gather(), r.grad.gather()
+    conv.zero_grad()
+    r.grad = None
+    F.sum((conv(x) + r) ** 2).backward()
+    np.testing.assert_array_equal(conv.weight.grad.gather(), grads[0])
+    np.testing.assert_array_equal(r.grad.gather(), grads[1])
+    # a frozen layer in eval mode takes its inference path even with gradients on; a
+    # residual that records still gets its addition recorded (and its gradient)
+    conv.eval()
+    for p in conv.parameters():
+        p.requires_grad = False
+    r.grad = None
+    out = conv(x, residual=r)
+    assert out.requires_grad
+    F.sum(out).backward()
+    np.testing.assert_array_equal(r.grad.gather(), np.ones((2, 4, 5, 5), np.float32))
+
+
 @pytest.mark.parametrize("name", ["resnet_cifar1", "lenet5"])
 def test_binary_models_fold_their_batch_norms_exactly(backend, name, monkeypatch):
-    """The XNOR blocks' BatchNorm -> BinaryConv2d pairs run as one call in inference, and the
-    network's output is bit for bit the one with every batch norm run on its own."""
+    """The XNOR blocks' BatchNorm -> BinaryConv2d (-> + shortcut) run as one call in
+    inference, and the network's output is bit for bit the one with every batch norm and
+    residual addition run on its own."""
     make, size = BINARY_MODELS[name]
     gm.seed(1)
     model = make("xnor").to(backend)
@@ -662,7 +694,13 @@ def test_binary_models_fold_their_batch_norms_exactly(backend, name, monkeypatch
     with nn.no_grad():
         fused = model(x).gather()
         assert folded and all(isinstance(bn, nn.BatchNorm2d) for bn in folded)
-        monkeypatch.setattr(nn.BinaryConv2d, "_folds", lambda self, bn, v: False)
+        # every batch norm and residual addition on its own
+        forward = nn.BinaryConv2d.forward
+
+        def unfused(self, v, batch_norm=None, residual=None):
+            y = forward(self, v if batch_norm is None else batch_norm(v))
+            return y if residual is None else y + residual
+        monkeypatch.setattr(nn.BinaryConv2d, "forward", unfused)
         separate = model(x).gather()
     np.testing.assert_array_equal(fused, separate)
 

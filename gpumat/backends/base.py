@@ -192,25 +192,28 @@ class Backend:
         (M, ceil(k/32)) and ``b`` (N, ceil(k/32)): k - 2 * popcount(a[m] ^ b[n])."""
         raise NotImplementedError
 
-    #: True where ``xnor_conv2d`` also takes the float32 (N, C, H, W) input itself as ``xp``
-    #: and binarizes and packs it in the same pass as the products, and takes
-    #: ``window_mean=True`` (XNOR-Net's K made from that input in the pass, as the pixel
-    #: scale) and ``bn_mean`` / ``bn_var`` / ``bn_weight`` / ``bn_bias`` / ``bn_eps`` (an
-    #: evaluation batch norm applied to that input first, as batch_norm_forward computes it);
-    #: gm.xnor_conv2d then hands float input straight over instead of calling
-    #: batch_norm_forward, pack_conv_input (and a box-filter conv2d for K) first
-    xnor_conv2d_packs_input = False
+    #: True where ``xnor_conv2d`` runs a whole XNOR-Net layer's inference in one pass: it
+    #: takes the float32 (N, C, H, W) input itself as ``xp`` (binarizing and packing it in
+    #: the pass), ``window_mean=True`` (XNOR-Net's K made from that input, as the pixel
+    #: scale), ``bn_mean`` / ``bn_var`` / ``bn_weight`` / ``bn_bias`` / ``bn_eps`` (an
+    #: evaluation batch norm applied to that input first, as batch_norm_forward computes it)
+    #: and ``residual``.  gm.xnor_conv2d hands those over as they are here, and elsewhere runs
+    #: batch_norm_forward, pack_conv_input (with a box-filter conv2d for K) and the residual
+    #: addition around the kernel
+    xnor_conv2d_fuses_layer = False
 
     def xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
                     pixel_scale=None, filter_scale=None, bias=None, window_mean=False,
-                    bn_mean=None, bn_var=None, bn_weight=None, bn_bias=None, bn_eps=1e-5):
+                    bn_mean=None, bn_var=None, bn_weight=None, bn_bias=None, bn_eps=1e-5,
+                    residual=None):
         """conv2d(b(x), b(w)) with zero padding, exactly, from packed ``xp`` (N, H, W, Wc) and
         ``wp`` (O, kh, kw, Wc), Wc = ceil(channels/32): out (N, O, OH, OW) of ``out_dtype``
         (int32 or float32) sums channels - 2 * popcount(xp[pixel] ^ wp[o, i, j]) over the taps
         whose input pixel lies inside the image (outside ones are zeros, contributing 0).
-        Optional float32 ``pixel_scale`` (N, OH, OW), ``filter_scale`` (O,) and ``bias`` (O,)
-        (float32 results only) turn each value v into ((v * pixel_scale) * filter_scale) +
-        bias as it is stored, in that order and without fused multiply-adds."""
+        Optional float32 ``pixel_scale`` (N, OH, OW), ``filter_scale`` (O,), ``bias`` (O,)
+        and ``residual`` (N, O, OH, OW) (float32 results only) turn each value v into
+        (((v * pixel_scale) * filter_scale) + bias) + residual as it is stored, in that order
+        and without fused multiply-adds."""
         raise NotImplementedError
 
     # ---- pooling (gpumat/pooling.py checks the arguments and computes out_hw) -------------

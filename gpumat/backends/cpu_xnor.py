@@ -54,14 +54,15 @@ def _xnor_gemm(self, a, b, k, out_dtype):
 
 def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype, pixel_scale=None,
                  filter_scale=None, bias=None, window_mean=False, bn_mean=None, bn_var=None,
-                 bn_weight=None, bn_bias=None, bn_eps=1e-5):
+                 bn_weight=None, bn_bias=None, bn_eps=1e-5, residual=None):
     """The binary convolution; pixel_scale (N, OH, OW), filter_scale (O,) and bias (O,)
     (float32, float32 output only, each optional) fuse ((y * pixel_scale) * filter_scale)
     + bias into the kernel's stores, bit-identical to that float32 NumPy expression.  ``xp``
     may be the float32 (N, C, H, W) input: the native kernel packs it chunk by chunk inside
     its own parallel pass, and with window_mean also makes the pixel scale K from it there,
     and with bn_mean & co. batch-normalizes its values first (the NumPy twins do all of it
-    beforehand, to the same bits)."""
+    beforehand, to the same bits); residual (N, O, OH, OW) is added last, as results are
+    stored."""
     out_dtype = np.dtype(out_dtype)
     stride, padding, out_hw = tuple(stride), tuple(padding), tuple(out_hw)
     shape = (xp.shape[0], wp.shape[0]) + out_hw
@@ -81,15 +82,16 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype, pix
                 xp = native.pack_conv_input_numpy(xp)
         return self._run(lambda: native.xnor_conv2d_numpy(
             xp, wp, channels, stride, padding, out_hw, out_dtype, pixel_scale, filter_scale,
-            bias), shape, out_dtype)
+            bias, residual), shape, out_dtype)
     return self._run(lambda: kernels.xnor_conv2d(xp, wp, int(channels), stride, padding, out_hw,
                                                  _DTYPE_NAMES[out_dtype], pixel_scale,
                                                  filter_scale, bias, window_mean, bn_mean,
-                                                 bn_var, bn_weight, bn_bias, bn_eps),
+                                                 bn_var, bn_weight, bn_bias, bn_eps,
+                                                 residual),
                      shape, out_dtype)
 
 
 CPUBackend.pack_conv_input = _pack_conv_input
 CPUBackend.xnor_gemm = _xnor_gemm
 CPUBackend.xnor_conv2d = _xnor_conv2d
-CPUBackend.xnor_conv2d_packs_input = True
+CPUBackend.xnor_conv2d_fuses_layer = True

@@ -353,20 +353,29 @@ class BinaryConv2d(_Binary, Conv2d):
         self.approx_sign = bool(approx_sign)
         self.clear_cache()
 
-    def forward(self, x, batch_norm=None):
-        """This layer on ``x``, or on ``batch_norm(x)`` where a BatchNorm2d is given: the same
-        values as calling the two in turn, but in inference (both in eval mode, the batch
-        norm with running statistics, nothing recorded) an "xnor" layer folds the
-        normalization into its own packing pass instead of writing the normalized input out
-        (gm.xnor_conv2d's ``batch_norm``): XNOR-Net's BatchNorm -> BinActiv -> BinConv block
-        in one call."""
-        if batch_norm is not None:
-            if self._folds(batch_norm, x):
-                data = x.data if isinstance(x, Variable) else x
-                return Variable._make(self._infer(data, batch_norm), False)
+    def forward(self, x, batch_norm=None, residual=None):
+        """This layer on ``x``, or on ``batch_norm(x)`` where a BatchNorm2d is given, plus
+        ``residual`` (of the output's shape) where given: the same values as the separate
+        calls, conv(bn(x)) + residual.  In inference (eval mode, the batch norm too and with
+        running statistics, nothing recorded) an "xnor" layer runs all of it in one
+        gm.xnor_conv2d call: the normalization folded into its packing pass, the residual
+        added as its results are stored -- XNOR-Net's BatchNorm -> BinActiv -> BinConv and a
+        residual block's addition, without writing the normalized input or the sum's
+        operand out."""
+        if batch_norm is not None and not self._folds(batch_norm, x):
             x = batch_norm(x)
-        if self._inference(x):
-            return Variable._make(self._infer(x.data if isinstance(x, Variable) else x), False)
+            batch_norm = None
+        if batch_norm is not None or self._inference(x):
+            data = x.data if isinstance(x, Variable) else x
+            if residual is None or self._records(residual):
+                y = Variable._make(self._infer(data, batch_norm), False)
+                return y if residual is None else y + residual
+            added = residual.data if isinstance(residual, Variable) else residual
+            return Variable._make(self._infer(data, batch_norm, added), False)
+        y = self._training_forward(x)
+        return y if residual is None else y + residual
+
+    def _training_forward(self, x):
         if self.mode != "xnor":
             return F.conv2d(x, self._binary_weight(), self.bias, self.stride, self.padding)
         x_signs, w_signs, alpha = self._signs_and_scale(x)
@@ -401,29 +410,36 @@ class BinaryConv2d(_Binary, Conv2d):
             return False
         return self._inference(x) and self._cached()["packed"] is not None
 
-    def _infer(self, x, batch_norm=None):
+    def _infer(self, x, batch_norm=None, residual=None):
+        """The inference output for Array x (batch_norm: a BatchNorm2d that forward checked
+        with _folds, or None; residual: an Array added to the result, or None)."""
         if x.ndim != 4:
             raise ShapeError(f"BinaryConv2d: the input must be N x C x H x W, got {x.shape}")
         cache = self._cached()
         bias = None if self.bias is None else self.bias.data
-        if self.mode != "xnor":
-            return gm.conv2d(x, cache["weight"], bias, stride=self.stride, padding=self.padding)
-        if batch_norm is not None:      # (forward checked _folds: the packed path)
-            statistics = (batch_norm.running_mean, batch_norm.running_var,
-                          None if batch_norm.weight is None else batch_norm.weight.data,
-                          None if batch_norm.bias is None else batch_norm.bias.data,
-                          batch_norm.eps)
+        if self.mode == "xnor" and cache["packed"] is not None and x.dtype == np.float32:
+            # x's signs packed with its channel mean |x| taken in the same pass (of the batch
+            # norm's output where one is folded in), K made from that, and the kernel scaling
+            # by K and alpha, adding the bias and the residual as it stores (the training
+            # path's order of operations): on the cpu backend all in one call
+            statistics = None
+            if batch_norm is not None:
+                statistics = (batch_norm.running_mean, batch_norm.running_var,
+                              None if batch_norm.weight is None else batch_norm.weight.data,
+                              None if batch_norm.bias is None else batch_norm.bias.data,
+                              batch_norm.eps)
             return gm.xnor_conv2d(x, cache["packed"], stride=self.stride, padding=self.padding,
                                   channels=x.shape[1], pixel_scale="window_mean",
                                   filter_scale=cache["alpha"], bias=bias,
-                                  batch_norm=statistics)
-        if cache["packed"] is not None and x.dtype == np.float32:
-            # x's signs packed with its channel mean |x| taken in the same pass, K made from
-            # that, and the kernel scaling by K and alpha and adding the bias as it stores
-            # (the training path's order of operations): on the cpu backend all in one call
-            return gm.xnor_conv2d(x, cache["packed"], stride=self.stride, padding=self.padding,
-                                  channels=x.shape[1], pixel_scale="window_mean",
-                                  filter_scale=cache["alpha"], bias=bias)
+                                  batch_norm=statistics, residual=residual)
+        y = self._infer_unpacked(x, cache, bias)
+        return y if residual is None else y + residual
+
+    def _infer_unpacked(self, x, cache, bias):
+        """bwn / dorefa (float input), and xnor on double data: float operations on the
+        cached binarized weight."""
+        if self.mode != "xnor":
+            return gm.conv2d(x, cache["weight"], bias, stride=self.stride, padding=self.padding)
         k = _window_mean(gm.abs(x).mean(axis=1, keepdims=True), self.kernel_size, self.stride,
                          self.padding, differentiable=False)
         y = gm.conv2d(sign(x), cache["weight"], None, stride=self.stride, padding=self.padding)

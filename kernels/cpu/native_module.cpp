@@ -882,7 +882,8 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
                        std::optional<AnyCpuArray> filter_scale, std::optional<AnyCpuArray> bias,
                        bool window_mean, std::optional<AnyCpuArray> bn_mean,
                        std::optional<AnyCpuArray> bn_var, std::optional<AnyCpuArray> bn_weight,
-                       std::optional<AnyCpuArray> bn_bias, double bn_eps) {
+                       std::optional<AnyCpuArray> bn_bias, double bn_eps,
+                       std::optional<AnyCpuArray> residual) {
     const char *what = "xnor_conv2d";
     // xp: packed (N, H, W, Wc) words, or the float32 (N, C, H, W) input, packed inside
     const bool float_input = xp.dtype() == nb::dtype<float>();
@@ -933,9 +934,9 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
         fail_value(what, "out_hw is (" + std::to_string(out_hw.first) + ", " +
                              std::to_string(out_hw.second) + ") but this geometry gives (" +
                              std::to_string(oh) + ", " + std::to_string(ow) + ")");
-    if (!is_float && (pixel_scale || filter_scale || bias || window_mean))
-        fail_value(what, "pixel_scale, filter_scale, bias and window_mean need out_dtype "
-                         "float32");
+    if (!is_float && (pixel_scale || filter_scale || bias || window_mean || residual))
+        fail_value(what, "pixel_scale, filter_scale, bias, window_mean and residual need "
+                         "out_dtype float32");
     if (window_mean && (!float_input || pixel_scale))
         fail_value(what, "window_mean makes the pixel scale from the float32 input: it needs "
                          "xp as float32 (N, C, H, W) and no pixel_scale");
@@ -969,6 +970,7 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
         affine = {mean_data, bn_scale.data(), bn_shift.data()};
     }
     const float *pixel_data = xnor_scale(pixel_scale, what, "pixel_scale", {n, oh, ow});
+    const float *residual_data = xnor_scale(residual, what, "residual", {n, o, oh, ow});
     const float *filter_data = xnor_scale(filter_scale, what, "filter_scale", {o});
     const float *bias_data = xnor_scale(bias, what, "bias", {o});
     const uint32_t *x_data = float_input ? nullptr : static_cast<const uint32_t *>(xp.data());
@@ -979,7 +981,7 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
         gpumat::xnor::xnor_conv2d(x_data, w_data, n, channels, h, w, o, kh, kw, stride.first,
                                   stride.second, padding.first, padding.second, oh, ow, out,
                                   is_float, pixel_data, filter_data, bias_data, x_floats,
-                                  window_mean, bn_mean ? &affine : nullptr);
+                                  window_mean, bn_mean ? &affine : nullptr, residual_data);
     });
 }
 
@@ -1109,6 +1111,7 @@ NB_MODULE(_native, module) {
                "bn_var"_a.noconvert().none() = nb::none(),
                "bn_weight"_a.noconvert().none() = nb::none(),
                "bn_bias"_a.noconvert().none() = nb::none(), "bn_eps"_a = 1e-5,
+               "residual"_a.noconvert().none() = nb::none(),
                "conv2d(b(x), b(w)) with zero padding, b = +1 for a set bit and -1 else, of\n"
                "a packed input xp (N x H x W x ceil(C / 32), from pack_conv_input) and\n"
                "packed weights wp (O x kh x kw x ceil(C / 32)): N x O x OH x OW, int32 or\n"
@@ -1125,7 +1128,9 @@ NB_MODULE(_native, module) {
                "bn_mean, bn_var (and bn_weight, bn_bias, each (C,) float32; float32 xp):\n"
                "the input is first batch-normalized with these evaluation statistics,\n"
                "(x - mean) * (weight / sqrt(var + eps)) + bias as batch_norm_forward\n"
-               "computes it, bit for bit, inside the packing pass.");
+               "computes it, bit for bit, inside the packing pass.\n"
+               "residual (N, O, OH, OW) float32: added last, as the results are stored\n"
+               "(a residual block's addition).");
     module.def("xnor_isa",
                [] { return std::string(gpumat::xnor::isa_name(gpumat::xnor::Dispatch::current())); },
                "The instruction set the XNOR kernels use: baseline, avx2, avx512bw or\n"

@@ -123,11 +123,13 @@ inline Output float_output(bool out_float, double largest) {
     return !out_float ? kInt : largest < double(1 << 24) ? kFloatFma : kFloat;
 }
 
-// The fused epilogue of one output vector (float32 results only): r = ((r * pixel[l]) *
-// filter) + bias, each factor left out where absent, in that order, rounded after every
-// operation (never contracted into an FMA: the result is the NumPy expression's in float32).
+// The fused epilogue of one output vector (float32 results only): r = (((r * pixel[l]) *
+// filter) + bias) + residual[l], each term left out where absent, in that order, rounded
+// after every operation (never contracted into an FMA: the result is the NumPy expression's
+// in float32).
 struct Scale {
     const float *pixel;             // this vector's lanes' pixel scales, or null
+    const float *residual;          // this vector's lanes' values to add last, or null
     float filter, bias;
     bool has_filter, has_bias;
 };
@@ -151,6 +153,8 @@ inline void scale_values(float *values, int count, const Scale &s) {
             r = r * s.filter;
         if (s.has_bias)
             r = r + s.bias;
+        if (s.residual != nullptr)
+            r = r + s.residual[l];
         values[l] = r;
     }
 }
@@ -195,10 +199,12 @@ struct BlockJob {
     int32_t base_constant;
     // the fused epilogue (float output, lanes contiguous in the output; see Scale), each null
     // where absent: pixel_scale indexed as the base table's lanes (lane + lane_shift),
-    // filter_scale and bias by filter
+    // filter_scale and bias by filter, residual as the output itself
     const float *pixel_scale = nullptr, *filter_scale = nullptr, *bias = nullptr;
+    const float *residual = nullptr;
     bool scaled() const {
-        return pixel_scale != nullptr || filter_scale != nullptr || bias != nullptr;
+        return pixel_scale != nullptr || filter_scale != nullptr || bias != nullptr ||
+               residual != nullptr;
     }
 };
 
@@ -756,9 +762,10 @@ inline std::vector<int32_t> conv_base_table(const ConvPlan &p, const uint32_t *w
 // out (N x O x OH x OW, int32 or float32) = conv2d(b(x), b(w)) with zero padding, b(v) = +1
 // for v >= 0 and -1 else, of the packed input xp (N x H x W x Wc) and weights wp
 // (O x kh x kw x Wc) of C channels; (OH, OW) must be the convolution's output size.
-// Float output only: pixel_scale (N x OH x OW), filter_scale (O) and bias (O), each null
-// where absent, make it out[n][o][q] = ((v * pixel_scale[n][q]) * filter_scale[o]) + bias[o]
-// in float32, v the float result, applied as the results are stored (see Scale).
+// Float output only: pixel_scale (N x OH x OW), filter_scale (O), bias (O) and residual
+// (N x O x OH x OW), each null where absent, make it out[n][o][q] = (((v * pixel_scale[n][q])
+// * filter_scale[o]) + bias[o]) + residual[n][o][q] in float32, v the float result, applied as
+// the results are stored (see Scale): a residual block's addition in the same pass.
 // Where `xf` (N x C x H x W floats) is not null it is the input instead of xp (then unused):
 // each chunk binarizes and packs the input rows its planes read into its own scratch, in the
 // same parallel pass as its products -- no packed copy of the batch, no second hand-over to
@@ -776,9 +783,9 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
                         bool out_float, const float *pixel_scale = nullptr,
                         const float *filter_scale = nullptr, const float *bias = nullptr,
                         const float *xf = nullptr, bool window_mean = false,
-                        const ChannelAffine *input = nullptr) {
+                        const ChannelAffine *input = nullptr, const float *residual = nullptr) {
     if (!out_float) {
-        pixel_scale = filter_scale = bias = nullptr;     // (the bindings refuse them)
+        pixel_scale = filter_scale = bias = residual = nullptr;   // (the bindings refuse them)
         window_mean = false;
     }
     window_mean = window_mean && xf != nullptr;
@@ -867,6 +874,7 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
                           : pixel_scale == nullptr ? nullptr : pixel_scale + n * pixels;
         job.filter_scale = filter_scale;
         job.bias = bias;
+        job.residual = residual == nullptr ? nullptr : residual + n * out_channels * pixels;
         for (int64_t block = 0; block < blocks; ++block)
             run_block(job, block, 0, rows * out_w);
         scratch.trim();

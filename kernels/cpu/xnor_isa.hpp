@@ -85,6 +85,10 @@ struct Engine {
                 __asm__("" : "+v"(r));
                 r = _mm512_add_ps(r, _mm512_set1_ps(s.bias));
             }
+            if (s.residual != nullptr) {
+                __asm__("" : "+v"(r));
+                r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask, s.residual));
+            }
         }
         return r;
     }
@@ -154,6 +158,8 @@ struct Engine16 {
             Scale upper = s;
             if (Scaled && upper.pixel != nullptr)
                 upper.pixel += 16;
+            if (Scaled && upper.residual != nullptr)
+                upper.residual += 16;
             Engine::finish<Out, Table, Scaled>(high, Table ? static_cast<const char *>(base) + 64
                                                            : nullptr,
                                                base_constant, static_cast<char *>(out) + 64,
@@ -215,6 +221,11 @@ struct Engine {
             if (s.has_bias) {
                 __asm__("" : "+x"(r));
                 r = _mm256_add_ps(r, _mm256_set1_ps(s.bias));
+            }
+            if (s.residual != nullptr) {
+                __asm__("" : "+x"(r));
+                r = _mm256_add_ps(r, count == L ? _mm256_loadu_ps(s.residual)
+                                                : _mm256_maskload_ps(s.residual, mask));
             }
         }
         return r;
@@ -468,9 +479,14 @@ GPUMAT_XNOR_INLINE void tile(const BlockJob &job, const uint32_t *GPUMAT_RESTRIC
                 const int rest = count - v * L;
                 if (rest <= 0)
                     break;
-                if (Scaled)
+                if (Scaled) {
                     scale.pixel = job.pixel_scale == nullptr ? nullptr
                                                              : job.pixel_scale + first + v * L;
+                    scale.residual = job.residual == nullptr
+                                         ? nullptr
+                                         : job.residual + (f0 + f) * job.out_filter_stride +
+                                               first + v * L;
+                }
                 E::template finish<Out, Table, Scaled>(
                     acc[f][v], Table ? base + v * L * 4 : nullptr, job.base_constant,
                     out + (size_t) (v * L) * elem, std::min(rest, L), scale);

@@ -68,10 +68,12 @@ class BasicBlock(Module):
 
     def forward(self, x):
         if self.binary == "xnor":
-            # conv(x, batch_norm=bn) is conv(bn(x)); in inference the binary convolution
-            # folds the normalization into its packing pass
-            out = self.conv2(self.conv1(x, batch_norm=self.bn1), batch_norm=self.bn2)
-            return out + (x if self.downsample is None else self.downsample(x))
+            # conv(x, batch_norm=bn, residual=r) is conv(bn(x)) + r; in inference the binary
+            # convolution folds the normalization into its packing pass and adds r as it
+            # stores its results
+            shortcut = x if self.downsample is None else self.downsample(x)
+            return self.conv2(self.conv1(x, batch_norm=self.bn1), batch_norm=self.bn2,
+                              residual=shortcut)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
