@@ -61,13 +61,13 @@
 // exact integer rounded once (exact below 2**24; below it one FMA makes base - 2 A from
 // exact float operands, above it the int32 result is converted).
 //
-// Speed (a Sapphire Rapids-class Xeon, AVX-512 VPOPCNTDQ, against the cpu backend's float
-// direct convolution, batch 32, pack_conv_input included): on one core ResNet-20's 3x3
-// layers run 8-10x faster with 32 and 64 channels, 6x with 16; on two, 6-7x and 4-5x, as
-// each call's fixed cost (15-25 us: argument checks, the weight blocks and border table,
-// handing work to the second thread) weighs on layers of 60-100 us; a 256-channel 14x14
-// layer 12-13x.  The products run at about 1.5 cycles per 512 binary multiply-adds (3
-// vector uops on 2 ports), against the float convolution's 32 a cycle.
+// Speed (a Sapphire Rapids-class Xeon, AVX-512 VPOPCNTDQ, two cores, against the cpu
+// backend's float direct convolution, batch 32, float input packed inside the call): ResNet-20's
+// 3x3 layers run 7-9.5x faster with 32 and 64 channels, 5-5.5x with 16, as each call's fixed
+// cost (about 10 us here: the weight blocks and border table, handing work to the second
+// thread; plus about 10 us of Python argument checks) weighs on layers of 50-110 us; a
+// 256-channel 14x14 layer 13-14x.  The products run at about 1.5 cycles per 512 binary
+// multiply-adds (3 vector uops on 2 ports), against the float convolution's 32 a cycle.
 #pragma once
 
 #include <algorithm>
