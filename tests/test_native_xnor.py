@@ -703,12 +703,19 @@ def check_epilogue(conv, geometry, seed, label):
     assert_exact(y, conv_reference(xp, wp, c, stride, padding).astype(np.float32),
                  np.float32, f"{label} {ids(geometry)} unfused")
     pixel, filt, bias = scale_operands(n, o, hw, seed + 1)
+    # the residual is added last: after every combination of the others (a product right
+    # before it included, where an FMA contraction would show), zeros of both signs in it
+    residual = np.random.default_rng(seed).standard_normal((n, o) + hw).astype(np.float32)
+    residual.reshape(-1)[::5] = 0.0
+    residual.reshape(-1)[1::5] = -0.0
     for use_pixel, use_filter, use_bias in SCALE_COMBINATIONS:
         args = (pixel if use_pixel else None, filt if use_filter else None,
                 bias if use_bias else None)
-        got = conv(xp, wp, c, stride, padding, hw, np.float32, *args)
-        assert_bits_equal(got, scaled_reference(y, *args),
-                          f"{label} {ids(geometry)} scales {use_pixel, use_filter, use_bias}")
+        want = scaled_reference(y, *args)
+        what = f"{label} {ids(geometry)} scales {use_pixel, use_filter, use_bias}"
+        assert_bits_equal(conv(xp, wp, c, stride, padding, hw, np.float32, *args), want, what)
+        assert_bits_equal(conv(xp, wp, c, stride, padding, hw, np.float32, *args,
+                               residual=residual), want + residual, what + " + residual")
 
 
 @needs_native
@@ -718,8 +725,9 @@ def test_xnor_conv2d_fused_epilogue_is_bit_exact(isa, restore_isa):
     unfused result bit for bit (no FMA contraction), every combination of factors."""
     NATIVE.set_xnor_isa(isa)
 
-    def conv(xp, wp, c, stride, padding, hw, dtype, *scales):
-        return NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, np.dtype(dtype).name, *scales)
+    def conv(xp, wp, c, stride, padding, hw, dtype, *scales, residual=None):
+        return NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, np.dtype(dtype).name, *scales,
+                                  residual=residual)
 
     for index, geometry in enumerate(EPILOGUE_GEOMETRIES):
         check_epilogue(conv, geometry, 40 + index, isa)
@@ -749,52 +757,6 @@ def test_xnor_conv2d_fused_epilogue_past_two_to_the_24():
     pixel, filt, bias = scale_operands(1, 2, (3, 3), 9)
     got = native.xnor_conv2d(xp, wp, channels, 1, 1, None, np.float32, pixel, filt, bias)
     assert_bits_equal(got, scaled_reference(y, pixel, filt, bias), "past 2**24")
-
-
-def check_residual(conv, geometry, seed, label):
-    """The residual added last by the epilogue: (((y * K) * alpha) + bias) + residual in
-    float32 NumPy bit for bit, after every combination of the other factors (a product right
-    before it included: no FMA contraction), zeros and negative zeros among its values."""
-    xp, wp, c, stride, padding, hw = conv_case(geometry, seed)
-    n, o = xp.shape[0], wp.shape[0]
-    y = conv(xp, wp, c, stride, padding, hw, np.float32)
-    pixel, filt, bias = scale_operands(n, o, hw, seed + 1)
-    residual = np.random.default_rng(seed).standard_normal((n, o) + hw).astype(np.float32)
-    residual.reshape(-1)[::5] = 0.0
-    residual.reshape(-1)[1::5] = -0.0
-    for use_pixel, use_filter, use_bias in SCALE_COMBINATIONS:
-        args = (pixel if use_pixel else None, filt if use_filter else None,
-                bias if use_bias else None)
-        got = conv(xp, wp, c, stride, padding, hw, np.float32, *args, residual=residual)
-        assert_bits_equal(got, scaled_reference(y, *args) + residual,
-                          f"{label} {ids(geometry)} residual after "
-                          f"{use_pixel, use_filter, use_bias}")
-
-
-@needs_native
-@pytest.mark.parametrize("isa", ISAS)
-def test_xnor_conv2d_adds_the_residual_last(isa, restore_isa):
-    NATIVE.set_xnor_isa(isa)
-
-    def conv(xp, wp, c, stride, padding, hw, dtype, *scales, residual=None):
-        return NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, np.dtype(dtype).name,
-                                  *scales, residual=residual)
-
-    for index, geometry in enumerate(EPILOGUE_GEOMETRIES):
-        check_residual(conv, geometry, 130 + index, isa)
-
-
-def test_xnor_conv2d_twin_adds_the_residual_last():
-    for index, geometry in enumerate(EPILOGUE_GEOMETRIES[:6]):
-        check_residual(native.xnor_conv2d_numpy, geometry, 130 + index, "twin")
-
-
-@needs_native
-def test_xnor_conv2d_residual_threads(restore_threads):
-    for threads in (1, 3):
-        NATIVE.set_native_threads(threads)
-        check_residual(native.xnor_conv2d, (3, 32, 16, 16, 33, (3, 3), 1, 1), 140,
-                       f"{threads} threads")
 
 
 def mean_abs_input(shape, seed):
@@ -890,27 +852,11 @@ def check_window_mean(conv, geometry, seed, label):
                                      f"{[f is not None for f in factors]}")
 
 
-def module_conv(x, wp, c, stride, padding, hw, factors, window_mean):
+def module_conv(x, wp, c, stride, padding, hw, factors, window_mean, bn=(None,) * 4 + (1e-5,)):
+    mean, var, weight, bias, eps = bn
     return NATIVE.xnor_conv2d(x, wp, c, stride, padding, hw, "float32", None, *factors,
-                              window_mean=window_mean)
-
-
-@needs_native
-@pytest.mark.parametrize("isa", ISAS)
-def test_xnor_conv2d_window_mean_is_the_twins_k(isa, restore_isa):
-    NATIVE.set_xnor_isa(isa)
-    for index, geometry in enumerate(WINDOW_GEOMETRIES):
-        check_window_mean(module_conv, geometry, 70 + index, isa)
-
-
-@needs_native
-def test_xnor_conv2d_window_mean_threads_and_row_blocks(restore_threads):
-    for index, geometry in enumerate([(1, 64, 30, 26, 9, (3, 3), 1, 1),
-                                      (3, 16, 40, 40, 32, (3, 3), 2, 1),
-                                      (32, 16, 32, 32, 16, (3, 3), 1, 1)]):
-        for threads in (1, 2, 5):
-            NATIVE.set_native_threads(threads)
-            check_window_mean(module_conv, geometry, 80 + index, f"{threads} threads")
+                              window_mean=window_mean, bn_mean=mean, bn_var=var,
+                              bn_weight=weight, bn_bias=bias, bn_eps=eps)
 
 
 def test_window_mean_numpy_without_the_module():
@@ -1026,29 +972,28 @@ def check_batch_norm_fold(conv, geometry, seed, label):
                                                         np.float32), what + " plain")
 
 
-def module_bn_conv(x, wp, c, stride, padding, hw, factors, window_mean, bn):
-    mean, var, weight, bias, eps = bn
-    return NATIVE.xnor_conv2d(x, wp, c, stride, padding, hw, "float32", None, *factors,
-                              window_mean=window_mean, bn_mean=mean, bn_var=var,
-                              bn_weight=weight, bn_bias=bias, bn_eps=eps)
-
-
 @needs_native
 @pytest.mark.parametrize("isa", ISAS)
-def test_xnor_conv2d_folds_the_batch_norm_bit_for_bit(isa, restore_isa):
+def test_xnor_conv2d_window_mean_and_batch_norm_are_the_twins(isa, restore_isa):
+    """K made in the pass, and the batch norm in front folded into it: every copy's bits are
+    the twins' (K) and the separate batch norm's (the fold)."""
     NATIVE.set_xnor_isa(isa)
     for index, geometry in enumerate(WINDOW_GEOMETRIES):
-        check_batch_norm_fold(module_bn_conv, geometry, 100 + index, isa)
+        check_window_mean(module_conv, geometry, 70 + index, isa)
+        check_batch_norm_fold(module_conv, geometry, 100 + index, isa)
 
 
 @needs_native
-def test_xnor_conv2d_folds_the_batch_norm_threaded(restore_threads):
+def test_xnor_conv2d_window_mean_and_batch_norm_threaded(restore_threads):
+    # whole images per chunk (batch 32) and blocks of output rows (small batches)
     for threads in (1, 2, 5):
         NATIVE.set_native_threads(threads)
         for index, geometry in enumerate([(32, 16, 32, 32, 16, (3, 3), 1, 1),
                                           (1, 64, 30, 26, 9, (3, 3), 1, 1),
                                           (3, 40, 17, 11, 5, (3, 3), 2, 1)]):
-            check_batch_norm_fold(module_bn_conv, geometry, 110 + index, f"{threads} threads")
+            label = f"{threads} threads"
+            check_window_mean(module_conv, geometry, 80 + index, label)
+            check_batch_norm_fold(module_conv, geometry, 110 + index, label)
 
 
 @needs_native
