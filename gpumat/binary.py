@@ -277,11 +277,12 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
                              f"({x_dtype}); give x as float32")
         batch_norm = _batch_norm_operands(what, backend, batch_norm, c)
         if not packs_itself:
-            mean, var, weight, shift, eps = batch_norm
-            x = batch_norm_forward(x, weight, shift, mean, var, eps, training=False).y
+            bn_mean, bn_var, bn_weight, bn_bias, bn_eps = batch_norm
+            x = batch_norm_forward(x, bn_weight, bn_bias, bn_mean, bn_var, bn_eps,
+                                   training=False).y
     if x_float and not packs_itself:
         if window_mean:
-            xp, mean = pack_conv_input(x, mean_abs=True)
+            xp, mean_abs = pack_conv_input(x, mean_abs=True)
         else:
             xp = pack_conv_input(x)
     else:
@@ -316,7 +317,7 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
             natives["window_mean"] = True
             pixel_scale = None
         else:
-            pixel_scale = conv2d(mean, window_box(kernel, mean), stride=stride,
+            pixel_scale = conv2d(mean_abs, window_box(kernel, mean_abs), stride=stride,
                                  padding=padding)
     factors = {"pixel_scale": pixel_scale, "filter_scale": filter_scale, "bias": bias,
                "residual": residual}

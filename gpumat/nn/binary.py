@@ -48,7 +48,10 @@ fine-tune with frozen batch norm, takes the training path, which computes the sa
   On the cpu backend the convolution layer is one native call
   (``gm.xnor_conv2d(x, ..., pixel_scale="window_mean")``: packing, the channel means, K and
   the products in one parallel pass); K there sums the window in tap order where training's
-  box-filter convolution has its own order, so the two agree to float32 rounding of K;
+  box-filter convolution has its own order, so the two agree to float32 rounding of K.
+  ``conv(x, batch_norm=bn, residual=r)`` (= conv(bn(x)) + r; the XNOR ResNet blocks and
+  LeNets call their layers so) also folds the batch norm in front into that call's packing
+  pass and adds r as its results are stored, bit for bit the separate operations;
 * ``"bwn"`` / ``"dorefa"`` keep the float input, so they run the float convolution / product
   with the cached b(W) * alpha (the packed path needs binary activations).
 
