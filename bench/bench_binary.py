@@ -18,7 +18,10 @@ networks.)
 
 End to end (``*-eval`` cases): a binary network in eval mode (every conv but the first, and
 every linear but the last, in XNOR mode) against its float twin, thousands of images per
-second.
+second.  Each model runs as the library runs it: on cpu the XNOR blocks fold the batch norm
+in front of each binary convolution into its packing pass and add the residual in its
+stores, while the float model runs its batch norms, activations and additions as layers of
+their own (bench/binary_profile.py shows the split).
 """
 import pytest
 
