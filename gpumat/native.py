@@ -10,6 +10,8 @@ The XNOR-popcount kernels of binarised networks work the same way: `pack_conv_in
 (an NCHW float32 input's channel signs packed per pixel), `xnor_gemm` (the products of packed
 +-1 rows) and `xnor_conv2d` (the binary convolution, exact at zero-padded borders) call the
 module and otherwise their NumPy twins (`*_numpy`, bit-identical, on np.bitwise_count).
+`window_mean_numpy` is the twin of the K (XNOR-Net's window mean of the channel mean |x|)
+that the module's xnor_conv2d makes inside its pass with ``window_mean=True``.
 
 The cpu backend's other native kernels (pooling, im2col / col2im, the direct
 convolutions, bias + activation, batch normalisation and their gradients) are
