@@ -142,7 +142,7 @@ def markdown(results):
         for mode in modes:
             r = cell.get((dataset, model, lr, mode))
             if r is None:
-                cells.append("")
+                cells.append("not run")
                 continue
             text = f"{100 * r['test_top1']:.2f}"
             if r["best_test_top1"] > r["test_top1"]:

@@ -50,6 +50,10 @@ def test_binary_experiments_and_their_summary(tmp_path, keep_backend, capsys):
     summary = (tmp_path / "summary.md").read_text()
     assert "## fashion-mnist, 1 epochs, 256 training images, adam" in summary
     assert report["command"] in summary and "| fashion-mnist | lenet5 | 0.01 | " in summary
+    # a setting some of whose modes never ran (a run stopped early) says so in their cells
+    partial = dict(float_run, lr=0.001)
+    assert ("| fashion-mnist | lenet5 | 0.001 | " + cells + " | not run |"
+            in experiments.markdown(report["runs"] + [partial]))
 
 
 def test_binary_profile_accounts_for_every_layer(tmp_path, keep_backend, capsys):
