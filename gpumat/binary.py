@@ -256,8 +256,8 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
         listed = ", ".join(f"{name} says {c}" for name, c in known.items())
         raise ShapeError(f"{what}: the input channel counts disagree ({listed})")
     c = next(iter(known.values()))
-    window_mean = isinstance(pixel_scale, str)
-    if window_mean:
+    makes_k = isinstance(pixel_scale, str)
+    if makes_k:
         if pixel_scale != "window_mean":
             raise ValueError(f"{what}: pixel_scale must be an Array, None or 'window_mean', "
                              f"got {pixel_scale!r}")
@@ -281,7 +281,7 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
             x = batch_norm_forward(x, bn_weight, bn_bias, bn_mean, bn_var, bn_eps,
                                    training=False).y
     if x_float and not packs_itself:
-        if window_mean:
+        if makes_k:
             xp, mean_abs = pack_conv_input(x, mean_abs=True)
         else:
             xp = pack_conv_input(x)
@@ -312,13 +312,12 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
         natives.update(zip(("bn_mean", "bn_var", "bn_weight", "bn_bias"),
                            (None if a is None else a._live for a in batch_norm[:4])))
         natives["bn_eps"] = batch_norm[4]
-    if window_mean:
+    if makes_k:
         if packs_itself:
             natives["window_mean"] = True
             pixel_scale = None
         else:
-            pixel_scale = conv2d(mean_abs, window_box(kernel, mean_abs), stride=stride,
-                                 padding=padding)
+            pixel_scale = window_mean(mean_abs, kernel, stride, padding)
     factors = {"pixel_scale": pixel_scale, "filter_scale": filter_scale, "bias": bias,
                "residual": residual}
     if any(v is not None for v in factors.values()):
@@ -379,6 +378,13 @@ def window_box(kernel, like):
         box = _BOXES[key] = outlive_scopes(full((1, 1, kh, kw), 1.0 / (kh * kw),
                                                 dtype=like.dtype, backend=like.backend))
     return box
+
+
+def window_mean(a, kernel, stride, padding):
+    """XNOR-Net's K from ``a`` (N x 1 x H x W, the channel mean of |x|): its mean over each
+    kernel window, the padding's zeros counted, on the convolution's output grid -- a
+    one-channel conv2d with ``window_box``."""
+    return conv2d(a, window_box(kernel, a), stride=stride, padding=padding)
 
 
 def _epilogue(what, backend, out_dtype, out_shape, **factors):

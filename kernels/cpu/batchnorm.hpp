@@ -74,6 +74,12 @@ void store_statistics(const BatchNormForward<T> &f, int64_t c, double shift, dou
     f.inv_std[c] = (T) (1.0 / std::sqrt(var + f.eps));
 }
 
+// Evaluation's 1 / sqrt(var + eps) of one channel, in T.
+template <class T>
+T evaluation_inv_std(T var, double eps) {
+    return T(1) / std::sqrt(var + (T) eps);
+}
+
 template <class T>
 T channel_scale(const T *inv_std, const T *weight, int64_t c) {
     return weight ? inv_std[c] * weight[c] : inv_std[c];
@@ -205,7 +211,7 @@ template <class T>
 void batch_norm_forward(const BatchNormForward<T> &f, const BatchNormShape &s) {
     if (f.mean_in != nullptr)           // evaluation: inv_std from the given variance, in T
         for (int64_t c = 0; c < s.channels; ++c)
-            f.inv_std[c] = T(1) / std::sqrt(f.var_in[c] + (T) f.eps);
+            f.inv_std[c] = evaluation_inv_std(f.var_in[c], f.eps);
     if (s.total() == 0)                 // training has M >= 1 here, so only C == 0 or N == 0
         return;
     if (s.column_wise())

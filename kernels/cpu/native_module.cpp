@@ -941,8 +941,7 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
         fail_value(what, "window_mean makes the pixel scale from the float32 input: it needs "
                          "xp as float32 (N, C, H, W) and no pixel_scale");
     // the evaluation batch norm folded into the packing: its per-channel scale and shift as
-    // the batch norm kernel makes them (batchnorm.hpp: inv_std = 1 / sqrt(var + eps) in
-    // float32, scale = inv_std * weight)
+    // the batch norm kernel makes them (its evaluation_inv_std, times the weight)
     if ((bn_var || bn_weight || bn_bias) && !bn_mean)
         fail_value(what, "bn_var, bn_weight and bn_bias need bn_mean");
     std::vector<float> bn_scale, bn_shift;
@@ -962,7 +961,7 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
         bn_scale.resize((size_t) channels);
         bn_shift.assign((size_t) channels, 0.0f);
         for (int64_t c = 0; c < channels; ++c) {
-            const float inv_std = 1.0f / std::sqrt(var_data[c] + (float) bn_eps);
+            const float inv_std = gpumat::evaluation_inv_std(var_data[c], bn_eps);
             bn_scale[(size_t) c] = weight_data ? inv_std * weight_data[c] : inv_std;
             if (shift_data)
                 bn_shift[(size_t) c] = shift_data[c];
