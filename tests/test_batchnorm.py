@@ -513,3 +513,42 @@ def test_accepts_array_likes():
     out = gm.batch_norm_forward([[1.0, 2.0], [3.0, 6.0]])
     _close(out.y, [[-1, -1], [1, 1]], np.float32, "y", scale=1e2)
     _close(out.mean, [2, 4], np.float32, "mean")
+
+
+def _evaluation_bits(backend, dtype, shape, affine):
+    """Evaluation on ``backend`` against the float operations one by one in NumPy:
+    inv_std = 1 / sqrt(var + eps) and y = ((x - mean) * (inv_std * weight)) + bias, each
+    rounded on its own (no fused multiply-add)."""
+    c = shape[1]
+    x = _data(shape, dtype, 41, scale=3.0)
+    mean, var = _data((c,), dtype, 42), np.abs(_data((c,), dtype, 43)) + dtype(0.25)
+    w, b = (_data((c,), dtype, 44), _data((c,), dtype, 45)) if affine else (None, None)
+    put = lambda v: None if v is None else gm.array(v, backend=backend)   # noqa: E731
+    out = gm.batch_norm_forward(put(x), put(w), put(b), put(mean), put(var), EPS,
+                                training=False)
+    inv = dtype(1) / np.sqrt(var + dtype(EPS))
+    scale = inv if w is None else inv * w
+    y = (x - _column(mean, x.ndim)) * _column(scale, x.ndim)
+    if b is not None:
+        y = y + _column(b, x.ndim)
+    np.testing.assert_array_equal(out.inv_std.gather(), inv)
+    np.testing.assert_array_equal(out.y.gather(), y)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_evaluation_is_the_float_operations_bit_for_bit(backend, dtype, affine):
+    """The evaluation map is never contracted into FMAs (nor inv_std approximated): every
+    backend gives NumPy's bits, which is what lets gm.xnor_conv2d fold a batch norm into
+    its packing and still take the very signs the separate layer would give."""
+    _skip_double(backend, dtype)
+    for shape in [(4, 3, 5, 6), (3, 70), (2, 5, 17, 19)]:
+        _evaluation_bits(backend, np.dtype(dtype).type, shape, affine)
+
+
+@pytest.mark.parametrize("variant", sorted(OPENCL_VARIANTS))
+def test_opencl_evaluation_variants_are_the_float_operations(monkeypatch, variant):
+    _opencl_variant(monkeypatch, variant)
+    for shape in OPENCL_SHAPES:
+        for affine in (True, False):
+            _evaluation_bits("opencl", np.float32, shape, affine)

@@ -60,6 +60,12 @@
  *   bn_backward_input_flat(same vectors, T* dx, i64 n, i64 channels, i64 inner,
  *                          i64 has_weight, i64 training, i64 count)
  * The reductions need a local size of exactly BN_GROUP (256) along dimension 0.
+ *
+ * The forward map rounds its product and its sum one at a time, never contracted into a
+ * fused multiply-add (OpenCL's default FP_CONTRACT and nvcc's --fmad=true would allow one):
+ * y is then float32's ((x - mean) * a) + bias, the bits of the cpu backend's kernel and of
+ * NumPy, and of xnor.h's packing kernel, which folds an evaluation batch norm in front of a
+ * binary convolution and must take the same signs.
  */
 #include "dialect.h"
 
@@ -76,8 +82,18 @@
 
 #ifdef GPUMAT_CUDA
   #define BN_LOCAL_PTR          /* a pointer to __shared__ memory is a plain pointer */
+  /* round-to-nearest intrinsics: never contracted (see the top of this file) */
+  INLINE float bn_mul_rn(float a, float b) { return __fmul_rn(a, b); }
+  INLINE float bn_add_rn(float a, float b) { return __fadd_rn(a, b); }
+  INLINE double bn_mul_rn(double a, double b) { return __dmul_rn(a, b); }
+  INLINE double bn_add_rn(double a, double b) { return __dadd_rn(a, b); }
+  #define BN_MUL_RN(a, b) bn_mul_rn(a, b)
+  #define BN_ADD_RN(a, b) bn_add_rn(a, b)
 #else
   #define BN_LOCAL_PTR __local
+  #pragma OPENCL FP_CONTRACT OFF
+  #define BN_MUL_RN(a, b) ((a) * (b))
+  #define BN_ADD_RN(a, b) ((a) + (b))
 #endif
 
 /* Runs the statements (the variadic part) with `at` the offset of each value of channel c's
@@ -258,8 +274,9 @@ KERNEL void BN_NAME(bn_forward_rows)(
     GLOBAL BN_T* dst = y + r * cols;
     if (on_cols) {
         for (i64 k = GLOBAL_ID_0; k < cols; k += GLOBAL_SIZE_0) {
-            const BN_T v = (src[k] - mean[k]) * BN_NAME(bn_scale)(inv_std, weight, has_weight, k);
-            dst[k] = has_bias ? v + bias[k] : v;
+            const BN_T v = BN_MUL_RN(src[k] - mean[k],
+                                     BN_NAME(bn_scale)(inv_std, weight, has_weight, k));
+            dst[k] = has_bias ? BN_ADD_RN(v, bias[k]) : v;
         }
         return;
     }
@@ -268,7 +285,7 @@ KERNEL void BN_NAME(bn_forward_rows)(
     if (has_bias) {
         const BN_T b = bias[c];
         for (i64 k = GLOBAL_ID_0; k < cols; k += GLOBAL_SIZE_0)
-            dst[k] = (src[k] - m) * a + b;
+            dst[k] = BN_ADD_RN(BN_MUL_RN(src[k] - m, a), b);
     } else {
         for (i64 k = GLOBAL_ID_0; k < cols; k += GLOBAL_SIZE_0)
             dst[k] = (src[k] - m) * a;
@@ -284,8 +301,9 @@ KERNEL void BN_NAME(bn_forward_flat)(
     for (i64 i = GLOBAL_ID_0; i < n; i += GLOBAL_SIZE_0) {
         const i64 c = n <= 0xffffffffL ? (i64)(((u32)i / (u32)inner) % (u32)channels)
                                        : (i / inner) % channels;
-        const BN_T v = (x[i] - mean[c]) * BN_NAME(bn_scale)(inv_std, weight, has_weight, c);
-        y[i] = has_bias ? v + bias[c] : v;
+        const BN_T v = BN_MUL_RN(x[i] - mean[c],
+                                 BN_NAME(bn_scale)(inv_std, weight, has_weight, c));
+        y[i] = has_bias ? BN_ADD_RN(v, bias[c]) : v;
     }
 }
 
