@@ -213,18 +213,18 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
     kernel window, the padding's zeros counted, of the channel mean of |x|.  The cpu backend
     makes it inside the convolution's pass (the channel means as it packs, then the window
     sums in tap order, divided by kh * kw: ``native.window_mean_numpy`` gives the same
-    bits); the others run pack_conv_input(x, mean_abs=True) and a box-filter conv2d, equal to
-    float32 rounding.  A binary layer's whole inference is then this one call.
+    bits), OpenCL and CUDA in a kernel of their own between the packing and the convolution,
+    to the same bits.  A binary layer's whole inference is then this one call.
 
     ``batch_norm=(running_mean, running_var, weight, bias, eps)`` (float ``x`` only; weight
     and bias may be None, the others are C-element float32 Arrays) batch-normalizes x with
     those evaluation statistics first: XNOR-Net's BatchNorm -> BinActiv -> BinConv as one
-    call.  The cpu backend folds it into the packing pass, computing each value as its batch
-    norm kernel does ((x - mean) * (weight / sqrt(var + eps)) + bias, bit for bit); the
-    others run gm.batch_norm_forward first.  Either way the result is the unfused one's.
+    call.  Every backend folds it into its packing, computing each value as its batch norm
+    kernel does (((x - mean) * (inv_std * weight)) + bias, no fused multiply-add, bit for
+    bit), so the result is the unfused one's.
 
     ``residual`` (float32, N x O x OH x OW, float results only) is added last, ((...) + bias)
-    + residual: a residual block's addition, on cpu as the results are stored (the same bits
+    + residual: a residual block's addition, made as the results are stored (the same bits
     as adding it afterwards)."""
     what = "xnor_conv2d"
     x, w = _array(x, what, "x"), _array(w, what, "w")

@@ -254,7 +254,8 @@ def test_fused_scaling_equals_the_float32_operations(backend, case, factors):
 def test_window_mean_scale_is_xnor_nets_k(backend, case):
     """pixel_scale='window_mean': K, the mean over each 3x3 window (padding zeros counted) of
     the channel mean of |x|, made from x by the call itself (on cpu inside the kernel's pass,
-    elsewhere by pack_conv_input and a box filter), then alpha and the bias."""
+    on OpenCL and CUDA by a kernel between the packing and the convolution), then alpha and
+    the bias."""
     n, c, h, w, o, stride, padding = case
     rng = np.random.default_rng(o + c + h)
     x, weight = rand(rng, n, c, h, w), rand(rng, o, c, 3, 3)
@@ -276,11 +277,39 @@ def test_window_mean_scale_is_xnor_nets_k(backend, case):
         np.testing.assert_allclose(got.gather(), expected, rtol=1e-5, atol=1e-5 * 9 * c)
 
 
+@pytest.mark.parametrize("case", [(1, 1, 4, 4, 1, (3, 3), 1, 0), (2, 16, 9, 7, 17, (3, 3), 2, 1),
+                                  (1, 33, 6, 5, 5, (2, 3), (1, 2), (0, 2)),
+                                  (2, 5, 11, 9, 16, (5, 5), (2, 1), 2),
+                                  (1, 7, 3, 3, 4, (1, 1), 1, 0)])
+def test_window_mean_has_the_same_bits_on_every_backend(backend, case):
+    """pixel_scale='window_mean' on any backend: K exactly as native.window_mean_numpy makes
+    it from the backend's own channel means (window sums in tap order over the taps inside
+    the image, divided by kh * kw), so inference is bit for bit the same everywhere."""
+    from gpumat import native
+    n, c, h, w, o, kernel, stride, padding = case
+    rng = np.random.default_rng(n + c + h)
+    x, weight = rand(rng, n, c, h, w), rand(rng, o, c, *kernel)
+    alpha = np.abs(rand(rng, o))
+    xg, wp = gm.array(x, backend=backend), gm.pack_conv_weight(gm.array(weight, backend=backend))
+    packed, mean = gm.pack_conv_input(xg, mean_abs=True)
+    s2, p2 = (stride, stride) if isinstance(stride, int) else stride, \
+        (padding, padding) if isinstance(padding, int) else padding
+    out_hw = tuple((size + 2 * p - k) // s + 1 for size, k, s, p in zip((h, w), kernel, s2, p2))
+    k = native.window_mean_numpy(mean.gather(), kernel, s2, p2, out_hw)
+    want = gm.xnor_conv2d(packed, wp, stride=stride, padding=padding, channels=c,
+                          pixel_scale=gm.array(k, backend=backend),
+                          filter_scale=gm.array(alpha, backend=backend))
+    got = gm.xnor_conv2d(xg, wp, stride=stride, padding=padding, pixel_scale="window_mean",
+                         filter_scale=gm.array(alpha, backend=backend))
+    np.testing.assert_array_equal(got.gather(), want.gather())
+
+
 @pytest.mark.parametrize("case", [(2, 16, 9, 7, 5, 1, 1), (1, 40, 6, 6, 3, 2, 1),
                                   (2, 3, 5, 5, 17, 1, 0)])
 def test_batch_norm_in_front_equals_normalizing_first(backend, case):
     """batch_norm=(mean, var, weight, bias, eps): bit for bit gm.batch_norm_forward's output
-    convolved (cpu folds it into the packing pass), with and without the affine part."""
+    convolved (every backend folds it into its packing), with and without the affine
+    part."""
     n, c, h, w, o, stride, padding = case
     rng = np.random.default_rng(n + c + o)
     mean = rand(rng, c)
@@ -305,8 +334,8 @@ def test_batch_norm_in_front_equals_normalizing_first(backend, case):
 
 
 def test_residual_is_added_last(backend):
-    """residual=R: the result plus R, bit for bit the separate addition (cpu adds it as the
-    kernel stores its results), after the scaling and with packed or float operands."""
+    """residual=R: the result plus R, bit for bit the separate addition (added as the kernel
+    stores its results), after the scaling and with packed or float operands."""
     rng = np.random.default_rng(11)
     x, weight = rand(rng, 2, 20, 7, 6), rand(rng, 9, 20, 3, 3)
     alpha, shift, residual = np.abs(rand(rng, 9)), rand(rng, 9), rand(rng, 2, 9, 4, 3)

@@ -328,7 +328,7 @@ def test_cuda_launch_geometry_on_opencl(ocl):
             knl(ocl.queue, (grid[0] * block[0], grid[1]), block[:2], xp.data, wp.data,
                 out.data, first, count, h, w, -(-c // 32), c, o, kh, kw, *stride, *padding,
                 *out_hw, o * out_hw[0] * out_hw[1], out_hw[0] * out_hw[1], 1, 0,
-                None, None, None, 0)
+                None, None, None, None, 0)
         np.testing.assert_array_equal(ocl.to_numpy(out).astype(np.float64),
                                       conv_reference(signs(x), signs(wt), stride, padding))
 
@@ -500,3 +500,62 @@ def test_xnor_conv2d_epilogue_without_taps(ocl):
                           bias=ocl.from_numpy(bias))
     np.testing.assert_array_equal(ocl.to_numpy(got),
                                   np.broadcast_to(bias.reshape(1, 4, 1, 1), (2, 4, 2, 3)))
+
+
+# ---- a whole layer's inference (xnor_conv2d_fuses_layer) ---------------------------------------
+
+#: (n, c, h, w, o, kh, kw, stride, padding): one channel, one word, a word and a tail, pixel
+#: runs that leave remainders (h * w not a multiple of 16), 32 filters of 16 adjacent output
+#: pixels (the CPU layout's transposed stores), kernels of other sizes, strides, no padding
+LAYER_CASES = [(2, 1, 5, 7, 3, 3, 3, (1, 1), (1, 1)), (2, 16, 9, 9, 32, 3, 3, (1, 1), (1, 1)),
+               (1, 40, 6, 7, 17, 3, 3, (2, 2), (1, 1)), (3, 33, 8, 8, 32, 3, 3, (1, 1), (1, 1)),
+               (1, 20, 7, 5, 5, 2, 3, (1, 2), (0, 2)), (2, 64, 4, 4, 16, 1, 1, (1, 1), (0, 0)),
+               (1, 8, 11, 9, 6, 5, 5, (2, 1), (2, 2))]
+
+
+def check_fused_layer(ocl, rng, n, c, h, w, o, kh, kw, stride, padding):
+    """gm.xnor_conv2d given the float input, a batch norm, K, alpha, a bias and a residual
+    == the same operations one by one on opencl, bit for bit: batch_norm_forward,
+    pack_conv_input(mean_abs=True), K as native.window_mean_numpy makes it from those means,
+    the packed convolution with its epilogue, the addition."""
+    import gpumat as gm
+    from gpumat import native
+    out_hw = (out_size(h, kh, stride[0], padding[0]), out_size(w, kw, stride[1], padding[1]))
+    put = lambda v: None if v is None else gm.array(v, backend="opencl")   # noqa: E731
+    mean = rng.standard_normal(c).astype(np.float32)
+    x = (rng.standard_normal((n, c, h, w)) * 2 + mean.reshape(1, -1, 1, 1)).astype(np.float32)
+    x[:, :, ::3, ::2] = mean.reshape(1, -1, 1, 1)             # normalized zeros
+    var = (np.abs(rng.standard_normal(c)) + 0.1).astype(np.float32)
+    weight, shift = (rng.standard_normal(c).astype(np.float32) for _ in range(2))
+    wp = gm.pack_conv_weight(put(rng.standard_normal((o, c, kh, kw)).astype(np.float32)))
+    alpha = np.abs(rng.standard_normal(o)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    residual = rng.standard_normal((n, o) + out_hw).astype(np.float32)
+    xg = put(x)
+    for bn_weight, bn_shift in [(weight, shift), (None, None), (weight, None)]:
+        statistics = (put(mean), put(var), put(bn_weight), put(bn_shift), 1e-5)
+        y = gm.batch_norm_forward(xg, statistics[2], statistics[3], statistics[0],
+                                  statistics[1], 1e-5, training=False).y
+        packed, means = gm.pack_conv_input(y, mean_abs=True)
+        k = native.window_mean_numpy(means.gather(), (kh, kw), stride, padding, out_hw)
+        for extra in [{}, {"bias": put(bias), "residual": put(residual)}]:
+            want = gm.xnor_conv2d(packed, wp, stride=stride, padding=padding, channels=c,
+                                  pixel_scale=put(k), filter_scale=put(alpha),
+                                  bias=extra.get("bias"))
+            if "residual" in extra:
+                want = want + extra["residual"]
+            got = gm.xnor_conv2d(xg, wp, stride=stride, padding=padding, channels=c,
+                                 batch_norm=statistics, pixel_scale="window_mean",
+                                 filter_scale=put(alpha), **extra)
+            np.testing.assert_array_equal(got.gather(), want.gather())
+
+
+@pytest.mark.parametrize("name", [None] + list(TUNABLES))
+def test_fused_layer_equals_the_separate_operations(ocl, params, name):
+    """The three launches of a fused layer (packing with the batch norm folded in and the
+    channel means, K, the convolution with its epilogue) give the separate operations' bits,
+    with the shipped parameters (None) and every other set, the CUDA build's included."""
+    params(None if name is None else TUNABLES[name])
+    rng = np.random.default_rng(37)
+    for case in LAYER_CASES:
+        check_fused_layer(ocl, rng, *case)

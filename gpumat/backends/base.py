@@ -192,14 +192,16 @@ class Backend:
         (M, ceil(k/32)) and ``b`` (N, ceil(k/32)): k - 2 * popcount(a[m] ^ b[n])."""
         raise NotImplementedError
 
-    #: True where ``xnor_conv2d`` runs a whole XNOR-Net layer's inference in one pass: it
-    #: takes the float32 (N, C, H, W) input itself as ``xp`` (binarizing and packing it in
-    #: the pass), ``window_mean=True`` (XNOR-Net's K made from that input, as the pixel
-    #: scale), ``bn_mean`` / ``bn_var`` / ``bn_weight`` / ``bn_bias`` / ``bn_eps`` (an
-    #: evaluation batch norm applied to that input first, as batch_norm_forward computes it)
-    #: and ``residual``.  gm.xnor_conv2d hands those over as they are here, and elsewhere runs
-    #: batch_norm_forward, pack_conv_input (with a box-filter conv2d for K) and the residual
-    #: addition around the kernel
+    #: True where ``xnor_conv2d`` runs a whole XNOR-Net layer's inference itself: it takes
+    #: the float32 (N, C, H, W) input as ``xp`` (binarizing and packing it on the way),
+    #: ``window_mean=True`` (XNOR-Net's K made from that input, as the pixel scale: the
+    #: window sums of the channel means of |x| in tap order divided by kh * kw,
+    #: native.window_mean_numpy's bits), ``bn_mean`` / ``bn_var`` / ``bn_weight`` /
+    #: ``bn_bias`` / ``bn_eps`` (an evaluation batch norm applied to that input first, bit
+    #: for bit as its batch_norm_forward computes it) and ``residual``; cpu in one parallel
+    #: pass, OpenCL and CUDA in three launches.  gm.xnor_conv2d hands those over as they are
+    #: there, and elsewhere runs batch_norm_forward, pack_conv_input (with a box-filter
+    #: conv2d for K) and the residual addition around the kernel
     xnor_conv2d_fuses_layer = False
 
     def xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,

@@ -97,6 +97,21 @@ def _map(launcher, name, dims, dtype, arrays, flags):
                                                            np.int64(inner)) + flags)
 
 
+def _inv_std(launcher, var, inv_std, eps):
+    channels, dtype = var.shape[0], np.dtype(var.dtype)
+    launcher.items("bn_inv_std", dtype, channels, (launcher.buffer(var), launcher.buffer(inv_std),
+                                                   np.int64(channels), dtype.type(eps)))
+
+
+def inverse_std(launcher, var, eps):
+    """Evaluation's 1 / sqrt(var + eps) per channel, by the kernel the forward pass uses (so
+    bit for bit its inv_std: what a kernel folding the batch norm in needs)."""
+    inv_std = launcher.empty(var.shape, var.dtype)
+    if var.shape[0]:
+        _inv_std(launcher, var, inv_std, eps)
+    return inv_std
+
+
 def forward(launcher, x, weight, bias, mean, var, eps):
     """Backend.batch_norm_forward through ``launcher``."""
     dims = batch_norm_dims(x.shape)
@@ -113,8 +128,7 @@ def forward(launcher, x, weight, bias, mean, var, eps):
                     lambda partial, chunks: (arg(x), partial) + outputs + (
                         np.int64(channels), np.int64(dims[2]), chunks, t_eps), (t_eps,))
     elif channels:
-        launcher.items("bn_inv_std", dtype, channels,
-                       (arg(var), arg(inv_std), np.int64(channels), t_eps))
+        _inv_std(launcher, var, inv_std, eps)
     y = launcher.empty(x.shape, dtype)
     spare = arg(mean)           # any buffer of C elements for an absent weight or bias
     _map(launcher, "bn_forward", dims, dtype,

@@ -64,5 +64,10 @@ def _batch_norm_backward(self, grad, x, mean, inv_std, weight, training, input_g
                                      input_grad, param_grads)
 
 
+def _batch_norm_inv_std(self, var, eps):
+    return batchnorm_launch.inverse_std(_launcher(self), var, eps)
+
+
 CUDABackend.batch_norm_forward = _batch_norm_forward
+CUDABackend.batch_norm_inv_std = _batch_norm_inv_std
 CUDABackend.batch_norm_backward = _batch_norm_backward

@@ -5,9 +5,11 @@ that the OpenCL tests run on PoCL (tests/test_opencl_xnor.py also builds them wi
 
 Importing this module adds the three methods to ``CUDABackend``; the launch logic mirrors
 gpumat/backends/opencl_xnor.py (GPU parameters), including the fused inference paths:
-``pack_conv_input(x, mean_abs=True)`` (the channel mean of |x| from the packing reads) and
-``xnor_conv2d``'s ``pixel_scale`` / ``filter_scale`` / ``bias`` epilogue (rounded with
-__fmul_rn / __fadd_rn, never contracted into FMAs).
+``pack_conv_input(x, mean_abs=True)`` (the channel mean of |x| from the packing reads),
+``xnor_conv2d``'s ``pixel_scale`` / ``filter_scale`` / ``bias`` / ``residual`` epilogue
+(rounded with __fmul_rn / __fadd_rn, never contracted into FMAs), and a whole XNOR-Net
+layer's inference from the float input in three launches (``xnor_conv2d_fuses_layer``: the
+packing with the batch norm folded in and the channel means, K, the convolution).
 """
 import numpy as np
 
@@ -63,12 +65,12 @@ def gemm_roles(m, n):
     return xnor_launch.gemm_roles(m, n, conv_defines)
 
 
-def epilogue_arguments(out, pixel_scale, filter_scale, bias):
-    """xnor_conv2d's three factor pointers and its epilogue flags (1, 2, 4 as in
+def epilogue_arguments(out, pixel_scale, filter_scale, bias, residual=None):
+    """xnor_conv2d's four factor pointers and its epilogue flags (1, 2, 4, 8 as in
     kernels/common/xnor.h); an absent factor passes ``out``, which the kernel never reads
     through that pointer."""
     factors, flags = [], 0
-    for bit, factor in ((1, pixel_scale), (2, filter_scale), (4, bias)):
+    for bit, factor in xnor_launch.epilogue_factors(pixel_scale, filter_scale, bias, residual):
         if factor is None or factor.size == 0:
             factors.append(out)
         else:
@@ -79,7 +81,7 @@ def epilogue_arguments(out, pixel_scale, filter_scale, bias):
 
 def _launch_conv(self, x, w, out, images, height, width, words, channels, filters, kernel,
                  stride, padding, out_hw, out_strides, pixel_scale=None, filter_scale=None,
-                 bias=None):
+                 bias=None, residual=None):
     defines = conv_defines(filters)
     function = self.module(_SOURCE, defines).get_function("xnor_conv2d")
     geometry = tuple(np.int32(v) for v in (
@@ -87,7 +89,7 @@ def _launch_conv(self, x, w, out, images, height, width, words, channels, filter
         stride[1], padding[0], padding[1], out_hw[0], out_hw[1]))
     strides = tuple(np.int64(s) for s in out_strides)
     out_float = np.int32(np.dtype(out.dtype) == np.float32)
-    factors, epilogue = epilogue_arguments(out, pixel_scale, filter_scale, bias)
+    factors, epilogue = epilogue_arguments(out, pixel_scale, filter_scale, bias, residual)
     if epilogue and not out_float:
         raise errors.DtypeError("xnor_conv2d: scale and bias factors need float32 results")
     x, w = cupy.ascontiguousarray(x), cupy.ascontiguousarray(w)
@@ -103,7 +105,7 @@ def _pack_conv_input(self, x, mean_abs=False):
     words = cdiv(c, 32)
     out = self.empty((n, h, w, words), np.uint32)
     if mean_abs:
-        return out, _pack_mean_abs(self, x, out)
+        return out, _pack_fused(self, x, out, mean_abs=True)
     blocks = n * words * h * w
     if blocks == 0:
         return out
@@ -115,23 +117,45 @@ def _pack_conv_input(self, x, mean_abs=False):
     return out
 
 
-def _pack_mean_abs(self, x, out):
-    """xnor_pack_conv_input_mean_abs: fills ``out`` and returns the (N, 1, H, W) mean |x|
-    (float32 sum over the channels in order, divided by C)."""
+def _pack_fused(self, x, out, mean_abs=False, bn=None):
+    """xnor_pack_conv_input_fused: the words of ``x`` into ``out``, x batch-normalized first
+    where ``bn`` = (mean, inv_std, weight, bias) (weight and bias may be None); returns the
+    (N, 1, H, W) channel means of |x| (float32 sum over the channels in order, divided by C)
+    with ``mean_abs``, else None."""
     n, c, h, w = x.shape
-    mean = self.empty((n, 1, h, w), np.float32)
+    mean = self.empty((n, 1, h, w), np.float32) if mean_abs else None
     blocks = n * h * w
     if blocks == 0:
         return mean
-    if c == 0:                               # the mean of nothing, as NumPy's
-        mean.fill(np.nan)
+    if c == 0:
+        if mean is not None:                 # the mean of nothing, as NumPy's
+            mean.fill(np.nan)
         return mean
-    function = self.module(_SOURCE, DEFINES).get_function("xnor_pack_conv_input_mean_abs")
+    flags, operands = xnor_launch.pack_flags(mean, bn)
+    x = cupy.ascontiguousarray(x)
+    # absent operands pass x, which the kernel never reads through them
+    operands = tuple(x if a is None else cupy.ascontiguousarray(a) for a in operands)
+    function = self.module(_SOURCE, DEFINES).get_function("xnor_pack_conv_input_fused")
     with self.cuda_device:
         function((min(cdiv(blocks, _PACK_BLOCK), _MAX_BLOCKS),), (_PACK_BLOCK,),
-                 (cupy.ascontiguousarray(x), out, mean, np.int64(n), np.int64(c),
-                  np.int64(h * w), np.int64(cdiv(c, 32))))
+                 (x, out) + operands + (np.int64(n), np.int64(c), np.int64(h * w),
+                                        np.int64(cdiv(c, 32)), np.int32(flags)))
     return mean
+
+
+def _window_mean(self, mean, kernel, stride, padding, out_hw):
+    """xnor_window_mean: K (N x OH x OW float32) from ``mean`` (N x 1 x H x W)."""
+    n, _, h, w = mean.shape
+    k = self.empty((n,) + tuple(out_hw), np.float32)
+    if k.size == 0:
+        return k
+    rows = n * out_hw[0]                     # a thread per output row
+    function = self.module(_SOURCE, DEFINES).get_function("xnor_window_mean")
+    with self.cuda_device:
+        function((min(cdiv(rows, _PACK_BLOCK), _MAX_BLOCKS),), (_PACK_BLOCK,),
+                 (mean, k, np.int64(n)) + tuple(np.int32(v) for v in (
+                     h, w, *kernel, *stride, *padding, *out_hw)))
+    return k
 
 
 def _xnor_gemm(self, a, b, k, out_dtype):
@@ -149,13 +173,26 @@ def _xnor_gemm(self, a, b, k, out_dtype):
 
 
 def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
-                 pixel_scale=None, filter_scale=None, bias=None):
-    n, h, w, words = xp.shape
+                 pixel_scale=None, filter_scale=None, bias=None, window_mean=False,
+                 bn_mean=None, bn_var=None, bn_weight=None, bn_bias=None, bn_eps=1e-5,
+                 residual=None):
+    n = xp.shape[0]
     o, kh, kw = wp.shape[:3]
     oh, ow = out_hw
     out = self.empty((n, o, oh, ow), out_dtype)
     if out.size == 0:
         return out
+    if np.dtype(xp.dtype) == np.float32:         # a whole layer: pack (and K) here first
+        _, c, h, w = xp.shape
+        packed = self.empty((n, h, w, cdiv(c, 32)), np.uint32)
+        bn = None
+        if bn_mean is not None:
+            bn = (bn_mean, self.batch_norm_inv_std(bn_var, bn_eps), bn_weight, bn_bias)
+        mean = _pack_fused(self, xp, packed, window_mean, bn)
+        xp = packed
+        if window_mean:
+            pixel_scale = _window_mean(self, mean, (kh, kw), stride, padding, out_hw)
+    h, w, words = xp.shape[1:]
     if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside
         out.fill(0)    # every v is 0; the epilogue in the kernel's order, as cupy float32
         if pixel_scale is not None:
@@ -164,13 +201,16 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
             out *= filter_scale.reshape(1, o, 1, 1)
         if bias is not None:
             out += bias.reshape(1, o, 1, 1)
+        if residual is not None:
+            out += residual.reshape(n, o, oh, ow)
         return out
     _launch_conv(self, xp, wp, out, n, h, w, words, channels, o, (kh, kw), stride, padding,
                  out_hw, (o * oh * ow, oh * ow, 1), pixel_scale=pixel_scale,
-                 filter_scale=filter_scale, bias=bias)
+                 filter_scale=filter_scale, bias=bias, residual=residual)
     return out
 
 
 CUDABackend.pack_conv_input = _pack_conv_input
 CUDABackend.xnor_gemm = _xnor_gemm
 CUDABackend.xnor_conv2d = _xnor_conv2d
+CUDABackend.xnor_conv2d_fuses_layer = True

@@ -124,5 +124,10 @@ def _batch_norm_backward(self, grad, x, mean, inv_std, weight, training, input_g
     return grad_x, grad_weight, grad_bias
 
 
+def _batch_norm_inv_std(self, var, eps):
+    return batchnorm_launch.inverse_std(_launcher(self), var, eps)
+
+
 OpenCLBackend.batch_norm_forward = _batch_norm_forward
+OpenCLBackend.batch_norm_inv_std = _batch_norm_inv_std
 OpenCLBackend.batch_norm_backward = _batch_norm_backward

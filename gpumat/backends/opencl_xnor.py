@@ -4,8 +4,15 @@ kernels/common/xnor.h, shared with the cuda build).
 
 Fused for inference: ``pack_conv_input(x, mean_abs=True)`` also returns the channel mean of
 |x| (float32 sum over the channels in order, divided by C) from the same reads, and
-``xnor_conv2d``'s optional ``pixel_scale`` / ``filter_scale`` / ``bias`` are applied as the
-results are stored (runtime flags: without them the kernel stores exactly as before).
+``xnor_conv2d``'s optional ``pixel_scale`` / ``filter_scale`` / ``bias`` / ``residual`` are
+applied as the results are stored (runtime flags: without them the kernel stores exactly as
+before).  Given the float input, ``xnor_conv2d`` runs a whole XNOR-Net layer's inference
+(``xnor_conv2d_fuses_layer``) in three launches, however many of its parts are asked for:
+the packing (which batch-normalizes the values first with ``bn_*``, by the batch norm
+kernels' own arithmetic, and takes the channel means of |x| for ``window_mean``), K from
+those means (xnor_window_mean: the cpu backend's bits), and the convolution with its
+epilogue -- where the separate operations took six to eight (a batch norm, its inv_std, the
+packing, K's box-filter convolution, the convolution, the residual addition).
 
 Importing this module adds the three methods to ``OpenCLBackend``.  gpumat/binary.py checks
 shapes and dtypes first, so these only plan and launch.  The kernels' tunables are
@@ -76,9 +83,11 @@ def _kernel(self, name, defines):
         knl = cl.Kernel(self.program(_SOURCE, defines), name)
         if name == "xnor_conv2d":
             knl.set_scalar_arg_dtypes([None] * 3 + [_I32] * 15 + [_I64] * 3 + [_I32]
-                                      + [None] * 3 + [_I32])
-        elif name == "xnor_pack_conv_input_mean_abs":
-            knl.set_scalar_arg_dtypes([None] * 3 + [_I64] * 4)
+                                      + [None] * 4 + [_I32])
+        elif name == "xnor_pack_conv_input_fused":
+            knl.set_scalar_arg_dtypes([None] * 7 + [_I64] * 4 + [_I32])
+        elif name == "xnor_window_mean":
+            knl.set_scalar_arg_dtypes([None] * 2 + [_I64] + [_I32] * 10)
         else:
             knl.set_scalar_arg_dtypes([None] * 2 + [_I64] * 4)
         cache[key] = knl
@@ -97,12 +106,13 @@ def images_per_launch(image_pixels, defines):
 
 def launch_conv(self, x, w, out, images, height, width, words, channels, filters, kernel,
                 stride, padding, out_hw, out_strides, params=None, pixel_scale=None,
-                filter_scale=None, bias=None):
+                filter_scale=None, bias=None, residual=None):
     """Run xnor_conv2d over ``images`` packed (height, width, words) images ``x`` and
     ``filters`` packed (kernel, words) filters ``w`` into ``out`` (int32 or float32) at
     element strides ``out_strides`` = (image, filter, output pixel).  The optional float32
     natives ``pixel_scale`` (images x output pixels), ``filter_scale`` and ``bias``
-    (filters) need a float32 ``out``: see kernels/common/xnor.h's epilogue."""
+    (filters) and ``residual`` (laid out as ``out``) need a float32 ``out``: see
+    kernels/common/xnor.h's epilogue."""
     params = parameters(self) if params is None else params
     defines = kernel_defines(params, filters)
     wg, pb = defines["XNOR_WG"], defines["XNOR_PB"]
@@ -111,7 +121,7 @@ def launch_conv(self, x, w, out, images, height, width, words, channels, filters
     step = images_per_launch(image_pixels, defines)
     knl = _kernel(self, "xnor_conv2d", defines)
     out_float = int(np.dtype(out.dtype) == np.float32)
-    factors, epilogue = epilogue_arguments(pixel_scale, filter_scale, bias)
+    factors, epilogue = epilogue_arguments(pixel_scale, filter_scale, bias, residual)
     if epilogue and not out_float:
         raise errors.DtypeError("xnor_conv2d: scale and bias factors need float32 results")
     for first in range(0, images, step):
@@ -123,11 +133,11 @@ def launch_conv(self, x, w, out, images, height, width, words, channels, filters
             *factors, epilogue)
 
 
-def epilogue_arguments(pixel_scale, filter_scale, bias):
-    """xnor_conv2d's (pixel_scale, filter_scale, bias) buffers (None: a null pointer, never
-    read) and its epilogue flags (1, 2, 4 as in kernels/common/xnor.h)."""
+def epilogue_arguments(pixel_scale, filter_scale, bias, residual=None):
+    """xnor_conv2d's (pixel_scale, filter_scale, bias, residual) buffers (None: a null
+    pointer, never read) and its epilogue flags (1, 2, 4, 8 as in kernels/common/xnor.h)."""
     factors, flags = [], 0
-    for bit, factor in ((1, pixel_scale), (2, filter_scale), (4, bias)):
+    for bit, factor in xnor_launch.epilogue_factors(pixel_scale, filter_scale, bias, residual):
         if factor is None or factor.size == 0:
             factors.append(None)
         else:
@@ -150,7 +160,7 @@ def _pack_conv_input(self, x, mean_abs=False):
     out = self.empty((n, h, w, words), np.uint32)
     params = parameters(self)
     if mean_abs:
-        return out, _pack_mean_abs(self, x, out, params)
+        return out, _pack_fused(self, x, out, params, mean_abs=True)
     blocks = n * words * cdiv(h * w, params["XNOR_PACK_VW"])
     if blocks == 0:
         return out
@@ -161,22 +171,41 @@ def _pack_conv_input(self, x, mean_abs=False):
     return out
 
 
-def _pack_mean_abs(self, x, out, params):
-    """xnor_pack_conv_input_mean_abs: fills ``out`` and returns the (N, 1, H, W) mean |x|."""
+def _pack_fused(self, x, out, params, mean_abs=False, bn=None):
+    """xnor_pack_conv_input_fused: the words of ``x`` (float32 N x C x H x W) into ``out``,
+    x batch-normalized first where ``bn`` = (mean, inv_std, weight, bias) (weight and bias
+    may be None); returns the (N, 1, H, W) channel means of |x| with ``mean_abs``, else
+    None."""
     n, c, h, w = x.shape
-    mean = self.empty((n, 1, h, w), np.float32)
+    mean = None
+    if mean_abs:
+        if c == 0 and n * h * w:             # the mean of nothing, as NumPy's
+            return self.full((n, 1, h, w), np.nan, np.float32)
+        mean = self.empty((n, 1, h, w), np.float32)
     blocks = n * cdiv(h * w, params["XNOR_PACK_VW"])
-    if blocks == 0 or mean.size == 0:
+    if blocks == 0 or c == 0:
         return mean
-    if c == 0:                               # the mean of nothing, as NumPy's
-        self.free(mean)
-        return self.full((n, 1, h, w), np.nan, np.float32)
+    flags, operands = xnor_launch.pack_flags(mean, bn)
     wg = params["PACK_WG"]
     groups = min(cdiv(blocks, wg), _MAX_GROUPS)
-    knl = _kernel(self, "xnor_pack_conv_input_mean_abs", kernel_defines(params))
-    knl(self.queue, (groups * wg,), (wg,), _live(x), out.data, mean.data, n, c, h * w,
-        cdiv(c, 32))
+    knl = _kernel(self, "xnor_pack_conv_input_fused", kernel_defines(params))
+    knl(self.queue, (groups * wg,), (wg,), _live(x), out.data,
+        *(None if a is None else _live(a) for a in operands), n, c, h * w, cdiv(c, 32), flags)
     return mean
+
+
+def _window_mean(self, mean, kernel, stride, padding, out_hw):
+    """xnor_window_mean: K (N x OH x OW float32) from ``mean`` (N x 1 x H x W)."""
+    n, _, h, w = mean.shape
+    k = self.empty((n,) + tuple(out_hw), np.float32)
+    if k.size == 0:
+        return k
+    rows = n * out_hw[0]                     # a work-item per output row
+    wg = min(parameters(self)["PACK_WG"], rows)
+    knl = _kernel(self, "xnor_window_mean", {})
+    knl(self.queue, (min(cdiv(rows, wg), _MAX_GROUPS) * wg,), (wg,), _live(mean), k.data, n,
+        h, w, *kernel, *stride, *padding, *out_hw)
+    return k
 
 
 def _xnor_gemm(self, a, b, k, out_dtype):
@@ -197,28 +226,51 @@ def _xnor_gemm(self, a, b, k, out_dtype):
 
 
 def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
-                 pixel_scale=None, filter_scale=None, bias=None):
-    n, h, w, words = xp.shape
+                 pixel_scale=None, filter_scale=None, bias=None, window_mean=False,
+                 bn_mean=None, bn_var=None, bn_weight=None, bn_bias=None, bn_eps=1e-5,
+                 residual=None):
+    n = xp.shape[0]
     o, kh, kw = wp.shape[:3]
     oh, ow = out_hw
     out = self.empty((n, o, oh, ow), out_dtype)
     if out.size == 0:
         return out
-    if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside
-        self.free(out)
-        # every v is 0: the epilogue still runs, on the zeros (through the same kernel,
-        # as a 1 x 1 "convolution" would be costlier to set up than this rare case)
-        out = self.full((n, o, oh, ow), 0, out_dtype)
-        if pixel_scale is None and filter_scale is None and bias is None:
-            return out
-        return _epilogue_on_host(self, out, pixel_scale, filter_scale, bias)
-    launch_conv(self, xp, wp, out, n, h, w, words, channels, o, (kh, kw), stride, padding,
-                out_hw, (o * oh * ow, oh * ow, 1), pixel_scale=pixel_scale,
-                filter_scale=filter_scale, bias=bias)
-    return out
+    temporaries = []
+    if np.dtype(xp.dtype) == np.float32:         # a whole layer: pack (and K) here first
+        params = parameters(self)
+        _, c, h, w = xp.shape
+        packed = self.empty((n, h, w, cdiv(c, 32)), np.uint32)
+        bn = None
+        if bn_mean is not None:
+            inv_std = self.batch_norm_inv_std(bn_var, bn_eps)
+            temporaries.append(inv_std)
+            bn = (bn_mean, inv_std, bn_weight, bn_bias)
+        mean = _pack_fused(self, xp, packed, params, window_mean, bn)
+        xp = packed
+        temporaries.append(packed)
+        if window_mean:
+            pixel_scale = _window_mean(self, mean, (kh, kw), stride, padding, out_hw)
+            temporaries += [mean, pixel_scale]
+    try:
+        h, w, words = xp.shape[1:]
+        if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside
+            self.free(out)
+            # every v is 0: the epilogue still runs, on the zeros (on the host: a 1 x 1
+            # "convolution" would be costlier to set up than this rare case)
+            out = self.full((n, o, oh, ow), 0, out_dtype)
+            if all(f is None for f in (pixel_scale, filter_scale, bias, residual)):
+                return out
+            return _epilogue_on_host(self, out, pixel_scale, filter_scale, bias, residual)
+        launch_conv(self, xp, wp, out, n, h, w, words, channels, o, (kh, kw), stride, padding,
+                    out_hw, (o * oh * ow, oh * ow, 1), pixel_scale=pixel_scale,
+                    filter_scale=filter_scale, bias=bias, residual=residual)
+        return out
+    finally:
+        for t in temporaries:
+            self.free(t)
 
 
-def _epilogue_on_host(self, out, pixel_scale, filter_scale, bias):
+def _epilogue_on_host(self, out, pixel_scale, filter_scale, bias, residual=None):
     """The epilogue on an all-zero result (layers whose taps all fall outside the image):
     the same float32 operations in NumPy, in the kernel's order."""
     n, o, oh, ow = out.shape
@@ -230,9 +282,12 @@ def _epilogue_on_host(self, out, pixel_scale, filter_scale, bias):
         y = y * self.to_numpy(filter_scale).reshape(1, o, 1, 1)
     if bias is not None:
         y = y + self.to_numpy(bias).reshape(1, o, 1, 1)
+    if residual is not None:
+        y = y + self.to_numpy(residual).reshape(n, o, oh, ow)
     return self.from_numpy(np.ascontiguousarray(y, np.float32))
 
 
 OpenCLBackend.pack_conv_input = _pack_conv_input
 OpenCLBackend.xnor_gemm = _xnor_gemm
 OpenCLBackend.xnor_conv2d = _xnor_conv2d
+OpenCLBackend.xnor_conv2d_fuses_layer = True

@@ -1,6 +1,28 @@
 """Launch arithmetic shared by the OpenCL and CUDA XNOR launchers (opencl_xnor.py,
 cuda_xnor.py), whose kernels are one source, kernels/common/xnor.h: how much a launch pads
-its work, and how xnor_gemm runs as a 1 x 1 convolution of one image."""
+its work, how xnor_gemm runs as a 1 x 1 convolution of one image, and the flags of the
+packing kernel and of the convolution's epilogue."""
+
+#: xnor_pack_conv_input_fused's flags (kernels/common/xnor.h)
+PACK_MEAN, PACK_AFFINE, PACK_WEIGHT, PACK_BIAS = 1, 2, 4, 8
+
+
+def pack_flags(mean, bn):
+    """(flags, (mean, bn_mean, inv_std, bn_weight, bn_bias)) of xnor_pack_conv_input_fused
+    for the mean output ``mean`` (or None) and the batch norm ``bn`` = (mean, inv_std,
+    weight, bias) (or None; weight and bias may be None): absent operands are None."""
+    flags = PACK_MEAN if mean is not None else 0
+    if bn is None:
+        return flags, (mean, None, None, None, None)
+    bn_mean, inv_std, weight, bias = bn
+    flags |= PACK_AFFINE | (PACK_WEIGHT if weight is not None else 0) | (
+        PACK_BIAS if bias is not None else 0)
+    return flags, (mean, bn_mean, inv_std, weight, bias)
+
+
+def epilogue_factors(pixel_scale, filter_scale, bias, residual):
+    """xnor_conv2d's epilogue operands with their flag bits (kernels/common/xnor.h)."""
+    return ((1, pixel_scale), (2, filter_scale), (4, bias), (8, residual))
 
 
 def cdiv(a, b):

@@ -45,13 +45,13 @@ fine-tune with frozen batch norm, takes the training path, which computes the sa
   mean of |x| in the same pass, / ``gm.pack_signs``) and runs ``gm.xnor_conv2d`` /
   ``gm.xnor_gemm`` on the cached packed weight; the convolution scales by K and alpha and
   adds the bias as it stores its results (the training forward's operations in its order).
-  On the cpu backend the convolution layer is one native call
-  (``gm.xnor_conv2d(x, ..., pixel_scale="window_mean")``: packing, the channel means, K and
-  the products in one parallel pass); K there sums the window in tap order where training's
+  The convolution layer is one call (``gm.xnor_conv2d(x, ..., pixel_scale="window_mean")``:
+  packing, the channel means, K and the products; on cpu in one native parallel pass, on
+  OpenCL and CUDA in three launches); K there sums the window in tap order where training's
   box-filter convolution has its own order, so the two agree to float32 rounding of K.
   ``conv(x, batch_norm=bn, residual=r)`` (= conv(bn(x)) + r; the XNOR ResNet blocks and
   LeNets call their layers so) also folds the batch norm in front into that call's packing
-  pass and adds r as its results are stored, bit for bit the separate operations;
+  and adds r as its results are stored, bit for bit the separate operations;
 * ``"bwn"`` / ``"dorefa"`` keep the float input, so they run the float convolution / product
   with the cached b(W) * alpha (the packed path needs binary activations).
 
@@ -423,7 +423,8 @@ class BinaryConv2d(_Binary, Conv2d):
             # x's signs packed with its channel mean |x| taken in the same pass (of the batch
             # norm's output where one is folded in), K made from that, and the kernel scaling
             # by K and alpha, adding the bias and the residual as it stores (the training
-            # path's order of operations): on the cpu backend all in one call
+            # path's order of operations): one call (cpu: one native pass; OpenCL, CUDA:
+            # three launches)
             statistics = None
             if batch_norm is not None:
                 statistics = (batch_norm.running_mean, batch_norm.running_var,

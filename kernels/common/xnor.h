@@ -13,13 +13,24 @@
  *     x[n, 32 w + j, h, w] >= 0).  A grid-stride loop over N * Wc * ceil(HW / XNOR_PACK_VW)
  *     runs of consecutive pixels, so any grid covers them; consecutive work-items read
  *     consecutive pixels (coalesced on a GPU, whole vectors on a CPU).
- *   xnor_pack_conv_input_mean_abs(const float* x, u32* out, float* mean, i64 N, C, HW, Wc)
- *     the same words, and mean (N, 1, H, W) float32: the channel mean of |x| per pixel
- *     (float32 sum in channel order, divided by C), from the same reads (see below).
+ *   xnor_pack_conv_input_fused(const float* x, u32* out, float* mean, const float* bn_mean,
+ *                              const float* inv_std, const float* bn_weight,
+ *                              const float* bn_bias, i64 N, C, HW, Wc, int flags)
+ *     the same words, with (flag XNOR_PACK_MEAN) mean (N, 1, H, W) float32: the channel
+ *     mean of |x| per pixel (float32 sum in channel order, divided by C), from the same
+ *     reads; with XNOR_PACK_AFFINE, of x after an evaluation batch norm, folded into the
+ *     reads (see below).
+ *   xnor_window_mean(const float* mean, float* k, i64 N, int H, W, kh, kw, sh, sw, ph, pw,
+ *                    Ho, Wo)
+ *     XNOR-Net's K (N, Ho, Wo) from mean (N, 1, H, W): per output pixel the sum of mean
+ *     over the kernel taps inside the image, in tap order (kernel row by kernel row) from
+ *     0.0f, divided by kh kw (the padding's zeros counted in the average): the bits of the
+ *     cpu backend's kernel and of gpumat.native.window_mean_numpy.  A grid-stride loop over
+ *     the N Ho output rows.
  *   xnor_conv2d(const u32* x, const u32* w, int* out, int n0, N, H, W, Wc, C, O, kh, kw,
  *               sh, sw, ph, pw, Ho, Wo, i64 out_sn, i64 out_so, i64 out_sp, int out_float,
  *               const float* pixel_scale, const float* filter_scale, const float* bias,
- *               int epilogue)
+ *               const float* residual, int epilogue)
  *     x (.., H, W, Wc) packed images, w (O, kh, kw, Wc) packed filters; for every image n of
  *     n0 .. n0 + N - 1, filter o and output pixel (oh, ow):
  *       y = sum over the taps (i, j) whose input pixel (oh sh - ph + i, ow sw - pw + j)
@@ -27,10 +38,12 @@
  *     stored at out[n out_sn + o out_so + (oh Wo + ow) out_sp], as int32, or as float32 bits
  *     when out_float != 0 (exact: |y| <= kh kw C, below 2^24 for any real layer).
  *     The epilogue (float results only; flags XNOR_PIXEL_SCALE | XNOR_FILTER_SCALE |
- *     XNOR_BIAS, 0 for none; the pointers of clear flags are never read and may be null)
- *     stores ((y * pixel_scale[(n0 + n) Ho Wo + oh Wo + ow]) * filter_scale[o]) + bias[o]
- *     instead, each operation rounded to float32 on its own (no fused multiply-add), so it
- *     is bit-identical to NumPy's float32 ((y * K) * alpha) + bias on the plain result.
+ *     XNOR_BIAS | XNOR_RESIDUAL, 0 for none; the pointers of clear flags are never read and
+ *     may be null) stores (((y * pixel_scale[(n0 + n) Ho Wo + oh Wo + ow]) *
+ *     filter_scale[o]) + bias[o]) + residual[i] instead, i the result's own index in out,
+ *     each operation rounded to float32 on its own (no fused multiply-add), so it is
+ *     bit-identical to NumPy's float32 (((y * K) * alpha) + bias) + r on the plain result:
+ *     a residual block's addition made as the results are stored.
  *     Skipping the out-of-image taps is exact, not an approximation: the binarised
  *     convolution with ordinary zero padding, conv2d(b(x), b(w)) with b(v) = +1 if v >= 0
  *     else -1, multiplies the padding zeros by weights, so those taps add exactly 0.
@@ -123,6 +136,7 @@
     #error "the CUDA build of xnor.h supports XNOR_VW = XNOR_PACK_VW = 1 only"
   #endif
   #define XNOR_FLOAT_BITS(v) __float_as_int(v)
+  #define XNOR_BITS_FLOAT(v) __int_as_float(v)
   #define XNOR_KERNEL(wg) extern "C" __global__ void __launch_bounds__(wg)
   #define XNOR_MUL_RN(a, b) __fmul_rn(a, b)
   #define XNOR_ADD_RN(a, b) __fadd_rn(a, b)
@@ -130,6 +144,7 @@
 #else
   #pragma OPENCL FP_CONTRACT OFF
   #define XNOR_FLOAT_BITS(v) as_int(v)
+  #define XNOR_BITS_FLOAT(v) as_float(v)
   #define XNOR_KERNEL(wg) __kernel __attribute__((reqd_work_group_size(wg, 1, 1))) void
   #define XNOR_MUL_RN(a, b) ((a) * (b))
   #define XNOR_ADD_RN(a, b) ((a) + (b))
@@ -140,6 +155,13 @@
 #define XNOR_PIXEL_SCALE 1
 #define XNOR_FILTER_SCALE 2
 #define XNOR_BIAS 4
+#define XNOR_RESIDUAL 8
+
+/* xnor_pack_conv_input_fused's flags */
+#define XNOR_PACK_MEAN 1      /* write the channel mean of |x| */
+#define XNOR_PACK_AFFINE 2    /* batch-normalize x first (bn_mean, inv_std) */
+#define XNOR_PACK_WEIGHT 4    /* ... with a weight (the scale is inv_std * bn_weight) */
+#define XNOR_PACK_BIAS 8      /* ... and a bias */
 
 /* vectors of XNOR_VW filter words */
 #if XNOR_VW == 1
@@ -308,20 +330,47 @@ KERNEL void xnor_pack_conv_input(GLOBAL const float* RESTRICT x, GLOBAL u32* RES
     }
 }
 
-/* xnor_pack_conv_input_mean_abs(x, out, mean, N, C, HW, Wc): xnor_pack_conv_input's words,
- * and mean (N, 1, H, W) float32 = the mean over channels of |x[n, :, h, w]|, from the same
- * reads.  A work-item takes a run of XNOR_PACK_VW pixels through all Wc words (so one
- * work-item sees all of its pixels' channels: no reduction across work-items), summing |x|
- * in float32 in channel order 0 .. C - 1, then divides the sum by C (one float32 division,
- * not a multiplication by 1 / C).  A grid-stride loop over N * ceil(HW / XNOR_PACK_VW). */
-KERNEL void xnor_pack_conv_input_mean_abs(GLOBAL const float* RESTRICT x,
-                                          GLOBAL u32* RESTRICT out,
-                                          GLOBAL float* RESTRICT mean,
-                                          i64 N, i64 C, i64 HW, i64 Wc)
+/* xnor_pack_conv_input_fused(x, out, mean, bn_mean, inv_std, bn_weight, bn_bias, N, C, HW,
+ * Wc, flags): xnor_pack_conv_input's words, and with XNOR_PACK_MEAN mean (N, 1, H, W)
+ * float32 = the mean over channels of |x[n, :, h, w]|, from the same reads.  A work-item
+ * takes a run of XNOR_PACK_VW pixels through all Wc words (so one work-item sees all of its
+ * pixels' channels: no reduction across work-items), summing |x| in float32 in channel order
+ * 0 .. C - 1, then divides the sum by C (one float32 division, not a multiplication by 1 / C).
+ * A grid-stride loop over N * ceil(HW / XNOR_PACK_VW).
+ *
+ * XNOR_PACK_AFFINE: channel c's values are batch-normalized before they are binarized and
+ * averaged, v = ((x - bn_mean[c]) * a) + bn_bias[c] with a = inv_std[c] * bn_weight[c]
+ * (inv_std[c] alone without XNOR_PACK_WEIGHT, no bias term without XNOR_PACK_BIAS), each
+ * operation rounded on its own: common/batchnorm.h's evaluation map bit for bit, given the
+ * inv_std its bn_inv_std makes, so the words and means are exactly those of the batch
+ * norm's output -- XNOR-Net's BatchNorm -> sign of an inference layer in one pass.  The
+ * pointers of clear flags are never read. */
+/* v (a float or a vector of them) of channel c batch-normalized in place, as above */
+#define XNOR_PACK_AFFINE_MAP(v, c)                                                  \
+    do {                                                                            \
+        if (flags & XNOR_PACK_AFFINE) {                                             \
+            float a_ = inv_std[c];                                                  \
+            if (flags & XNOR_PACK_WEIGHT)                                           \
+                a_ = XNOR_MUL_RN(a_, bn_weight[c]);                                 \
+            v = XNOR_MUL_RN(v - bn_mean[c], a_);                                    \
+            if (flags & XNOR_PACK_BIAS)                                             \
+                v = XNOR_ADD_RN(v, bn_bias[c]);                                     \
+        }                                                                           \
+    } while (0)
+
+KERNEL void xnor_pack_conv_input_fused(GLOBAL const float* RESTRICT x,
+                                       GLOBAL u32* RESTRICT out,
+                                       GLOBAL float* RESTRICT mean,
+                                       GLOBAL const float* RESTRICT bn_mean,
+                                       GLOBAL const float* RESTRICT inv_std,
+                                       GLOBAL const float* RESTRICT bn_weight,
+                                       GLOBAL const float* RESTRICT bn_bias,
+                                       i64 N, i64 C, i64 HW, i64 Wc, int flags)
 {
     const i64 blocks = (HW + XNOR_PACK_VW - 1) / XNOR_PACK_VW;
     const i64 total = N * blocks;
     const float channels = (float)C;
+    const int with_mean = flags & XNOR_PACK_MEAN;
     for (i64 t = GLOBAL_ID_0; t < total; t += GLOBAL_SIZE_0) {
         const i64 n = t / blocks;
         const i64 p0 = (t - n * blocks) * XNOR_PACK_VW;
@@ -334,13 +383,15 @@ KERNEL void xnor_pack_conv_input_mean_abs(GLOBAL const float* RESTRICT x,
                 if (count >= 32) {
                     XNOR_UNROLL
                     for (int j = 0; j < 32; ++j) {
-                        const xnor_pack_floats v = XNOR_PACK_LOAD(src + j * HW);
+                        xnor_pack_floats v = XNOR_PACK_LOAD(src + j * HW);
+                        XNOR_PACK_AFFINE_MAP(v, 32 * cw + j);
                         word |= XNOR_PACK_NONNEG(v) << j;
                         sum += XNOR_FABS(v);
                     }
                 } else {
                     for (int j = 0; j < (int)count; ++j) {
-                        const xnor_pack_floats v = XNOR_PACK_LOAD(src + j * HW);
+                        xnor_pack_floats v = XNOR_PACK_LOAD(src + j * HW);
+                        XNOR_PACK_AFFINE_MAP(v, 32 * cw + j);
                         word |= XNOR_PACK_NONNEG(v) << j;
                         sum += XNOR_FABS(v);
                     }
@@ -350,7 +401,8 @@ KERNEL void xnor_pack_conv_input_mean_abs(GLOBAL const float* RESTRICT x,
                 for (int l = 0; l < XNOR_PACK_VW; ++l)
                     dst[l * Wc] = XNOR_PACK_LANE(word, l);
             }
-            XNOR_PACK_STORE_FLOATS(sum / channels, mean + n * HW + p0);
+            if (with_mean)
+                XNOR_PACK_STORE_FLOATS(sum / channels, mean + n * HW + p0);
         } else {             /* the pixels past the last whole vector of a plane */
             for (i64 p = p0; p < HW; ++p) {
                 float sum = 0.0f;
@@ -359,15 +411,54 @@ KERNEL void xnor_pack_conv_input_mean_abs(GLOBAL const float* RESTRICT x,
                     const int bits = C - 32 * cw >= 32 ? 32 : (int)(C - 32 * cw);
                     u32 word = 0;
                     for (int j = 0; j < bits; ++j) {
-                        const float v = src[j * HW];
+                        float v = src[j * HW];
+                        XNOR_PACK_AFFINE_MAP(v, 32 * cw + j);
                         word |= (u32)(v >= 0.0f) << j;
                         sum += XNOR_FABS(v);
                     }
                     out[(n * HW + p) * Wc + cw] = word;
                 }
-                mean[n * HW + p] = sum / channels;
+                if (with_mean)
+                    mean[n * HW + p] = sum / channels;
             }
         }
+    }
+}
+
+/* ---- xnor_window_mean --------------------------------------------------------------------- */
+
+/* K (see the top of this file): a grid-stride loop over the N Ho output rows.  A work-item
+ * sums a row's windows tap by tap, each tap over the run of output columns whose input
+ * pixel lies inside the image, into the row of k itself (in cache): every pixel still adds
+ * its taps in tap order, and the inner loop is a strided walk with no tests. */
+KERNEL void xnor_window_mean(GLOBAL const float* RESTRICT mean, GLOBAL float* RESTRICT k,
+                             i64 N, int H, int W, int kh, int kw, int sh, int sw, int ph,
+                             int pw, int Ho, int Wo)
+{
+    const i64 rows = N * Ho;
+    const float taps = (float)(kh * kw);
+    for (i64 t = GLOBAL_ID_0; t < rows; t += GLOBAL_SIZE_0) {
+        const i64 n = t / Ho;
+        const int oh = (int)(t - n * Ho);
+        GLOBAL float* row = k + t * Wo;
+        for (int ow = 0; ow < Wo; ++ow)
+            row[ow] = 0.0f;
+        for (int i = 0; i < kh; ++i) {
+            const int ih = oh * sh - ph + i;
+            if (ih < 0 || ih >= H)
+                continue;
+            GLOBAL const float* src = mean + (n * H + ih) * W;
+            for (int j = 0; j < kw; ++j) {
+                /* output columns whose input column ow sw - pw + j lies in [0, W) */
+                const int first = pw - j > 0 ? (pw - j + sw - 1) / sw : 0;
+                const int end = W - 1 + pw - j >= 0 ? (W - 1 + pw - j) / sw + 1 : 0;
+                const int last = end < Wo ? end : Wo;
+                for (int ow = first; ow < last; ++ow)
+                    row[ow] += src[ow * sw + j - pw];
+            }
+        }
+        for (int ow = 0; ow < Wo; ++ow)
+            row[ow] = row[ow] / taps;
     }
 }
 
@@ -488,7 +579,8 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
                                  i64 out_sn, i64 out_so, i64 out_sp, int out_float,
                                  GLOBAL const float* pixel_scale,
                                  GLOBAL const float* filter_scale,
-                                 GLOBAL const float* bias, int epilogue)
+                                 GLOBAL const float* bias, GLOBAL const float* residual,
+                                 int epilogue)
 {
     /* the group's filters, transposed: stage[r * OB + f] is row r of filter o0 + f */
     LOCAL u32 stage[XNOR_ROWS * XNOR_OB];
@@ -699,6 +791,12 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
             y = XNOR_AS_INTS_F(f_);                                                 \
         } while (0)
 
+    /* the float result bits y stored at out[at] plus residual[at] (XNOR_RESIDUAL), rounded
+     * once: the epilogue's last step, taken where each result is stored */
+    #define XNOR_PLUS_RESIDUAL(y, at)                                               \
+        ((epilogue & XNOR_RESIDUAL)                                                 \
+             ? XNOR_FLOAT_BITS(XNOR_ADD_RN(XNOR_BITS_FLOAT(y), residual[at])) : (y))
+
     /* y = valid_taps * C - 2 * popcounts.  Stored filter by filter, each filter's pixels in
      * turn: on a CPU the VW filters of a vector lie a whole plane apart (4 KiB for 32 x 32
      * images, one cache set), so lane-by-lane stores of each pixel would thrash L1. */
@@ -731,18 +829,28 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
             }
             if (lanes == 16 && out_so == 1) {            /* filters adjacent (xnor_gemm) */
                 for (int k = 0; k < 16; ++k)
-                    if (live[q0 + k])
-                        vstore16(block[k], 0, out + o_base[q0 + k] + o_first);
+                    if (live[q0 + k]) {
+                        const i64 at = o_base[q0 + k] + o_first;
+                        if (epilogue & XNOR_RESIDUAL)
+                            block[k] = as_int16(as_float16(block[k]) + vload16(0, residual + at));
+                        vstore16(block[k], 0, out + at);
+                    }
             } else if (lanes == 16 && live[q0 + 15] && o_base[q0 + 15] - o_base[q0] == 15) {
                 XNOR_TRANSPOSE16(block);
                 XNOR_UNROLL
-                for (int l = 0; l < 16; ++l)
-                    vstore16(block[l], 0, out + o_base[q0] + (i64)(o_first + l) * out_so);
+                for (int l = 0; l < 16; ++l) {
+                    const i64 at = o_base[q0] + (i64)(o_first + l) * out_so;
+                    if (epilogue & XNOR_RESIDUAL)   /* 16 adjacent pixels of filter l */
+                        block[l] = as_int16(as_float16(block[l]) + vload16(0, residual + at));
+                    vstore16(block[l], 0, out + at);
+                }
             } else {
                 for (int l = 0; l < lanes; ++l)
                     for (int k = 0; k < 16; ++k)
-                        if (live[q0 + k])
-                            out[o_base[q0 + k] + (i64)(o_first + l) * out_so] = block[k][l];
+                        if (live[q0 + k]) {
+                            const i64 at = o_base[q0 + k] + (i64)(o_first + l) * out_so;
+                            out[at] = XNOR_PLUS_RESIDUAL(block[k][l], at);
+                        }
             }
         }
     }
@@ -761,8 +869,10 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
         const int lanes = O - o_first < XNOR_VW ? O - o_first : XNOR_VW;
         for (int l = 0; l < lanes; ++l) {
             for (int q = 0; q < XNOR_PB; ++q) {
-                if (live[q])
-                    out[o_base[q] + (i64)(o_first + l) * out_so] = ys[q][l];
+                if (live[q]) {
+                    const i64 at = o_base[q] + (i64)(o_first + l) * out_so;
+                    out[at] = XNOR_PLUS_RESIDUAL(ys[q][l], at);
+                }
             }
         }
     }
