@@ -405,10 +405,12 @@ def _epilogue(what, backend, out_dtype, out_shape, **factors):
                                        f"operands are on {backend.name!r}")
         if a.dtype != _FLOAT32:
             raise DtypeError(f"{what}: {name} must be single (float32), got {a.dtype}")
-        wanted = shapes[name]
-        if a.shape not in wanted and not (name in ("filter_scale", "bias") and a.size == o):
+        wanted, shape = shapes[name], a.shape
+        if shape not in wanted and not (name in ("filter_scale", "bias") and a.size == o):
             listed = " or ".join(str(s) for s in wanted)
             raise ShapeError(f"{what}: {name} must have shape {listed} for an output of "
-                             f"shape {out_shape}, got {a.shape}")
-        given[name] = a.reshape(wanted[0])
+                             f"shape {out_shape}, got {shape}")
+        # (a reshape makes a new Array: skipped where the shape is already the kernel's, as
+        # it is for every call a layer makes)
+        given[name] = a if shape == wanted[0] else a.reshape(wanted[0])
     return given
