@@ -333,6 +333,28 @@ def test_batch_norm_in_front_equals_normalizing_first(backend, case):
             np.testing.assert_array_equal(got.gather(), want.gather())
 
 
+def test_a_whole_layer_keeps_no_temporaries(backend):
+    """A fused layer call (batch norm, K, residual: packed input, channel means, K and
+    inv_std made on the way) leaves only its result counted in the backend's memory."""
+    rng = np.random.default_rng(13)
+    c = 12
+
+    def arr(v):
+        return gm.array(v, backend=backend)
+
+    x, wp = arr(rand(rng, 2, c, 6, 5)), gm.pack_conv_weight(arr(rand(rng, 4, c, 3, 3)))
+    statistics = (arr(rand(rng, c)), arr(np.abs(rand(rng, c)) + 0.5), arr(rand(rng, c)),
+                  arr(rand(rng, c)), 1e-5)
+    residual = arr(rand(rng, 2, 4, 6, 5))
+    gm.backends.get(backend).synchronize()
+    before = gm.memory_info(backend)["bytes_in_use"]
+    y = gm.xnor_conv2d(x, wp, padding=1, channels=c, pixel_scale="window_mean",
+                       batch_norm=statistics, residual=residual)
+    assert gm.memory_info(backend)["bytes_in_use"] == before + y.nbytes
+    y.release()
+    assert gm.memory_info(backend)["bytes_in_use"] == before
+
+
 def test_residual_is_added_last(backend):
     """residual=R: the result plus R, bit for bit the separate addition (added as the kernel
     stores its results), after the scaling and with packed or float operands."""

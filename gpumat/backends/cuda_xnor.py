@@ -182,32 +182,41 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
     out = self.empty((n, o, oh, ow), out_dtype)
     if out.size == 0:
         return out
+    temporaries = []                             # (counted in bytes_in_use: freed below)
     if np.dtype(xp.dtype) == np.float32:         # a whole layer: pack (and K) here first
         _, c, h, w = xp.shape
         packed = self.empty((n, h, w, cdiv(c, 32)), np.uint32)
+        temporaries.append(packed)
         bn = None
         if bn_mean is not None:
-            bn = (bn_mean, self.batch_norm_inv_std(bn_var, bn_eps), bn_weight, bn_bias)
+            inv_std = self.batch_norm_inv_std(bn_var, bn_eps)
+            temporaries.append(inv_std)
+            bn = (bn_mean, inv_std, bn_weight, bn_bias)
         mean = _pack_fused(self, xp, packed, window_mean, bn)
         xp = packed
         if window_mean:
             pixel_scale = _window_mean(self, mean, (kh, kw), stride, padding, out_hw)
-    h, w, words = xp.shape[1:]
-    if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside
-        out.fill(0)    # every v is 0; the epilogue in the kernel's order, as cupy float32
-        if pixel_scale is not None:
-            out *= pixel_scale.reshape(n, 1, oh, ow)
-        if filter_scale is not None:
-            out *= filter_scale.reshape(1, o, 1, 1)
-        if bias is not None:
-            out += bias.reshape(1, o, 1, 1)
-        if residual is not None:
-            out += residual.reshape(n, o, oh, ow)
+            temporaries += [mean, pixel_scale]
+    try:
+        h, w, words = xp.shape[1:]
+        if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside
+            out.fill(0)    # every v is 0; the epilogue in the kernel's order, as cupy float32
+            if pixel_scale is not None:
+                out *= pixel_scale.reshape(n, 1, oh, ow)
+            if filter_scale is not None:
+                out *= filter_scale.reshape(1, o, 1, 1)
+            if bias is not None:
+                out += bias.reshape(1, o, 1, 1)
+            if residual is not None:
+                out += residual.reshape(n, o, oh, ow)
+            return out
+        _launch_conv(self, xp, wp, out, n, h, w, words, channels, o, (kh, kw), stride,
+                     padding, out_hw, (o * oh * ow, oh * ow, 1), pixel_scale=pixel_scale,
+                     filter_scale=filter_scale, bias=bias, residual=residual)
         return out
-    _launch_conv(self, xp, wp, out, n, h, w, words, channels, o, (kh, kw), stride, padding,
-                 out_hw, (o * oh * ow, oh * ow, 1), pixel_scale=pixel_scale,
-                 filter_scale=filter_scale, bias=bias, residual=residual)
-    return out
+    finally:
+        for t in temporaries:
+            self.free(t)
 
 
 CUDABackend.pack_conv_input = _pack_conv_input
