@@ -18,10 +18,10 @@ networks.)
 
 End to end (``*-eval`` cases): a binary network in eval mode (every conv but the first, and
 every linear but the last, in XNOR mode) against its float twin, thousands of images per
-second.  Each model runs as the library runs it: on cpu the XNOR blocks fold the batch norm
-in front of each binary convolution into its packing pass and add the residual in its
-stores, while the float model runs its batch norms, activations and additions as layers of
-their own (bench/binary_profile.py shows the split).
+second.  Each model runs as the library runs it: the XNOR blocks fold the batch norm in
+front of each binary convolution into its packing and add the residual in its stores (cpu in
+one native pass, OpenCL in three launches), while the float model runs its batch norms,
+activations and additions as layers of their own (bench/binary_profile.py shows the split).
 """
 import pytest
 

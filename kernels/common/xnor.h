@@ -219,7 +219,8 @@ INLINE u32 xnor_tail_mask(int bits)
 #if XNOR_CSA
 /* Bit counting by shifts and masks.  LLVM lowers popcount(uint16) on AVX-512 CPUs without
  * VPOPCNTDQ (PoCL's skylake-avx512 target) to 16 scalar popcnts with lane extracts and
- * inserts; these stay in vector registers.  xnor_byte_counts leaves each byte's count
+ * inserts, and popcount(uchar16) no better (both about 5x slower than this on PoCL 3.1);
+ * these stay in vector registers.  xnor_byte_counts leaves each byte's count
  * (0..8) in that byte, so counts of several words add up per byte before the one
  * horizontal step, xnor_sum_bytes (bytes up to 255). */
 INLINE xnor_words xnor_byte_counts(xnor_words v)
