@@ -13,7 +13,7 @@ the residual additions in "other", which is the whole pass minus its timed leave
 whole-pass time is measured separately, without the per-layer synchronisation.
 
 It prints one table per model and writes them, with the raw figures, to
-``bench/results/binary/profile-<date>.{json,md}``.  Benchmarks assert nothing.
+``bench/results/binary/profile-<date>-<backend>.{json,md}``.  Benchmarks assert nothing.
 """
 import argparse
 import json
@@ -147,7 +147,8 @@ def main(argv=None):
             mode: {"whole_s": whole, "by_kind_s": by_kind}
             for mode, (by_kind, whole) in results.items()}}
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"profile-{stamp}")
+    path = os.path.join(args.out, f"profile-{stamp}-{backend}")  # (two backends' runs of
+                                                                  # one second stay apart)
     with open(path + ".json", "w") as f:
         json.dump(report, f, indent=2)
     with open(path + ".md", "w") as f:

@@ -149,13 +149,18 @@ def _check_k(k, what):
     return int(k)
 
 
-def xnor_gemm(a, b, k=None, dtype="int32"):
+def xnor_gemm(a, b, k=None, dtype="int32", *, row_scale=None, col_scale=None, bias=None):
     """Products of +-1 rows from their packed signs: out[m, n] = sum_i b(a)[m, i] b(b)[n, i].
 
     ``a`` (M x words) and ``b`` (N x words) are uint32 rows packed by ``pack_signs`` from
     vectors of length ``k`` (words = ceil(k/32)); float32 M x k and N x k Arrays are packed
     here first (k then defaults to their width).  Returns the M x N products as ``dtype``,
-    'int32' (default) or 'float32', each k - 2 * popcount(a[m] ^ b[n]), exact for every k."""
+    'int32' (default) or 'float32', each k - 2 * popcount(a[m] ^ b[n]), exact for every k.
+
+    An XNOR-Net linear layer's scaling runs with the products (float32 only): ``row_scale``
+    (M values: K, per row of a), ``col_scale`` (N: alpha) and ``bias`` (N) make each result
+    ((v * row_scale[m]) * col_scale[n]) + bias[n], rounded one operation at a time (no fused
+    multiply-add), so equal to those float32 operations done one after another."""
     what = "xnor_gemm"
     a, b = _array(a, what, "a"), _array(b, what, "b")
     backend = _same_backend(what, a=a, b=b)
@@ -190,7 +195,26 @@ def xnor_gemm(a, b, k=None, dtype="int32"):
         if a.shape[1] != b.shape[1] or a.shape[1] != words(k):
             raise ShapeError(f"{what}: k={k} needs {words(k)} words per row, but a is {a.shape} "
                              f"and b is {b.shape}")
-    return Array._wrap(backend, backend.xnor_gemm(a._live, b._live, k, out_dtype))
+    factors = {}
+    for name, value, size in (("row_scale", row_scale, a.shape[0]),
+                              ("col_scale", col_scale, b.shape[0]), ("bias", bias, b.shape[0])):
+        if value is None:
+            continue
+        if out_dtype != _FLOAT32:
+            raise DtypeError(f"{what}: {name} needs dtype='float32' results, got {out_dtype}")
+        v = _array(value, what, name)
+        if v._backend is not backend:
+            from .errors import BackendMismatchError
+            raise BackendMismatchError(f"{what}: {name} is on {v._backend.name!r} but the "
+                                       f"operands are on {backend.name!r}")
+        if v.dtype != _FLOAT32:
+            raise DtypeError(f"{what}: {name} must be single (float32), got {v.dtype}")
+        if v.size != size or (v.ndim != 1 and max(v.shape, default=0) != v.size):
+            rows = "a's" if name == "row_scale" else "b's"
+            raise ShapeError(f"{what}: {name} must hold one value per row of {rows} ({size}), "
+                             f"got shape {v.shape}")
+        factors[name] = (v if v.ndim == 1 else v.reshape(size))._live
+    return Array._wrap(backend, backend.xnor_gemm(a._live, b._live, k, out_dtype, **factors))
 
 
 def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pixel_scale=None,

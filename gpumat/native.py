@@ -355,9 +355,34 @@ def _masked(a, mask):
     return a
 
 
-def xnor_gemm_numpy(a: np.ndarray, b: np.ndarray, k: int, out_dtype=np.int32) -> np.ndarray:
-    """NumPy twin of the native `xnor_gemm`: same checks, same values."""
+def _check_gemm_scales(row_scale, col_scale, bias, out_dtype, m, n):
+    """xnor_gemm's epilogue operands, checked: float32 (M,), (N,), (N,) or None, only with
+    out_dtype float32; C-contiguous copies where needed."""
+    given = {name: v for name, v in (("row_scale", row_scale), ("col_scale", col_scale),
+                                     ("bias", bias)) if v is not None}
+    if given and out_dtype != np.float32:
+        raise ValueError(f"xnor_gemm: {', '.join(given)} need out_dtype float32, got "
+                         f"{out_dtype}")
+    shapes = {"row_scale": (m,), "col_scale": (n,), "bias": (n,)}
+    for name, v in given.items():
+        if not isinstance(v, np.ndarray):
+            raise TypeError(f"xnor_gemm: {name} must be a numpy.ndarray of float32, got "
+                            f"{type(v).__name__}")
+        if v.dtype != np.float32:
+            raise TypeError(f"xnor_gemm: {name} must be float32, got dtype {v.dtype}")
+        if v.shape != shapes[name]:
+            raise ValueError(f"xnor_gemm: {name} must have shape {shapes[name]}, got {v.shape}")
+        given[name] = np.ascontiguousarray(v)
+    return given.get("row_scale"), given.get("col_scale"), given.get("bias")
+
+
+def xnor_gemm_numpy(a: np.ndarray, b: np.ndarray, k: int, out_dtype=np.int32,
+                    row_scale=None, col_scale=None, bias=None) -> np.ndarray:
+    """NumPy twin of the native `xnor_gemm`: same checks, same values (the epilogue as
+    float32 NumPy operations, ((v * row_scale[:, None]) * col_scale) + bias)."""
     a, b, k, out_dtype = _check_gemm(a, b, k, out_dtype)
+    row_scale, col_scale, bias = _check_gemm_scales(row_scale, col_scale, bias, out_dtype,
+                                                    a.shape[0], b.shape[0])
     mask = _tail_mask(k)
     a, b = _masked(a, mask), _masked(b, mask)
     m, n = a.shape[0], b.shape[0]
@@ -367,20 +392,33 @@ def xnor_gemm_numpy(a: np.ndarray, b: np.ndarray, k: int, out_dtype=np.int32) ->
         differing = _popcount(a[r0:r0 + rows, None, :] ^ b[None, :, :]).sum(axis=-1,
                                                                              dtype=np.int64)
         out[r0:r0 + rows] = k - 2 * differing
-    return out.astype(out_dtype)
+    out = out.astype(out_dtype)
+    if row_scale is not None:
+        np.multiply(out, row_scale[:, None], out=out)
+    if col_scale is not None:
+        np.multiply(out, col_scale[None, :], out=out)
+    if bias is not None:
+        np.add(out, bias[None, :], out=out)
+    return out
 
 
-def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int, out_dtype=np.int32) -> np.ndarray:
+def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int, out_dtype=np.int32, row_scale=None,
+              col_scale=None, bias=None) -> np.ndarray:
     """The (M, N) products of the +-1 vectors packed in the rows of uint32 a (M, ceil(k/32))
     and b (N, ceil(k/32)): out[m, n] = k - 2 * popcount(a[m] ^ b[n]), the last word masked
     to its k % 32 real bits (when k % 32 != 0).  out_dtype is int32 or float32 (the exact
-    integer, rounded once).  TypeError for dtypes, ValueError for shapes and k.
+    integer, rounded once).  float32 only: row_scale (M,), col_scale (N,) and bias (N,) make
+    each value ((v * row_scale[m]) * col_scale[n]) + bias[n], rounded step by step (an
+    XNOR-Net linear layer: K, alpha, bias).  TypeError for dtypes, ValueError for shapes
+    and k.
     """
     a, b, k, out_dtype = _check_gemm(a, b, k, out_dtype)
+    row_scale, col_scale, bias = _check_gemm_scales(row_scale, col_scale, bias, out_dtype,
+                                                    a.shape[0], b.shape[0])
     if _native is not None:
-        return _native.xnor_gemm(a, b, k, out_dtype.name)
+        return _native.xnor_gemm(a, b, k, out_dtype.name, row_scale, col_scale, bias)
     _warn_fallback_once()
-    return xnor_gemm_numpy(a, b, k, out_dtype)
+    return xnor_gemm_numpy(a, b, k, out_dtype, row_scale, col_scale, bias)
 
 
 def _valid_range(size, out_size, stride, pad, tap):

@@ -210,6 +210,47 @@ def test_xnor_conv2d_any_shape(n, c, h, w, o, kh, kw, sh, sw, ph, pw, backend):
     assert_same(got, reference_conv(x, weight, (sh, sw), (ph, pw)).astype(np.int32))
 
 
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (5, 7, 33), (37, 120, 400), (256, 84, 120)])
+@pytest.mark.parametrize("factors", ["r", "c", "b", "rc", "rcb", "cb"])
+def test_xnor_gemm_scaling_equals_the_float32_operations(backend, m, n, k, factors):
+    """row_scale, col_scale, bias: ((v * K[m]) * alpha[n]) + bias[n], float32, one operation
+    after another, bit for bit (an XNOR-Net linear layer's inference in one call)."""
+    rng = np.random.default_rng(m + n + k)
+    a, b = rand(rng, m, k), rand(rng, n, k)
+    scales = {"r": ("row_scale", np.abs(rand(rng, m)), lambda y, v: y * v[:, None]),
+              "c": ("col_scale", np.abs(rand(rng, n)), lambda y, v: y * v[None, :]),
+              "b": ("bias", rand(rng, n), lambda y, v: y + v[None, :])}
+    expected = (np.where(a >= 0, 1.0, -1.0) @ np.where(b >= 0, 1.0, -1.0).T).astype(np.float32)
+    given = {}
+    for key in factors:
+        name, value, apply = scales[key]
+        expected = apply(expected, value)
+        given[name] = gm.array(value, backend=backend)
+    for operands in [(a, b), None]:
+        if operands is None:                          # packed rows
+            got = gm.xnor_gemm(gm.pack_signs(gm.array(a, backend=backend)),
+                               gm.pack_signs(gm.array(b, backend=backend)), k,
+                               dtype="float32", **given)
+        else:
+            got = gm.xnor_gemm(*(gm.array(v, backend=backend) for v in operands),
+                               dtype="float32", **given)
+        np.testing.assert_array_equal(got.gather(), expected.astype(np.float32))
+
+
+def test_xnor_gemm_scaling_arguments_are_checked(backend):
+    a = gm.array(np.ones((3, 40), np.float32), backend=backend)
+    b = gm.array(np.ones((5, 40), np.float32), backend=backend)
+    with pytest.raises(TypeError, match="row_scale needs dtype='float32'"):
+        gm.xnor_gemm(a, b, row_scale=gm.ones(3, backend=backend))
+    with pytest.raises(ValueError, match=r"col_scale must hold one value per row of b's \(5\)"):
+        gm.xnor_gemm(a, b, dtype="float32", col_scale=gm.ones(3, backend=backend))
+    with pytest.raises(TypeError, match="bias must be single"):
+        gm.xnor_gemm(a, b, dtype="float32", bias=gm.array(np.ones(5), backend=backend))
+    # a (1, N) or (N, 1) vector is taken as the N values
+    got = gm.xnor_gemm(a, b, dtype="float32", col_scale=gm.full((1, 5), 2.0, backend=backend))
+    np.testing.assert_array_equal(got.gather(), np.full((3, 5), 80.0, np.float32))
+
+
 # ---- fused XNOR-Net scaling ------------------------------------------------------------------
 
 @pytest.mark.parametrize("n,c,h,w", [(1, 1, 1, 1), (2, 16, 7, 5), (3, 33, 4, 4), (1, 100, 3, 2)])

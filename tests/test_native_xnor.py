@@ -197,6 +197,25 @@ def test_pack_conv_input_large_and_threaded(restore_threads):
         assert_exact(native.pack_conv_input(x), want, np.uint32, f"{threads} threads")
 
 
+@needs_native
+def test_pack_conv_input_of_one_pixel_images(restore_threads):
+    """N x C x 1 x 1 (a binary linear layer's rows) takes the row packer and sums each row in
+    channel order, eight rows at a time: the twin's words and means exactly, for batches that
+    are and are not multiples of eight, on one thread and two."""
+    for channels in CHANNELS:
+        for batch in (2, 9, 300):
+            x = special_input((batch, channels, 1, 1), batch + channels)
+            x[x == np.inf] = 1.5                      # means that are numbers, mostly
+            want_words, want_mean = native.pack_conv_input_numpy(x, True)
+            assert_exact(want_words, pack_reference(x), np.uint32, "twin")
+            for threads in (1, 2):
+                NATIVE.set_native_threads(threads)
+                got_words, got_mean = NATIVE.pack_conv_input(x, True)
+                what = f"C={channels} N={batch} threads={threads}"
+                assert_exact(got_words, want_words, np.uint32, what)
+                np.testing.assert_array_equal(got_mean, want_mean, err_msg=what)
+
+
 # ---- xnor_gemm ---------------------------------------------------------------------------------
 
 GEMM_SHAPES = [(1, 1), (3, 5), (7, 40), (17, 3), (33, 70), (16, 16), (100, 9), (0, 4), (4, 0),
@@ -229,6 +248,42 @@ def test_xnor_gemm_native_matches_reference(isa, restore_isa):
                 assert_exact(native.xnor_gemm(a, b, k, dtype), want, dtype, what)
                 assert_exact(NATIVE.xnor_gemm(garbage_a, garbage_b, k, np.dtype(dtype).name),
                              want, dtype, what + " (garbage tails)")
+
+
+@needs_native
+def test_xnor_gemm_epilogue_is_the_float32_operations(restore_threads):
+    """row_scale, col_scale, bias: ((v * row_scale[m]) * col_scale[n]) + bias[n] in float32,
+    one operation after another, native (one thread and two) and twin alike; int32 results
+    refuse them."""
+    rng = np.random.default_rng(5)
+    for m, n, k in [(5, 7, 33), (37, 120, 400), (300, 4, 65), (1200, 900, 64)]:
+        a, b = random_words((m, words(k)), m), random_words((n, words(k)), n)
+        v = gemm_reference(a, b, k).astype(np.float32)
+        row, col = (np.abs(rng.standard_normal(s)).astype(np.float32) for s in (m, n))
+        bias = rng.standard_normal(n).astype(np.float32)
+        for given in ({"row_scale": row}, {"col_scale": col}, {"bias": bias},
+                      {"row_scale": row, "col_scale": col, "bias": bias}):
+            want = v.copy()
+            if "row_scale" in given:
+                want = want * row[:, None]
+            if "col_scale" in given:
+                want = want * col[None, :]
+            if "bias" in given:
+                want = want + bias[None, :]
+            what = f"m={m} n={n} k={k} {sorted(given)}"
+            assert_exact(native.xnor_gemm_numpy(a, b, k, np.float32, **given), want,
+                         np.float32, "twin " + what)
+            for threads in (1, 2):
+                NATIVE.set_native_threads(threads)
+                assert_exact(native.xnor_gemm(a, b, k, np.float32, **given), want, np.float32,
+                             f"native {threads} threads " + what)
+    a = random_words((3, 1), 1)
+    with pytest.raises(ValueError, match="need out_dtype float32"):
+        native.xnor_gemm(a, a, 20, np.int32, bias=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"row_scale must have shape \(3,\)"):
+        native.xnor_gemm(a, a, 20, np.float32, row_scale=np.zeros(4, np.float32))
+    with pytest.raises(TypeError, match="need float32 results"):
+        NATIVE.xnor_gemm(a, a, 20, "int32", None, None, np.zeros(3, np.float32))
 
 
 @needs_native

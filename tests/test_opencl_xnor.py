@@ -298,6 +298,25 @@ TUNABLES = {
 TUNED_CONV_CASES = [CONV_CASES[i] for i in (1, 3, 6, 8, 12, 15, 17, 18)]
 
 
+@pytest.mark.parametrize("name", [None] + list(TUNABLES))
+def test_gemm_epilogue_with_every_tunables_set(ocl, params, name):
+    """xnor_gemm with row_scale / col_scale / bias (a's rows as the pixels, b's as the
+    filters, whatever pads less otherwise): ((v * r) * c) + b bit for bit."""
+    params(None if name is None else TUNABLES[name])
+    rng = np.random.default_rng(43)
+    for m, n, k in [(5, 40, 200), (33, 7, 65), (1, 1, 31), (70, 3, 400)]:
+        a, b = (rng.standard_normal(s).astype(np.float32) for s in ((m, k), (n, k)))
+        r, c = (np.abs(rng.standard_normal(s)).astype(np.float32) for s in (m, n))
+        bias = rng.standard_normal(n).astype(np.float32)
+        got = ocl.to_numpy(ocl.xnor_gemm(
+            ocl.from_numpy(pack_rows(a)), ocl.from_numpy(pack_rows(b)), k, np.float32,
+            row_scale=ocl.from_numpy(r), col_scale=ocl.from_numpy(c),
+            bias=ocl.from_numpy(bias)))
+        want = ((((signs(a) @ signs(b).T).astype(np.float32) * r[:, None]) * c[None, :])
+                + bias[None, :])
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("name", list(TUNABLES))
 def test_non_default_tunables(ocl, params, name):
     params(TUNABLES[name])

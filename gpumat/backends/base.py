@@ -187,9 +187,12 @@ class Backend:
         the float32 (N, 1, H, W) mean over channels of |x| from the same pass, as a tuple."""
         raise NotImplementedError
 
-    def xnor_gemm(self, a, b, k, out_dtype):
+    def xnor_gemm(self, a, b, k, out_dtype, row_scale=None, col_scale=None, bias=None):
         """(M, N) ``out_dtype`` (int32 or float32) products of the +-1 rows of uint32 ``a``
-        (M, ceil(k/32)) and ``b`` (N, ceil(k/32)): k - 2 * popcount(a[m] ^ b[n])."""
+        (M, ceil(k/32)) and ``b`` (N, ceil(k/32)): k - 2 * popcount(a[m] ^ b[n]).  Optional
+        float32 ``row_scale`` (M,), ``col_scale`` (N,) and ``bias`` (N,) (float32 results
+        only) make each value ((v * row_scale[m]) * col_scale[n]) + bias[n], in that order
+        and without fused multiply-adds."""
         raise NotImplementedError
 
     #: True where ``xnor_conv2d`` runs a whole XNOR-Net layer's inference itself: it takes

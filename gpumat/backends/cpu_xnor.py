@@ -42,14 +42,15 @@ def _pack_conv_input(self, x, mean_abs=False):
     return self._track(packed), self._track(mean)
 
 
-def _xnor_gemm(self, a, b, k, out_dtype):
+def _xnor_gemm(self, a, b, k, out_dtype, row_scale=None, col_scale=None, bias=None):
     out_dtype = np.dtype(out_dtype)
     shape = (a.shape[0], b.shape[0])
     kernels = native.kernels()
     if kernels is None:
-        return self._run(lambda: native.xnor_gemm_numpy(a, b, k, out_dtype), shape, out_dtype)
-    return self._run(lambda: kernels.xnor_gemm(a, b, int(k), _DTYPE_NAMES[out_dtype]), shape,
-                     out_dtype)
+        return self._run(lambda: native.xnor_gemm_numpy(a, b, k, out_dtype, row_scale,
+                                                        col_scale, bias), shape, out_dtype)
+    return self._run(lambda: kernels.xnor_gemm(a, b, int(k), _DTYPE_NAMES[out_dtype],
+                                               row_scale, col_scale, bias), shape, out_dtype)
 
 
 def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype, pixel_scale=None,

@@ -158,7 +158,7 @@ def _window_mean(self, mean, kernel, stride, padding, out_hw):
     return k
 
 
-def _xnor_gemm(self, a, b, k, out_dtype):
+def _xnor_gemm(self, a, b, k, out_dtype, row_scale=None, col_scale=None, bias=None):
     m, n = a.shape[0], b.shape[0]
     out = self.empty((m, n), out_dtype)
     if out.size == 0:
@@ -166,9 +166,14 @@ def _xnor_gemm(self, a, b, k, out_dtype):
     if k == 0:
         out.fill(0)
         return out
-    x, w, pixels, filters, strides = xnor_launch.gemm_operands(a, b, m, n, gemm_roles(m, n))
+    # with an epilogue a's rows are the pixels (row_scale) and b's the filters (col_scale,
+    # bias), as opencl_xnor does
+    scaled = any(f is not None for f in (row_scale, col_scale, bias))
+    roles = "b" if scaled else gemm_roles(m, n)
+    x, w, pixels, filters, strides = xnor_launch.gemm_operands(a, b, m, n, roles)
     _launch_conv(self, x, w, out, 1, 1, pixels, a.shape[1], k, filters, (1, 1), (1, 1),
-                 (0, 0), (1, pixels), strides)
+                 (0, 0), (1, pixels), strides, pixel_scale=row_scale, filter_scale=col_scale,
+                 bias=bias)
     return out
 
 

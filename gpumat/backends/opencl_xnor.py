@@ -208,7 +208,7 @@ def _window_mean(self, mean, kernel, stride, padding, out_hw):
     return k
 
 
-def _xnor_gemm(self, a, b, k, out_dtype):
+def _xnor_gemm(self, a, b, k, out_dtype, row_scale=None, col_scale=None, bias=None):
     m, n = a.shape[0], b.shape[0]
     words = a.shape[1]
     out = self.empty((m, n), out_dtype)
@@ -218,10 +218,14 @@ def _xnor_gemm(self, a, b, k, out_dtype):
         self.free(out)
         return self.full((m, n), 0, out_dtype)
     params = parameters(self)
-    x, w, pixels, filters, strides = xnor_launch.gemm_operands(a, b, m, n,
-                                                               gemm_roles(m, n, params))
+    # with an epilogue a's rows are the pixels (row_scale: their pixel scale) and b's the
+    # filters (col_scale, bias), whichever pads less otherwise
+    scaled = any(f is not None for f in (row_scale, col_scale, bias))
+    roles = "b" if scaled else gemm_roles(m, n, params)
+    x, w, pixels, filters, strides = xnor_launch.gemm_operands(a, b, m, n, roles)
     launch_conv(self, x, w, out, 1, 1, pixels, words, k, filters, (1, 1), (1, 1), (0, 0),
-                (1, pixels), strides, params)
+                (1, pixels), strides, params, pixel_scale=row_scale, filter_scale=col_scale,
+                bias=bias)
     return out
 
 

@@ -42,9 +42,10 @@ Inference.  In ``eval()`` mode, when no gradient is being recorded (``no_grad()`
 fine-tune with frozen batch norm, takes the training path, which computes the same values):
 
 * ``"xnor"`` packs the input's signs (``gm.pack_conv_input``, which also gives the channel
-  mean of |x| in the same pass, / ``gm.pack_signs``) and runs ``gm.xnor_conv2d`` /
-  ``gm.xnor_gemm`` on the cached packed weight; the convolution scales by K and alpha and
-  adds the bias as it stores its results (the training forward's operations in its order).
+  mean of |x| in the same pass -- for the linear layer, of each sample's row) and runs
+  ``gm.xnor_conv2d`` / ``gm.xnor_gemm`` on the cached packed weight, which scale by K and
+  alpha and add the bias as they make their results (the training forward's operations in
+  its order): a linear layer is two calls, packing and the product.
   The convolution layer is one call (``gm.xnor_conv2d(x, ..., pixel_scale="window_mean")``:
   packing, the channel means, K and the products; on cpu in one native parallel pass, on
   OpenCL and CUDA in three launches); K there sums the window in tap order where training's
@@ -488,12 +489,18 @@ class BinaryLinear(_Binary, Linear):
         if self.mode != "xnor":
             y = F.linear(x, cache["weight"], bias).data
             return y
-        k = gm.abs(x).mean(axis=1, keepdims=True)
         if cache["packed"] is not None and x.dtype == np.float32:
-            y = gm.xnor_gemm(gm.pack_signs(x), cache["packed"], self.in_features,
-                             dtype="float32")
-        else:
-            y = F.linear(sign(x), cache["weight"]).data
+            # the signs packed with K = mean |x| per sample taken in the same pass (each
+            # sample a 1 x 1 image of in_features channels), then the products scaled by K
+            # and alpha, and the bias added, as they are made (the training path's order)
+            n = x.shape[0]
+            packed, k = gm.pack_conv_input(x.reshape(n, self.in_features, 1, 1),
+                                           mean_abs=True)
+            return gm.xnor_gemm(packed.reshape(n, packed.shape[3]), cache["packed"],
+                                self.in_features, dtype="float32", row_scale=k.reshape(n),
+                                col_scale=cache["alpha"], bias=bias)
+        k = gm.abs(x).mean(axis=1, keepdims=True)
+        y = F.linear(sign(x), cache["weight"]).data
         y = y * k * cache["alpha"].reshape(1, -1)
         return y if bias is None else y + bias
 

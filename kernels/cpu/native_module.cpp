@@ -831,29 +831,7 @@ nb::object pack_conv_input(const AnyCpuArray &x, bool mean_abs) {
 // the largest k (or kh * kw * C) whose sums stay well inside int32
 constexpr int64_t kMaxXnorBits = int64_t(1) << 28;
 
-nb::object xnor_gemm(const AnyCpuArray &a, const AnyCpuArray &b, int64_t k,
-                     const std::string &out_dtype) {
-    const char *what = "xnor_gemm";
-    require_packed(a, what, "a", 2);
-    require_packed(b, what, "b", 2);
-    const bool is_float = float_output(out_dtype, what);
-    if (k < 1 || k > kMaxXnorBits)
-        fail_value(what, "k must be between 1 and " + std::to_string(kMaxXnorBits) + ", got " +
-                             std::to_string(k));
-    const int64_t words = (k + 31) / 32;
-    if (extent(a, 1) != words || extent(b, 1) != words)
-        fail_value(what, "k = " + std::to_string(k) + " needs " + std::to_string(words) +
-                             " words per row, but a has shape " + gpumat::shape_text(a) +
-                             " and b has shape " + gpumat::shape_text(b));
-    const int64_t m = extent(a, 0), n = extent(b, 0);
-    const uint32_t *a_data = static_cast<const uint32_t *>(a.data());
-    const uint32_t *b_data = static_cast<const uint32_t *>(b.data());
-    return xnor_result(is_float, {(size_t) m, (size_t) n}, [&](void *out) {
-        gpumat::xnor::xnor_gemm(a_data, b_data, m, n, k, out, is_float);
-    });
-}
-
-// An optional float32 C-contiguous epilogue operand of xnor_conv2d with `shape`.
+// An optional float32 C-contiguous epilogue operand of xnor_gemm / xnor_conv2d with `shape`.
 const float *xnor_scale(const std::optional<AnyCpuArray> &v, const char *what, const char *name,
                         const std::vector<int64_t> &shape) {
     if (!v)
@@ -874,6 +852,38 @@ const float *xnor_scale(const std::optional<AnyCpuArray> &v, const char *what, c
                              gpumat::shape_text(*v));
     }
     return static_cast<const float *>(v->data());
+}
+
+nb::object xnor_gemm(const AnyCpuArray &a, const AnyCpuArray &b, int64_t k,
+                     const std::string &out_dtype,
+                     const std::optional<AnyCpuArray> &row_scale,
+                     const std::optional<AnyCpuArray> &col_scale,
+                     const std::optional<AnyCpuArray> &bias) {
+    const char *what = "xnor_gemm";
+    require_packed(a, what, "a", 2);
+    require_packed(b, what, "b", 2);
+    const bool is_float = float_output(out_dtype, what);
+    if (k < 1 || k > kMaxXnorBits)
+        fail_value(what, "k must be between 1 and " + std::to_string(kMaxXnorBits) + ", got " +
+                             std::to_string(k));
+    const int64_t words = (k + 31) / 32;
+    if (extent(a, 1) != words || extent(b, 1) != words)
+        fail_value(what, "k = " + std::to_string(k) + " needs " + std::to_string(words) +
+                             " words per row, but a has shape " + gpumat::shape_text(a) +
+                             " and b has shape " + gpumat::shape_text(b));
+    const int64_t m = extent(a, 0), n = extent(b, 0);
+    const uint32_t *a_data = static_cast<const uint32_t *>(a.data());
+    const uint32_t *b_data = static_cast<const uint32_t *>(b.data());
+    if ((row_scale || col_scale || bias) && !is_float)
+        fail_type(what, "row_scale, col_scale and bias need float32 results");
+    const float *rows = xnor_scale(row_scale, what, "row_scale", {m});
+    const float *cols = xnor_scale(col_scale, what, "col_scale", {n});
+    const float *shift = xnor_scale(bias, what, "bias", {n});
+    return xnor_result(is_float, {(size_t) m, (size_t) n}, [&](void *out) {
+        gpumat::xnor::xnor_gemm(a_data, b_data, m, n, k, out, is_float);
+        if (is_float)
+            gpumat::xnor::gemm_epilogue(static_cast<float *>(out), m, n, rows, cols, shift);
+    });
 }
 
 nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t channels,
@@ -1097,10 +1107,15 @@ NB_MODULE(_native, module) {
                "mean_abs: returns (packed, mean), mean float32 N x 1 x H x W the mean of |x|\n"
                "over the channels (float32 sum in channel order, divided by C), same pass.");
     module.def("xnor_gemm", &xnor_gemm, "a"_a.noconvert(), "b"_a.noconvert(), "k"_a,
-               "out_dtype"_a,
+               "out_dtype"_a, "row_scale"_a.noconvert().none() = nb::none(),
+               "col_scale"_a.noconvert().none() = nb::none(),
+               "bias"_a.noconvert().none() = nb::none(),
                "k - 2 popcount(a[i] XOR b[j]) for packed uint32 rows a (m x ceil(k / 32))\n"
                "and b (n x ceil(k / 32)) of k signs: the m x n products of the +-1\n"
-               "vectors, int32 or float32 (out_dtype); the padding bits never count.");
+               "vectors, int32 or float32 (out_dtype); the padding bits never count.\n"
+               "float32 only: optional row_scale (m), col_scale (n) and bias (n) make\n"
+               "each value ((v * row_scale[i]) * col_scale[j]) + bias[j], rounded step\n"
+               "by step (an XNOR-Net linear layer's K, alpha and bias).");
     module.def("xnor_conv2d", &xnor_conv2d, "xp"_a.noconvert(), "wp"_a.noconvert(),
                "channels"_a, "stride"_a, "padding"_a, "out_hw"_a, "out_dtype"_a,
                "pixel_scale"_a.noconvert().none() = nb::none(),

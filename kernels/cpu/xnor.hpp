@@ -84,6 +84,7 @@
 
 #include "compiler.hpp"
 #include "isa.hpp"
+#include "pack_signs.hpp"
 #include "thread_pool.hpp"
 
 namespace gpumat {
@@ -447,11 +448,48 @@ inline int pool_threads(double work) {
 // of |x[n][c][h][x]| over the channels: summed in float32 in channel order 0, 1, ..., C - 1
 // (starting from 0.0f), then divided by C (one correctly rounded division, not a
 // multiplication by 1 / C).
+// One-pixel images (a binary linear layer's rows, N x C x 1 x 1): the packed words are
+// pack_signs' rows, and each row's mean is its own sum in channel order; eight rows at a
+// time, so that eight independent sums keep the adder busy where one sum's chain of
+// dependent additions would leave it idle.
+inline void row_means_abs(const float *x, int64_t rows, int64_t channels, float *mean) {
+    constexpr int64_t kRows = 8;
+    const int64_t blocks = blocks_of(rows, kRows);
+    const int threads = pool_threads((double) rows * channels * 8.0);
+    const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(
+        blocks, 4 * (int64_t) ThreadPool::instance().threads());
+    const float divisor = (float) channels;
+    ThreadPool::instance().run(chunks, threads, [&](int64_t chunk) {
+        for (int64_t b = blocks * chunk / chunks; b < blocks * (chunk + 1) / chunks; ++b) {
+            const int64_t r0 = b * kRows, count = std::min(kRows, rows - r0);
+            float sums[kRows] = {};
+            const float *row = x + r0 * channels;
+            if (count == kRows) {
+                for (int64_t c = 0; c < channels; ++c)
+                    for (int64_t r = 0; r < kRows; ++r)
+                        sums[r] += std::fabs(row[r * channels + c]);
+            } else {
+                for (int64_t r = 0; r < count; ++r)
+                    for (int64_t c = 0; c < channels; ++c)
+                        sums[r] += std::fabs(row[r * channels + c]);
+            }
+            for (int64_t r = 0; r < count; ++r)
+                mean[r0 + r] = sums[r] / divisor;
+        }
+    });
+}
+
 inline void pack_conv_input(const float *x, uint32_t *out, int64_t batch, int64_t channels,
                             int64_t height, int64_t width, float *mean = nullptr) {
     const int64_t pixels = height * width;
     if (batch == 0 || pixels == 0 || channels == 0)
         return;
+    if (pixels == 1 && batch > 1) {
+        pack_signs_rows(x, out, (size_t) batch, (size_t) channels);
+        if (mean != nullptr)
+            row_means_abs(x, batch, channels, mean);
+        return;
+    }
     const Kernels &k = kernels_for(Dispatch::current());
     const int64_t words = blocks_of(channels, 32);
     // memory-bound: a second core pays from about 256 Ki floats (1 MiB, ~25 us) on
@@ -582,6 +620,52 @@ inline void xnor_gemm(const uint32_t *a, const uint32_t *b, int64_t m, int64_t n
         const int64_t lane_begin = p * panel, lane_end = std::min(lanes, lane_begin + panel);
         for (int64_t block = blocks * g / groups; block < blocks * (g + 1) / groups; ++block)
             isa.run_block(job, block, lane_begin, lane_end);
+    });
+}
+
+// An XNOR-Net linear layer's epilogue on xnor_gemm's float32 results (m x n, row-major):
+// out[i][j] = ((out[i][j] * row_scale[i]) * col_scale[j]) + bias[j] (K per sample, alpha and
+// the bias per output feature), each term left out where null, every operation rounded on
+// its own (never contracted into an FMA: this baseline code has no FMA instruction, and the
+// attribute and pragma keep a build for a wider target from contracting), so the values are
+// NumPy's float32 expression's and the OpenCL / CUDA kernels' (whose stores apply the same
+// order).  Rows split over the threads where there are many.
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+inline void gemm_epilogue_rows(float *out, int64_t i0, int64_t i1, int64_t n,
+                               const float *row_scale, const float *col_scale,
+                               const float *bias) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int64_t i = i0; i < i1; ++i) {
+        float *row = out + i * n;
+        const float r = row_scale != nullptr ? row_scale[i] : 1.0f;
+        for (int64_t j = 0; j < n; ++j) {
+            float v = row[j];
+            if (row_scale != nullptr)
+                v = v * r;
+            if (col_scale != nullptr)
+                v = v * col_scale[j];
+            if (bias != nullptr)
+                v = v + bias[j];
+            row[j] = v;
+        }
+    }
+}
+
+inline void gemm_epilogue(float *out, int64_t m, int64_t n, const float *row_scale,
+                          const float *col_scale, const float *bias) {
+    if (m == 0 || n == 0 || (row_scale == nullptr && col_scale == nullptr && bias == nullptr))
+        return;
+    // memory-bound, a few operations a value: a second thread pays from about 1 Mi values
+    const int threads = (double) m * n < double(1 << 20) ? 1 : std::numeric_limits<int>::max();
+    const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(
+        m, 4 * (int64_t) ThreadPool::instance().threads());
+    ThreadPool::instance().run(chunks, threads, [&](int64_t c) {
+        gemm_epilogue_rows(out, m * c / chunks, m * (c + 1) / chunks, n, row_scale, col_scale,
+                           bias);
     });
 }
 
