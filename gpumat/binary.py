@@ -200,15 +200,7 @@ def xnor_gemm(a, b, k=None, dtype="int32", *, row_scale=None, col_scale=None, bi
                               ("col_scale", col_scale, b.shape[0]), ("bias", bias, b.shape[0])):
         if value is None:
             continue
-        if out_dtype != _FLOAT32:
-            raise DtypeError(f"{what}: {name} needs dtype='float32' results, got {out_dtype}")
-        v = _array(value, what, name)
-        if v._backend is not backend:
-            from .errors import BackendMismatchError
-            raise BackendMismatchError(f"{what}: {name} is on {v._backend.name!r} but the "
-                                       f"operands are on {backend.name!r}")
-        if v.dtype != _FLOAT32:
-            raise DtypeError(f"{what}: {name} must be single (float32), got {v.dtype}")
+        v = _float_factor(what, backend, out_dtype, name, value)
         if v.size != size or (v.ndim != 1 and max(v.shape, default=0) != v.size):
             rows = "a's" if name == "row_scale" else "b's"
             raise ShapeError(f"{what}: {name} must hold one value per row of {rows} ({size}), "
@@ -411,6 +403,20 @@ def window_mean(a, kernel, stride, padding):
     return conv2d(a, window_box(kernel, a), stride=stride, padding=padding)
 
 
+def _float_factor(what, backend, out_dtype, name, value):
+    """An epilogue operand as a float32 Array on ``backend`` (float32 results only)."""
+    if out_dtype != _FLOAT32:
+        raise DtypeError(f"{what}: {name} needs dtype='float32' results, got {out_dtype}")
+    a = _array(value, what, name)
+    if a._backend is not backend:
+        from .errors import BackendMismatchError
+        raise BackendMismatchError(f"{what}: {name} is on {a._backend.name!r} but the "
+                                   f"operands are on {backend.name!r}")
+    if a.dtype != _FLOAT32:
+        raise DtypeError(f"{what}: {name} must be single (float32), got {a.dtype}")
+    return a
+
+
 def _epilogue(what, backend, out_dtype, out_shape, **factors):
     """The given scale / bias factors as contiguous float32 Arrays of the kernel's shapes."""
     n, o, oh, ow = out_shape
@@ -420,15 +426,7 @@ def _epilogue(what, backend, out_dtype, out_shape, **factors):
     for name, value in factors.items():
         if value is None:
             continue
-        if out_dtype != _FLOAT32:
-            raise DtypeError(f"{what}: {name} needs dtype='float32' results, got {out_dtype}")
-        a = _array(value, what, name)
-        if a._backend is not backend:
-            from .errors import BackendMismatchError
-            raise BackendMismatchError(f"{what}: {name} is on {a._backend.name!r} but the "
-                                       f"operands are on {backend.name!r}")
-        if a.dtype != _FLOAT32:
-            raise DtypeError(f"{what}: {name} must be single (float32), got {a.dtype}")
+        a = _float_factor(what, backend, out_dtype, name, value)
         wanted, shape = shapes[name], a.shape
         if shape not in wanted and not (name in ("filter_scale", "bias") and a.size == o):
             listed = " or ".join(str(s) for s in wanted)

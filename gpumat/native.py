@@ -260,21 +260,16 @@ def _check_conv(xp, wp, channels, stride, padding, out_hw, out_dtype):
     return xp, wp, channels, stride, padding, out_hw, out_dtype
 
 
-def _check_scales(pixel_scale, filter_scale, bias, out_dtype, n, o, out_hw, residual=None):
-    """The epilogue operands of xnor_conv2d, checked: float32 (N, OH, OW), (O,), (O,),
-    (N, O, OH, OW) or None, only with out_dtype float32; C-contiguous copies where needed."""
-    what = "xnor_conv2d"
-    given = [(name, v) for name, v in (("pixel_scale", pixel_scale),
-                                       ("filter_scale", filter_scale), ("bias", bias),
-                                       ("residual", residual))
-             if v is not None]
-    if given and out_dtype != np.float32:
-        raise ValueError(f"{what}: {', '.join(name for name, _ in given)} need out_dtype "
-                         f"float32, got {out_dtype}")
-    shapes = {"pixel_scale": (n,) + tuple(out_hw), "filter_scale": (o,), "bias": (o,),
-              "residual": (n, o) + tuple(out_hw)}
-    checked = {}
-    for name, v in given:
+def _check_float_operands(what, given, shapes, out_dtype):
+    """Epilogue operands {name: ndarray or None}, checked against ``shapes``: float32 arrays
+    of those shapes, only with out_dtype float32; {name: C-contiguous array or None}."""
+    present = [name for name, v in given.items() if v is not None]
+    if present and out_dtype != np.float32:
+        raise ValueError(f"{what}: {', '.join(present)} need out_dtype float32, got "
+                         f"{out_dtype}")
+    checked = dict.fromkeys(given)
+    for name in present:
+        v = given[name]
         if not isinstance(v, np.ndarray):
             raise TypeError(f"{what}: {name} must be a numpy.ndarray of float32, got "
                             f"{type(v).__name__}")
@@ -283,8 +278,18 @@ def _check_scales(pixel_scale, filter_scale, bias, out_dtype, n, o, out_hw, resi
         if v.shape != shapes[name]:
             raise ValueError(f"{what}: {name} must have shape {shapes[name]}, got {v.shape}")
         checked[name] = np.ascontiguousarray(v)
-    return (checked.get("pixel_scale"), checked.get("filter_scale"), checked.get("bias"),
-            checked.get("residual"))
+    return checked
+
+
+def _check_scales(pixel_scale, filter_scale, bias, out_dtype, n, o, out_hw, residual=None):
+    """The epilogue operands of xnor_conv2d, checked: float32 (N, OH, OW), (O,), (O,),
+    (N, O, OH, OW) or None, only with out_dtype float32; C-contiguous copies where needed."""
+    checked = _check_float_operands(
+        "xnor_conv2d", {"pixel_scale": pixel_scale, "filter_scale": filter_scale,
+                        "bias": bias, "residual": residual},
+        {"pixel_scale": (n,) + tuple(out_hw), "filter_scale": (o,), "bias": (o,),
+         "residual": (n, o) + tuple(out_hw)}, out_dtype)
+    return tuple(checked.values())
 
 
 def _apply_scales(out, pixel_scale, filter_scale, bias, residual=None):
@@ -358,22 +363,10 @@ def _masked(a, mask):
 def _check_gemm_scales(row_scale, col_scale, bias, out_dtype, m, n):
     """xnor_gemm's epilogue operands, checked: float32 (M,), (N,), (N,) or None, only with
     out_dtype float32; C-contiguous copies where needed."""
-    given = {name: v for name, v in (("row_scale", row_scale), ("col_scale", col_scale),
-                                     ("bias", bias)) if v is not None}
-    if given and out_dtype != np.float32:
-        raise ValueError(f"xnor_gemm: {', '.join(given)} need out_dtype float32, got "
-                         f"{out_dtype}")
-    shapes = {"row_scale": (m,), "col_scale": (n,), "bias": (n,)}
-    for name, v in given.items():
-        if not isinstance(v, np.ndarray):
-            raise TypeError(f"xnor_gemm: {name} must be a numpy.ndarray of float32, got "
-                            f"{type(v).__name__}")
-        if v.dtype != np.float32:
-            raise TypeError(f"xnor_gemm: {name} must be float32, got dtype {v.dtype}")
-        if v.shape != shapes[name]:
-            raise ValueError(f"xnor_gemm: {name} must have shape {shapes[name]}, got {v.shape}")
-        given[name] = np.ascontiguousarray(v)
-    return given.get("row_scale"), given.get("col_scale"), given.get("bias")
+    checked = _check_float_operands(
+        "xnor_gemm", {"row_scale": row_scale, "col_scale": col_scale, "bias": bias},
+        {"row_scale": (m,), "col_scale": (n,), "bias": (n,)}, out_dtype)
+    return tuple(checked.values())
 
 
 def xnor_gemm_numpy(a: np.ndarray, b: np.ndarray, k: int, out_dtype=np.int32,
