@@ -242,19 +242,13 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
     temporaries = []
     if np.dtype(xp.dtype) == np.float32:         # a whole layer: pack (and K) here first
         params = parameters(self)
-        _, c, h, w = xp.shape
-        packed = self.empty((n, h, w, cdiv(c, 32)), np.uint32)
-        bn = None
-        if bn_mean is not None:
-            inv_std = self.batch_norm_inv_std(bn_var, bn_eps)
-            temporaries.append(inv_std)
-            bn = (bn_mean, inv_std, bn_weight, bn_bias)
-        mean = _pack_fused(self, xp, packed, params, window_mean, bn)
-        xp = packed
-        temporaries.append(packed)
-        if window_mean:
-            pixel_scale = _window_mean(self, mean, (kh, kw), stride, padding, out_hw)
-            temporaries += [mean, pixel_scale]
+        bn = None if bn_mean is None else (bn_mean, bn_var, bn_weight, bn_bias, bn_eps)
+        xp, k, temporaries = xnor_launch.layer_input(
+            self, xp, window_mean, bn, (kh, kw), stride, padding, out_hw,
+            lambda x, out, mean_abs, folded: _pack_fused(self, x, out, params, mean_abs,
+                                                         folded),
+            lambda *args: _window_mean(self, *args))
+        pixel_scale = k if window_mean else pixel_scale
     try:
         h, w, words = xp.shape[1:]
         if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside

@@ -1,7 +1,9 @@
 """Launch arithmetic shared by the OpenCL and CUDA XNOR launchers (opencl_xnor.py,
 cuda_xnor.py), whose kernels are one source, kernels/common/xnor.h: how much a launch pads
-its work, how xnor_gemm runs as a 1 x 1 convolution of one image, and the flags of the
-packing kernel and of the convolution's epilogue."""
+its work, how xnor_gemm runs as a 1 x 1 convolution of one image, the flags of the
+packing kernel and of the convolution's epilogue, and the launches before the convolution
+in a whole layer's call."""
+import numpy as np
 
 #: xnor_pack_conv_input_fused's flags (kernels/common/xnor.h)
 PACK_MEAN, PACK_AFFINE, PACK_WEIGHT, PACK_BIAS = 1, 2, 4, 8
@@ -52,3 +54,28 @@ def gemm_operands(a, b, m, n, roles):
     if roles == "a":            # filters = a's rows, pixels = b's rows
         return b, a, n, m, (0, n, 1)
     return a, b, m, n, (0, 1, n)  # filters = b's rows, pixels = a's rows
+
+
+def layer_input(backend, x, window_mean, bn, kernel, stride, padding, out_hw, pack, window):
+    """The launches before the convolution in a whole XNOR-Net layer's call
+    (``xnor_conv2d_fuses_layer``) from float32 ``x`` (N, C, H, W): inv_std for the batch
+    norm ``bn`` = (mean, var, weight, bias, eps) or None, the packing with that batch norm
+    folded in and the channel means, and with ``window_mean`` K from them.  ``pack(x, out,
+    mean_abs, (mean, inv_std, weight, bias) or None)`` returns the means (or None) and
+    ``window(mean, kernel, stride, padding, out_hw)`` returns K: the backend's launchers.
+    Returns (packed input, K or None, the temporaries for the caller to free)."""
+    n, c, h, w = x.shape
+    packed = backend.empty((n, h, w, cdiv(c, 32)), np.uint32)
+    temporaries = [packed]
+    folded = None
+    if bn is not None:
+        mean, var, weight, bias, eps = bn
+        inv_std = backend.batch_norm_inv_std(var, eps)
+        temporaries.append(inv_std)
+        folded = (mean, inv_std, weight, bias)
+    means = pack(x, packed, window_mean, folded)
+    k = None
+    if window_mean:
+        k = window(means, kernel, stride, padding, out_hw)
+        temporaries += [means, k]
+    return packed, k, temporaries
