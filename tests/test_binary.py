@@ -396,6 +396,25 @@ def test_a_whole_layer_keeps_no_temporaries(backend):
     assert gm.memory_info(backend)["bytes_in_use"] == before
 
 
+def test_no_input_channel_gives_the_epilogue_of_zeros(backend):
+    """C = 0: every product is the empty sum 0 (as conv2d's), the scaling runs on the zeros
+    (the bias and residual stay), and K, the mean |x| over no channel, is NaN."""
+    def arr(v):
+        return gm.array(np.asarray(v, np.float32), backend=backend)
+
+    x, w = arr(np.zeros((2, 0, 4, 3))), arr(np.zeros((3, 0, 3, 3)))
+    residual = arr(np.arange(2 * 3 * 4 * 3).reshape(2, 3, 4, 3))
+    got = gm.xnor_conv2d(x, w, padding=1, dtype="int32")
+    np.testing.assert_array_equal(got.gather(), np.zeros((2, 3, 4, 3), np.int32))
+    got = gm.xnor_conv2d(x, w, padding=1, filter_scale=arr([1, 2, 3]), bias=arr([1, 2, 3]),
+                         residual=residual)
+    want = np.broadcast_to(np.float32([1, 2, 3]).reshape(1, 3, 1, 1), (2, 3, 4, 3)) \
+        + residual.gather()
+    np.testing.assert_array_equal(got.gather(), want)
+    got = gm.xnor_conv2d(x, w, padding=1, pixel_scale="window_mean", bias=arr([1, 2, 3]))
+    assert np.isnan(got.gather()).all()
+
+
 def test_residual_is_added_last(backend):
     """residual=R: the result plus R, bit for bit the separate addition (added as the kernel
     stores its results), after the scaling and with packed or float operands."""

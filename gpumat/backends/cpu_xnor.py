@@ -67,6 +67,17 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype, pix
     out_dtype = np.dtype(out_dtype)
     stride, padding, out_hw = tuple(stride), tuple(padding), tuple(out_hw)
     shape = (xp.shape[0], wp.shape[0]) + out_hw
+    if channels == 0:
+        # no channel: every v is 0 (as conv2d's and the other backends'), the epilogue run on
+        # the zeros; K, the mean |x| over no channel, is NaN
+        def nothing():
+            out = np.zeros(shape, out_dtype)
+            if out_dtype != np.float32:
+                return out
+            scale = np.full((shape[0],) + out_hw, np.nan, np.float32) if window_mean \
+                else pixel_scale
+            return native._apply_scales(out, scale, filter_scale, bias, residual)
+        return self._run(nothing, shape, out_dtype)
     kernels = native.kernels()
     if kernels is None:
         if xp.dtype == np.float32:
