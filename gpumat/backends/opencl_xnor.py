@@ -201,8 +201,10 @@ def _window_mean(self, mean, kernel, stride, padding, out_hw):
     if k.size == 0:
         return k
     rows = n * out_hw[0]                     # a work-item per output row
-    wg = min(parameters(self)["PACK_WG"], rows)
-    knl = _kernel(self, "xnor_window_mean", {})
+    params = parameters(self)
+    wg = min(params["PACK_WG"], rows)
+    # (the packing's program: built once for both)
+    knl = _kernel(self, "xnor_window_mean", kernel_defines(params))
     knl(self.queue, (min(cdiv(rows, wg), _MAX_GROUPS) * wg,), (wg,), _live(mean), k.data, n,
         h, w, *kernel, *stride, *padding, *out_hw)
     return k
