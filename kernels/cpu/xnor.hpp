@@ -442,12 +442,6 @@ inline int pool_threads(double work) {
 
 // ---- pack_conv_input ----------------------------------------------------------------------------
 
-// out (N x H x W x Wc words) = the channel signs of each pixel of x (N x C x H x W floats):
-// bit j of word w of pixel (n, h, x) is x[n][32 w + j][h][x] >= 0, padding bits 0.  Where
-// `mean` (N x H x W floats) is not null, the same pass also writes mean[n][h][x] = the mean
-// of |x[n][c][h][x]| over the channels: summed in float32 in channel order 0, 1, ..., C - 1
-// (starting from 0.0f), then divided by C (one correctly rounded division, not a
-// multiplication by 1 / C).
 // One-pixel images (a binary linear layer's rows, N x C x 1 x 1): the packed words are
 // pack_signs' rows, and each row's mean is its own sum in channel order; eight rows at a
 // time, so that eight independent sums keep the adder busy where one sum's chain of
@@ -479,6 +473,12 @@ inline void row_means_abs(const float *x, int64_t rows, int64_t channels, float 
     });
 }
 
+// out (N x H x W x Wc words) = the channel signs of each pixel of x (N x C x H x W floats):
+// bit j of word w of pixel (n, h, x) is x[n][32 w + j][h][x] >= 0, padding bits 0.  Where
+// `mean` (N x H x W floats) is not null, the same pass also writes mean[n][h][x] = the mean
+// of |x[n][c][h][x]| over the channels: summed in float32 in channel order 0, 1, ..., C - 1
+// (starting from 0.0f), then divided by C (one correctly rounded division, not a
+// multiplication by 1 / C).  A batch of one-pixel images takes the row path above.
 inline void pack_conv_input(const float *x, uint32_t *out, int64_t batch, int64_t channels,
                             int64_t height, int64_t width, float *mean = nullptr) {
     const int64_t pixels = height * width;
