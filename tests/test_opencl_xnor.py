@@ -551,7 +551,7 @@ def check_fused_layer(ocl, rng, n, c, h, w, o, kh, kw, stride, padding):
     bias = rng.standard_normal(o).astype(np.float32)
     residual = rng.standard_normal((n, o) + out_hw).astype(np.float32)
     xg = put(x)
-    for bn_weight, bn_shift in [(weight, shift), (None, None), (weight, None)]:
+    for bn_weight, bn_shift in [(weight, shift), (None, None), (weight, None), (None, shift)]:
         statistics = (put(mean), put(var), put(bn_weight), put(bn_shift), 1e-5)
         y = gm.batch_norm_forward(xg, statistics[2], statistics[3], statistics[0],
                                   statistics[1], 1e-5, training=False).y
