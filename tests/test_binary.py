@@ -396,6 +396,39 @@ def test_a_whole_layer_keeps_no_temporaries(backend):
     assert gm.memory_info(backend)["bytes_in_use"] == before
 
 
+def test_backends_without_a_fused_layer_get_the_separate_operations(backend, monkeypatch):
+    """A backend whose xnor_conv2d takes only packed input (xnor_conv2d_fuses_layer False,
+    the base class's default) gets batch_norm_forward, pack_conv_input, K by the box filter
+    and the residual addition around it from gm.xnor_conv2d: the fused call's bits, K's to
+    float32 rounding."""
+    rng = np.random.default_rng(17)
+    c, o = 20, 6
+
+    def arr(v):
+        return gm.array(v, backend=backend)
+
+    x, wp = arr(rand(rng, 2, c, 7, 6)), gm.pack_conv_weight(arr(rand(rng, o, c, 3, 3)))
+    statistics = (arr(rand(rng, c)), arr(np.abs(rand(rng, c)) + 0.5), arr(rand(rng, c)),
+                  arr(rand(rng, c)), 1e-5)
+    factors = {"filter_scale": arr(np.abs(rand(rng, o))), "bias": arr(rand(rng, o)),
+               "residual": arr(rand(rng, 2, o, 4, 3))}
+    calls = []
+    impl = gm.backends.get(backend)
+    original = impl.xnor_conv2d
+    fused = [gm.xnor_conv2d(x, wp, stride=2, padding=1, channels=c, batch_norm=statistics,
+                            pixel_scale=k, **factors).gather() for k in (None, "window_mean")]
+    monkeypatch.setattr(impl, "xnor_conv2d_fuses_layer", False)
+    monkeypatch.setattr(impl, "xnor_conv2d", lambda xp, *a, **kw: calls.append(
+        (xp.dtype, sorted(kw))) or original(xp, *a, **kw))
+    separate = [gm.xnor_conv2d(x, wp, stride=2, padding=1, channels=c, batch_norm=statistics,
+                               pixel_scale=k, **factors).gather()
+                for k in (None, "window_mean")]
+    assert calls == [(np.uint32, ["bias", "filter_scale"]),
+                     (np.uint32, ["bias", "filter_scale", "pixel_scale"])]
+    np.testing.assert_array_equal(separate[0], fused[0])
+    np.testing.assert_allclose(separate[1], fused[1], rtol=1e-5, atol=1e-5 * 9 * c)
+
+
 def test_no_input_channel_gives_the_epilogue_of_zeros(backend):
     """C = 0: every product is the empty sum 0 (as conv2d's), the scaling runs on the zeros
     (the bias and residual stay), and K, the mean |x| over no channel, is NaN."""
