@@ -797,6 +797,12 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
     #define XNOR_PLUS_RESIDUAL(y, at)                                               \
         ((epilogue & XNOR_RESIDUAL)                                                 \
              ? XNOR_FLOAT_BITS(XNOR_ADD_RN(XNOR_BITS_FLOAT(y), residual[at])) : (y))
+#if XNOR_TRANSPOSED_STORE
+    /* the same for 16 adjacent results (int16 of float bits) stored from out[at] on */
+    #define XNOR_PLUS_RESIDUAL16(y, at)                                             \
+        ((epilogue & XNOR_RESIDUAL)                                                 \
+             ? as_int16(as_float16(y) + vload16(0, residual + (at))) : (y))
+#endif
 
     /* y = valid_taps * C - 2 * popcounts.  Stored filter by filter, each filter's pixels in
      * turn: on a CPU the VW filters of a vector lie a whole plane apart (4 KiB for 32 x 32
@@ -832,18 +838,15 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
                 for (int k = 0; k < 16; ++k)
                     if (live[q0 + k]) {
                         const i64 at = o_base[q0 + k] + o_first;
-                        if (epilogue & XNOR_RESIDUAL)
-                            block[k] = as_int16(as_float16(block[k]) + vload16(0, residual + at));
-                        vstore16(block[k], 0, out + at);
+                        vstore16(XNOR_PLUS_RESIDUAL16(block[k], at), 0, out + at);
                     }
             } else if (lanes == 16 && live[q0 + 15] && o_base[q0 + 15] - o_base[q0] == 15) {
                 XNOR_TRANSPOSE16(block);
                 XNOR_UNROLL
                 for (int l = 0; l < 16; ++l) {
                     const i64 at = o_base[q0] + (i64)(o_first + l) * out_so;
-                    if (epilogue & XNOR_RESIDUAL)   /* 16 adjacent pixels of filter l */
-                        block[l] = as_int16(as_float16(block[l]) + vload16(0, residual + at));
-                    vstore16(block[l], 0, out + at);
+                    /* (16 adjacent pixels of filter l) */
+                    vstore16(XNOR_PLUS_RESIDUAL16(block[l], at), 0, out + at);
                 }
             } else {
                 for (int l = 0; l < lanes; ++l)
