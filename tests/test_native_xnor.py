@@ -414,6 +414,67 @@ def test_xnor_conv2d_threads_and_row_blocks(restore_threads):
 
 
 @needs_native
+def test_xnor_conv2d_keeps_its_weight_preparations(restore_isa):
+    """The weight blocks and border table are made once per (weights, geometry, instruction
+    set) and used again only while the weights' words are unchanged: a buffer refilled in
+    place, another geometry or another instruction set each get their own, and every call's
+    result is the reference's."""
+    NATIVE.clear_xnor_prepared_cache()
+    geometry = (2, 33, 9, 7, 17, (3, 3), 1, 1)
+    xp, wp, c, stride, padding, hw = conv_case(geometry, 21)
+    want = conv_reference(xp, wp, c, stride, padding)
+    for _ in range(3):
+        assert_exact(NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, "int32"), want,
+                     np.int32, "kept weights")
+    stats = NATIVE.xnor_prepared_cache()
+    assert (stats["entries"], stats["hits"], stats["misses"]) == (1, 2, 1), stats
+    assert stats["bytes"] >= wp.nbytes
+    # the same buffer refilled with other weights: the kept entry is stale, not used
+    wp[...] = random_words(wp.shape, 22)
+    want = conv_reference(xp, wp, c, stride, padding)
+    assert_exact(NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, "int32"), want, np.int32,
+                 "refilled weights")
+    # one bit of the last filter's last tap flipped (the end of the compared words)
+    wp[-1, -1, -1, -1] ^= np.uint32(1)
+    want = conv_reference(xp, wp, c, stride, padding)
+    assert_exact(NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, "int32"), want, np.int32,
+                 "one bit flipped")
+    stats = NATIVE.xnor_prepared_cache()
+    assert (stats["entries"], stats["misses"]) == (1, 3), stats
+    # another padding (another border table) and float output (a float table) of the same
+    # weights, and every instruction set's copy
+    for isa in ISAS:
+        NATIVE.set_xnor_isa(isa)
+        for pad, dtype in [((0, 0), "int32"), ((2, 1), "float32"), (padding, "float32")]:
+            hw2 = out_hw(9, 7, (3, 3), stride, pad)
+            want2 = conv_reference(xp, wp, c, stride, pad)
+            for _ in range(2):
+                assert_exact(NATIVE.xnor_conv2d(xp, wp, c, stride, pad, hw2, dtype),
+                             want2.astype(dtype), np.dtype(dtype), f"{isa} {pad} {dtype}")
+    NATIVE.clear_xnor_prepared_cache()
+    assert NATIVE.xnor_prepared_cache()["entries"] == 0
+
+
+@needs_native
+def test_xnor_conv2d_weight_preparations_stay_bounded():
+    """Many layers' weights: the cache keeps at most its entry count, the oldest leave first,
+    and results stay exact for weights it dropped."""
+    NATIVE.clear_xnor_prepared_cache()
+    geometry = (1, 16, 5, 5, 4, (3, 3), 1, 1)
+    xp, _, c, stride, padding, hw = conv_case(geometry, 23)
+    layers = [random_words((4, 3, 3, 1), 100 + i) for i in range(130)]
+    for wp in layers:
+        NATIVE.xnor_conv2d(xp, wp, c, stride, padding, hw, "int32")
+    stats = NATIVE.xnor_prepared_cache()
+    assert 0 < stats["entries"] < len(layers), stats
+    first = layers[0]
+    assert_exact(NATIVE.xnor_conv2d(xp, first, c, stride, padding, hw, "int32"),
+                 conv_reference(xp, first, c, stride, padding), np.int32, "dropped, remade")
+    assert NATIVE.xnor_prepared_cache()["misses"] == len(layers) + 1
+    NATIVE.clear_xnor_prepared_cache()
+
+
+@needs_native
 @pytest.mark.parametrize("isa", ISAS)
 def test_xnor_conv2d_packs_float_input_in_its_own_pass(isa, restore_isa):
     """Float input handed to the module as it is (each chunk packs the rows it reads): the

@@ -1166,6 +1166,24 @@ NB_MODULE(_native, module) {
     module.def("clear_buffer_cache", [] { gpumat::BufferCache::instance().clear(); },
                "Free the result buffers kept for reuse.");
 
+    module.def("xnor_prepared_cache",
+               [] {
+                   int64_t entries, bytes, hits, misses;
+                   gpumat::xnor::PreparedCache::instance().stats(entries, bytes, hits, misses);
+                   nb::dict d;
+                   d["entries"] = entries;
+                   d["bytes"] = bytes;
+                   d["hits"] = hits;
+                   d["misses"] = misses;
+                   return d;
+               },
+               "xnor_conv2d's kept weight preparations (weight blocks and border tables, made\n"
+               "once per layer's weights and geometry): entries, bytes, and hits and misses\n"
+               "since the last clear.");
+    module.def("clear_xnor_prepared_cache",
+               [] { gpumat::xnor::PreparedCache::instance().clear(); },
+               "Drop xnor_conv2d's kept weight preparations (and zero the counts).");
+
     module.def("openmp_threads", &gpumat::openmp_max_threads,
                "The number of threads an OpenMP parallel region may use (1 without OpenMP).");
 

@@ -78,6 +78,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
@@ -843,6 +845,112 @@ inline std::vector<int32_t> conv_base_table(const ConvPlan &p, const uint32_t *w
     return table;
 }
 
+// ---- the weights' side of a call, kept between calls -------------------------------------------
+
+// What xnor_conv2d makes from the weights alone before any product: the weight blocks
+// (pack_conv_weights) and the border's base table (conv_base_table).  Both depend only on the
+// weights' words, the layer's geometry (not the batch) and the instruction set's copy, and cost
+// a few microseconds a call on ResNet-20's layers (tens on a 256-channel one: ~40 us of a
+// ~500 us call) -- most of a small layer's serial part.  A layer in eval mode convolves with
+// the same packed weights on every call, so they are kept: an entry is found by the weights'
+// address and geometry and used only if the weights' words are still the ones it was made from
+// (compared in full: a caller may refill the same buffer), so a hit gives exactly what a
+// rebuild would.
+struct PreparedWeights {
+    // the key: geometry, the copy's kernels, the output path the base table was made for
+    const Kernels *isa;
+    int64_t geometry[12];
+    bool float_base;
+    const uint32_t *address;
+    std::vector<uint32_t> words;        // the weights the entry was made from
+    // the entry
+    std::vector<uint32_t> blocks;
+    std::vector<int32_t> base;          // empty without padding
+
+    size_t bytes() const {
+        return sizeof(*this) + (words.size() + blocks.size() + base.size()) * sizeof(uint32_t);
+    }
+};
+
+// A small cache of PreparedWeights, least recently used first out: a few dozen layers' worth
+// (a ResNet-32 has 30 binary convolutions), at most kPreparedBytes in all.
+class PreparedCache {
+  public:
+    static constexpr size_t kEntries = 96;
+    static constexpr size_t kPreparedBytes = size_t(64) << 20;
+
+    static PreparedCache &instance() {
+        static PreparedCache *cache = new PreparedCache();     // never destroyed (exit order)
+        return *cache;
+    }
+
+    template <class Build>
+    std::shared_ptr<const PreparedWeights> get(const Kernels &isa, const int64_t (&geometry)[12],
+                                               bool float_base, const uint32_t *w,
+                                               size_t word_count, Build &&build) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            for (size_t i = entries_.size(); i-- > 0;) {
+                const PreparedWeights &e = *entries_[i];
+                if (e.address != w || e.isa != &isa || e.float_base != float_base ||
+                    std::memcmp(e.geometry, geometry, sizeof geometry) != 0)
+                    continue;
+                if (e.words.size() == word_count &&
+                    std::memcmp(e.words.data(), w, word_count * sizeof(uint32_t)) == 0) {
+                    ++hits_;
+                    std::shared_ptr<const PreparedWeights> found = entries_[i];
+                    entries_.erase(entries_.begin() + (std::ptrdiff_t) i);
+                    entries_.push_back(found);             // most recently used last
+                    return found;
+                }
+                bytes_ -= e.bytes();                        // the buffer was refilled: stale
+                entries_.erase(entries_.begin() + (std::ptrdiff_t) i);
+                break;
+            }
+            ++misses_;
+        }
+        auto made = std::make_shared<PreparedWeights>();
+        made->isa = &isa;
+        std::memcpy(made->geometry, geometry, sizeof geometry);
+        made->float_base = float_base;
+        made->address = w;
+        made->words.assign(w, w + word_count);
+        build(*made);
+        if (made->bytes() <= kPreparedBytes / 4) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            bytes_ += made->bytes();
+            entries_.push_back(made);
+            while (!entries_.empty() && (entries_.size() > kEntries || bytes_ > kPreparedBytes)) {
+                bytes_ -= entries_.front()->bytes();
+                entries_.erase(entries_.begin());
+            }
+        }
+        return made;
+    }
+
+    void clear() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        entries_.clear();
+        bytes_ = 0;
+        hits_ = misses_ = 0;
+    }
+
+    // entries, bytes, and hits and misses since the last clear()
+    void stats(int64_t &entries, int64_t &bytes, int64_t &hits, int64_t &misses) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        entries = (int64_t) entries_.size();
+        bytes = (int64_t) bytes_;
+        hits = hits_;
+        misses = misses_;
+    }
+
+  private:
+    std::mutex mutex_;
+    std::vector<std::shared_ptr<const PreparedWeights>> entries_;
+    size_t bytes_ = 0;
+    int64_t hits_ = 0, misses_ = 0;
+};
+
 // out (N x O x OH x OW, int32 or float32) = conv2d(b(x), b(w)) with zero padding, b(v) = +1
 // for v >= 0 and -1 else, of the packed input xp (N x H x W x Wc) and weights wp
 // (O x kh x kw x Wc) of C channels; (OH, OW) must be the convolution's output size.
@@ -890,13 +998,20 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
     if (threads > 1)
         ThreadPool::instance().prepare(threads);
 
-    const std::vector<uint32_t> weights = pack_conv_weights(p, wp, F);
     // |base| <= 3 kh kw C, 2 acc <= 2 kh kw Wc 32
     const Output output = float_output(
         out_float, 3.0 * (double) (kernel_h * kernel_w) * (double) (p.words * 32));
-    std::vector<int32_t> base;
-    if (pad_h > 0 || pad_w > 0)
-        base = conv_base_table(p, wp, isa, output == kFloatFma);
+    const int64_t geometry[12] = {channels, height, width, out_channels, kernel_h, kernel_w,
+                                  stride_h, stride_w, pad_h, pad_w, out_h, out_w};
+    const std::shared_ptr<const PreparedWeights> prepared = PreparedCache::instance().get(
+        isa, geometry, output == kFloatFma, wp,
+        (size_t) (out_channels * kernel_h * kernel_w * p.words), [&](PreparedWeights &e) {
+            e.blocks = pack_conv_weights(p, wp, F);
+            if (pad_h > 0 || pad_w > 0)
+                e.base = conv_base_table(p, wp, isa, output == kFloatFma);
+        });
+    const std::vector<uint32_t> &weights = prepared->blocks;
+    const std::vector<int32_t> &base = prepared->base;
 
     const int64_t row_blocks = blocks_of(out_h, p.chunk_rows);
     const int64_t image_words = height * width * p.words;
