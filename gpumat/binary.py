@@ -242,6 +242,10 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
     ``residual`` (float32, N x O x OH x OW, float results only) is added last, ((...) + bias)
     + residual: a residual block's addition, made as the results are stored (the same bits
     as adding it afterwards)."""
+    fast = _xnor_conv2d_fast(x, w, stride, padding, channels, dtype, pixel_scale, filter_scale,
+                             bias, batch_norm, residual)
+    if fast is not None:
+        return fast
     what = "xnor_conv2d"
     x, w = _array(x, what, "x"), _array(w, what, "w")
     backend = _same_backend(what, x=x, w=w)
@@ -347,6 +351,114 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
     out = Array._wrap(backend, backend.xnor_conv2d(xp._live, wp._live, c, stride, padding,
                                                    tuple(out_hw), out_dtype, **natives))
     return out if added is None else out + added
+
+
+def _int_pair(value, minimum):
+    """stride / padding as (h, w) where it is a plain int or a 2-tuple of them >= minimum, else
+    None (then xnor_conv2d's full checks take it, and name what is wrong)."""
+    if type(value) is int:
+        return (value, value) if value >= minimum else None
+    if (type(value) is tuple and len(value) == 2 and type(value[0]) is int
+            and type(value[1]) is int and value[0] >= minimum and value[1] >= minimum):
+        return value
+    return None
+
+
+def _float_operand(value, backend, shape):
+    """An epilogue or batch norm operand's buffer where it is a live float32 Array of exactly
+    ``shape`` on ``backend``, else None."""
+    if type(value) is not Array:
+        return None
+    native = value._native
+    if (native is None or value._storage.backend is not backend or native.dtype != _FLOAT32
+            or native.shape != shape):
+        return None
+    return native
+
+
+def _xnor_conv2d_fast(x, w, stride, padding, channels, dtype, pixel_scale, filter_scale, bias,
+                      batch_norm, residual):
+    """xnor_conv2d's call for the arguments a layer passes on every call -- Arrays on one
+    backend, float32 or packed x, packed w, int strides and paddings, operands of exactly
+    the kernel's shapes -- checked with as few Python operations as that takes (a binary
+    layer of ResNet-20 runs in tens of microseconds, so the general checks' ~6 us were a
+    tenth of it).  Returns None for anything else, which the general path then checks in
+    full (and names what is wrong): both hand the backend the same arguments."""
+    if type(x) is not Array or type(w) is not Array:
+        return None
+    xn, wn = x._native, w._native
+    if xn is None or wn is None:
+        return None
+    backend = x._storage.backend
+    if w._storage.backend is not backend or type(dtype) is not str:
+        return None
+    out_dtype = _RESULT_DTYPES.get(dtype)
+    stride, padding = _int_pair(stride, 1), _int_pair(padding, 0)
+    if out_dtype is None or stride is None or padding is None or wn.dtype != _UINT32:
+        return None
+    xs, ws = xn.shape, wn.shape
+    if len(xs) != 4 or len(ws) != 4:
+        return None
+    x_float = xn.dtype == _FLOAT32
+    fuses = backend.xnor_conv2d_fuses_layer
+    if x_float:
+        if not fuses:
+            return None
+        c = xs[1]
+        if channels is not None and (type(channels) is not int or channels < 1
+                                     or channels != c):
+            return None
+        in_h, in_w = xs[2], xs[3]
+    elif xn.dtype == _UINT32:
+        if type(channels) is not int or channels < 1 or xs[3] != words(channels):
+            return None
+        c = channels
+        in_h, in_w = xs[1], xs[2]
+    else:
+        return None
+    kh, kw = ws[1], ws[2]
+    if ws[3] != words(c) or kh < 1 or kw < 1:
+        return None
+    span_h, span_w = in_h + 2 * padding[0], in_w + 2 * padding[1]
+    if span_h < kh or span_w < kw:
+        return None
+    out_hw = ((span_h - kh) // stride[0] + 1, (span_w - kw) // stride[1] + 1)
+    n, o = xs[0], ws[0]
+    natives = {}
+    if pixel_scale is not None:
+        if type(pixel_scale) is str:
+            if pixel_scale != "window_mean" or not x_float:
+                return None
+            natives["window_mean"] = True
+        else:
+            natives["pixel_scale"] = _float_operand(pixel_scale, backend, (n,) + out_hw)
+    if filter_scale is not None:
+        natives["filter_scale"] = _float_operand(filter_scale, backend, (o,))
+    if bias is not None:
+        natives["bias"] = _float_operand(bias, backend, (o,))
+    if residual is not None:
+        if not fuses:               # (added as an operation of its own there)
+            return None
+        natives["residual"] = _float_operand(residual, backend, (n, o) + out_hw)
+    if natives and (out_dtype != _FLOAT32 or any(v is None for v in natives.values())):
+        return None
+    if batch_norm is not None:
+        if not x_float or type(batch_norm) is not tuple or len(batch_norm) != 5:
+            return None
+        mean, var, weight, shift, eps = batch_norm
+        shape = (c,)
+        operands = (_float_operand(mean, backend, shape), _float_operand(var, backend, shape),
+                    None if weight is None else _float_operand(weight, backend, shape),
+                    None if shift is None else _float_operand(shift, backend, shape))
+        if (operands[0] is None or operands[1] is None
+                or (weight is not None and operands[2] is None)
+                or (shift is not None and operands[3] is None)
+                or type(eps) is not float or not 0.0 <= eps < float("inf")):
+            return None
+        natives.update(bn_mean=operands[0], bn_var=operands[1], bn_weight=operands[2],
+                       bn_bias=operands[3], bn_eps=eps)
+    return Array._wrap(backend, backend.xnor_conv2d(xn, wn, c, stride, padding, out_hw,
+                                                    out_dtype, **natives))
 
 
 def _batch_norm_operands(what, backend, batch_norm, channels):

@@ -537,6 +537,92 @@ def test_bad_input_is_named(backend):
                                (1, 1)).astype(np.int32))
 
 
+def test_the_quick_checks_agree_with_the_full_ones(backend, monkeypatch):
+    """gm.xnor_conv2d checks a layer's usual arguments by a short path and everything else by
+    the full one: for each call here -- valid ones and ones each check must refuse -- both
+    give the same result bits, or the same error and message.  The layer's calls take the
+    short path (it must not quietly hand everything to the long one)."""
+    from gpumat import binary
+
+    rng = np.random.default_rng(29)
+    c, o = 20, 6
+
+    def arr(v):
+        return gm.array(v, backend=backend)
+
+    x, w = arr(rand(rng, 2, c, 7, 6)), arr(rand(rng, o, c, 3, 3))
+    xp, wp = gm.pack_conv_input(x), gm.pack_conv_weight(w)
+    stats = (arr(rand(rng, c)), arr(np.abs(rand(rng, c)) + 0.5), arr(rand(rng, c)),
+             arr(rand(rng, c)), 1e-5)
+    alpha, shift = arr(np.abs(rand(rng, o))), arr(rand(rng, o))
+    residual = arr(rand(rng, 2, o, 4, 3))
+    released = arr(rand(rng, o))
+    released.release()
+    layer = dict(stride=2, padding=1, channels=c, pixel_scale="window_mean",
+                 filter_scale=alpha, bias=shift, batch_norm=stats, residual=residual)
+    calls = [
+        ((x, wp), layer),
+        ((x, wp), dict(stride=(2, 1), padding=(1, 0))),
+        ((xp, wp), dict(channels=c, dtype="int32")),
+        ((xp, wp), dict(channels=c, stride=2, padding=1, filter_scale=alpha, residual=residual)),
+        ((x, wp), dict(stride=2, padding=1, pixel_scale=arr(np.ones((2, 4, 3), np.float32)))),
+        ((x, wp), dict(stride=2, padding=1, pixel_scale=arr(np.ones((2, 1, 4, 3), np.float32)))),
+        ((x, wp), dict(stride=2, padding=1, batch_norm=(*stats[:2], None, None, 1e-3))),
+        ((x, wp), dict(stride=2, padding=1, batch_norm=(*stats[:4], 1))),          # int eps
+        ((x, wp), dict(stride=2, padding=1, batch_norm=(*stats[:4], np.float32(1e-5)))),
+        ((x, wp), dict(stride=[2, 2], padding=1)),
+        ((x, wp), dict(dtype=np.float32)),
+        ((x, wp), dict(dtype="single", channels=c)),
+        # refused
+        ((x, wp), dict(channels=c + 1)),
+        ((x, wp), dict(channels=0)),
+        ((xp, wp), dict(channels=0)),
+        ((xp, wp), {}),
+        ((x, wp), dict(stride=0)),
+        ((x, wp), dict(padding=-1)),
+        ((x, wp), dict(stride=True)),
+        ((x, wp), dict(stride=(1, 2, 3))),
+        ((x, wp), dict(dtype="float64")),
+        ((x, wp), dict(dtype="int32", filter_scale=alpha)),
+        ((x, wp), dict(filter_scale=arr(np.ones(o + 1, np.float32)))),
+        ((x, wp), dict(bias=arr(np.ones(o)))),                                    # float64
+        ((x, wp), dict(bias=released)),
+        ((x, wp), dict(padding=1, residual=arr(np.ones((2, o, 7, 5), np.float32)))),
+        ((x, wp), dict(pixel_scale="mean")),
+        ((xp, wp), dict(channels=c, pixel_scale="window_mean")),
+        ((xp, wp), dict(channels=c, batch_norm=stats)),
+        ((x, wp), dict(batch_norm=stats[:4])),
+        ((x, wp), dict(batch_norm=(*stats[:4], float("nan")))),
+        ((x, wp), dict(batch_norm=(*stats[:4], -1.0))),
+        ((x, wp), dict(batch_norm=(stats[0], arr(np.ones(c + 1, np.float32)), None, None, 0.0))),
+        ((x, wp), dict(batch_norm=(stats[0], stats[1], arr(np.ones(c)), None, 0.0))),
+        ((x, wp), dict(batch_norm=(stats[0], stats[1], None, released, 0.0))),
+        ((x.astype("double"), wp), {}),
+        ((x, arr(np.ones((o, 3, 3, 2), np.uint32))), {}),                        # 2 words
+        ((x, arr(np.ones((o, 9, 9, 1), np.uint32))), {}),                        # too large
+        ((arr(np.ones((c, 7, 6), np.float32)), wp), {}),
+        ((released, wp), {}),
+    ]
+
+    def outcome(args, kwargs):
+        try:
+            y = gm.xnor_conv2d(*args, **kwargs)
+        except Exception as exc:       # noqa: BLE001 -- the exception is the outcome compared
+            return type(exc), str(exc)
+        return y.dtype, y.gather().tobytes()
+
+    quick = [outcome(args, kwargs) for args, kwargs in calls]
+    taken = []
+    original = binary._xnor_conv2d_fast
+    monkeypatch.setattr(binary, "_xnor_conv2d_fast", lambda *a: taken.append(
+        original(*a) is not None) or None)
+    full = [outcome(args, kwargs) for args, kwargs in calls]
+    for (args, kwargs), q, f in zip(calls, quick, full):
+        assert q == f, f"{kwargs}: quick path {q[:1]} / full path {f[:1]}"
+    assert sum(isinstance(q[0], type) and issubclass(q[0], Exception) for q in quick) == 28
+    assert taken[:5] == [True] * 5, taken
+
+
 def test_operands_on_two_backends_are_refused():
     if len(TESTED) < 2:
         pytest.skip("needs two backends")

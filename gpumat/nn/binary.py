@@ -366,10 +366,12 @@ class BinaryConv2d(_Binary, Conv2d):
         added as its results are stored -- XNOR-Net's BatchNorm -> BinActiv -> BinConv and a
         residual block's addition, without writing the normalized input or the sum's
         operand out."""
-        if batch_norm is not None and not self._folds(batch_norm, x):
+        inference = self._inference(x)
+        if batch_norm is not None and not (inference and self._folds(batch_norm, x)):
             x = batch_norm(x)
             batch_norm = None
-        if batch_norm is not None or self._inference(x):
+            inference = self._inference(x)
+        if inference:
             data = x.data if isinstance(x, Variable) else x
             if residual is None or self._records(residual):
                 y = Variable._make(self._infer(data, batch_norm), False)
@@ -399,9 +401,10 @@ class BinaryConv2d(_Binary, Conv2d):
 
     def _folds(self, batch_norm, x):
         """Whether batch_norm(x) can run inside this layer's inference call (forward's
-        ``batch_norm``): xnor packed kernels on float32 N x C x H x W input, the batch norm a
-        BatchNorm2d over C channels in eval mode with running statistics, and nothing that
-        would record a graph (with gradients enabled, neither layer's parameters need one)."""
+        ``batch_norm``; forward asks only where this layer infers, see _inference): xnor
+        packed kernels on float32 N x C x H x W input, the batch norm a BatchNorm2d over C
+        channels in eval mode with running statistics, and nothing that would record a graph
+        (with gradients enabled, neither layer's parameters need one)."""
         data = x.data if isinstance(x, Variable) else x
         if (self.mode != "xnor" or not isinstance(batch_norm, BatchNorm2d)
                 or batch_norm.training or batch_norm.running_mean is None
@@ -411,7 +414,7 @@ class BinaryConv2d(_Binary, Conv2d):
         if is_grad_enabled() and any(isinstance(p, Variable) and p.requires_grad
                                      for p in (batch_norm.weight, batch_norm.bias)):
             return False
-        return self._inference(x) and self._cached()["packed"] is not None
+        return self._cached()["packed"] is not None
 
     def _infer(self, x, batch_norm=None, residual=None):
         """The inference output for Array x (batch_norm: a BatchNorm2d that forward checked
@@ -419,7 +422,9 @@ class BinaryConv2d(_Binary, Conv2d):
         if x.ndim != 4:
             raise ShapeError(f"BinaryConv2d: the input must be N x C x H x W, got {x.shape}")
         cache = self._cached()
-        bias = None if self.bias is None else self.bias.data
+        bias = self.bias
+        if bias is not None:
+            bias = bias.data
         if self.mode == "xnor" and cache["packed"] is not None and x.dtype == np.float32:
             # x's signs packed with its channel mean |x| taken in the same pass (of the batch
             # norm's output where one is folded in), K made from that, and the kernel scaling
@@ -428,14 +433,13 @@ class BinaryConv2d(_Binary, Conv2d):
             # three launches)
             statistics = None
             if batch_norm is not None:
+                weight, shift = batch_norm.weight, batch_norm.bias
                 statistics = (batch_norm.running_mean, batch_norm.running_var,
-                              None if batch_norm.weight is None else batch_norm.weight.data,
-                              None if batch_norm.bias is None else batch_norm.bias.data,
-                              batch_norm.eps)
+                              None if weight is None else weight.data,
+                              None if shift is None else shift.data, batch_norm.eps)
             return gm.xnor_conv2d(x, cache["packed"], stride=self.stride, padding=self.padding,
-                                  channels=x.shape[1], pixel_scale="window_mean",
-                                  filter_scale=cache["alpha"], bias=bias,
-                                  batch_norm=statistics, residual=residual)
+                                  pixel_scale="window_mean", filter_scale=cache["alpha"],
+                                  bias=bias, batch_norm=statistics, residual=residual)
         y = self._infer_unpacked(x, cache, bias)
         return y if residual is None else y + residual
 
