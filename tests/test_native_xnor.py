@@ -934,7 +934,9 @@ def test_pack_conv_input_mean_abs_large_and_threaded(restore_threads):
 #: (N, C, H, W, O, kernel, stride, padding): borders, strides, a window larger than the image
 WINDOW_GEOMETRIES = EPILOGUE_GEOMETRIES + [
     (1, 5, 3, 3, 2, (3, 3), 3, 2), (2, 40, 9, 7, 3, (5, 3), (2, 1), (2, 0)),
-    (1, 7, 30, 6, 4, (4, 4), 3, 1), (1, 70, 4, 4, 9, (5, 5), 1, 2)]
+    (1, 7, 30, 6, 4, (4, 4), 3, 1), (1, 70, 4, 4, 9, (5, 5), 1, 2),
+    # rows of more than one 16-lane vector at strides 1, 2 and 3 (a partial second vector)
+    (1, 8, 5, 37, 3, (3, 3), 1, 1), (1, 8, 9, 45, 3, (3, 3), 2, 1), (1, 3, 5, 52, 2, (3, 3), 3, 1)]
 
 
 def window_reference(mean, kernel, stride, padding):
