@@ -61,13 +61,14 @@
 // exact integer rounded once (exact below 2**24; below it one FMA makes base - 2 A from
 // exact float operands, above it the int32 result is converted).
 //
-// Speed (a Sapphire Rapids-class Xeon, AVX-512 VPOPCNTDQ, two cores, against the cpu
-// backend's float direct convolution, batch 32, float input packed inside the call): ResNet-20's
-// 3x3 layers run 7-9.5x faster with 32 and 64 channels, 5-5.5x with 16, as each call's fixed
-// cost (about 10 us here: the weight blocks and border table, handing work to the second
-// thread; plus about 10 us of Python argument checks) weighs on layers of 50-110 us; a
-// 256-channel 14x14 layer 13-14x.  The products run at about 1.5 cycles per 512 binary
-// multiply-adds (3 vector uops on 2 ports), against the float convolution's 32 a cycle.
+// Speed (a 2-core Xeon VM with AVX-512 VPOPCNTDQ, against the cpu backend's float direct
+// convolution, batch 32, float input packed inside the call, bench/bench_binary.py): ResNet-20's
+// 3x3 layers run 9-11x faster with 32 and 64 channels and 6-7x with 16, where memory bounds
+// the layer (2 MiB of float input to read and 2 MiB of float output to write: a 2 MiB copy
+// takes ~130 us on one core here, the whole layer ~85 us on two); a 256-channel 14x14 layer
+// 15x.  The products take 2-2.4 core cycles per 16-lane step (XOR, VPOPCNTD, ADD: 1.5 on two
+// vector ports); a call costs about 3 us beyond them (the plan, the result buffer, the
+// arguments) once the weights' side is kept (PreparedCache), plus about 3 us of Python.
 #pragma once
 
 #include <algorithm>
