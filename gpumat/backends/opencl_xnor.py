@@ -23,7 +23,7 @@ that the cuda build runs (see :func:`parameters`).  One program is built per set
 """
 import numpy as np
 
-from .. import errors
+from .. import errors, native
 from . import xnor_launch
 from .opencl import OpenCLBackend, cl
 from .opencl_elementwise import _live
@@ -272,19 +272,13 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
 
 def _epilogue_on_host(self, out, pixel_scale, filter_scale, bias, residual=None):
     """The epilogue on an all-zero result (layers whose taps all fall outside the image):
-    the same float32 operations in NumPy, in the kernel's order."""
-    n, o, oh, ow = out.shape
+    the same float32 operations in NumPy, in the kernel's order (the cpu backend's and the
+    native twin's ``native._apply_scales``)."""
     y = self.to_numpy(out)
     self.free(out)
-    if pixel_scale is not None:
-        y = y * self.to_numpy(pixel_scale).reshape(n, 1, oh, ow)
-    if filter_scale is not None:
-        y = y * self.to_numpy(filter_scale).reshape(1, o, 1, 1)
-    if bias is not None:
-        y = y + self.to_numpy(bias).reshape(1, o, 1, 1)
-    if residual is not None:
-        y = y + self.to_numpy(residual).reshape(n, o, oh, ow)
-    return self.from_numpy(np.ascontiguousarray(y, np.float32))
+    host = [None if a is None else self.to_numpy(a)
+            for a in (pixel_scale, filter_scale, bias, residual)]
+    return self.from_numpy(native._apply_scales(y, *host))
 
 
 OpenCLBackend.pack_conv_input = _pack_conv_input
