@@ -525,7 +525,9 @@ def buffer_cache_bytes() -> int:
 
 
 def openmp_threads() -> int:
-    """Threads the native kernels may use: OpenMP's maximum, 1 without it."""
+    """OpenMP's maximum thread count, 1 without it.  (The native kernels no longer run
+    OpenMP parallel regions -- OpenMP only vectorises their ``omp simd`` loops -- and split
+    their work over the module's thread pool: ``kernels().native_threads()``.)"""
     if _native is None:
         return 1
     return int(_native.openmp_threads())

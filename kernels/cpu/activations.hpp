@@ -60,7 +60,7 @@ void bias_act(const T *x, const T *bias, T *out, int64_t outer, int64_t channels
     const int64_t total = outer * channels * inner;
     with_forward<T>(code, param, [&](auto op) {
         if (bias == nullptr) {
-            parallel_for_chunks(total, total, [&](int64_t first, int64_t last) {
+            parallel_for_chunks(total, 2 * total, [&](int64_t first, int64_t last) {
 #pragma omp simd
                 for (int64_t i = first; i < last; ++i)
                     out[i] = op(x[i]);
@@ -68,7 +68,7 @@ void bias_act(const T *x, const T *bias, T *out, int64_t outer, int64_t channels
             return;
         }
         if (inner == 1) {       // (rows, channels): the bias runs along each row
-            parallel_for_chunks(outer, total, [&](int64_t first, int64_t last) {
+            parallel_for_chunks(outer, 2 * total, [&](int64_t first, int64_t last) {
                 for (int64_t o = first; o < last; ++o) {
                     const T *in = x + o * channels;
                     T *result = out + o * channels;
@@ -79,7 +79,7 @@ void bias_act(const T *x, const T *bias, T *out, int64_t outer, int64_t channels
             });
             return;
         }
-        parallel_for_chunks(outer * channels, total, [&](int64_t first, int64_t last) {
+        parallel_for_chunks(outer * channels, 2 * total, [&](int64_t first, int64_t last) {
             for (int64_t row = first; row < last; ++row) {
                 const T b = bias[row % channels];
                 const T *in = x + row * inner;

@@ -1,6 +1,7 @@
-// A small persistent thread pool for the kernels whose work is worth two cores even at the
-// sizes of a small CNN (the direct convolutions of direct_conv.hpp), built so that it cannot
-// make a training step pathologically slow.
+// A small persistent thread pool for every native kernel that splits its work (the direct
+// convolutions of direct_conv.hpp, the XNOR kernels of xnor.hpp, and through parallel.hpp the
+// one-pass kernels: activations, pooling, batch norm, im2col), built so that it cannot make a
+// training step pathologically slow.
 //
 // Why not OpenMP (parallel.hpp): libgomp's workers spin after every parallel region, and so do
 // OpenBLAS's after every GEMM (for about 0.1 s); on a 2-core machine the spinners took the core
