@@ -241,6 +241,18 @@ class Result {
         return nb::cast(nb::ndarray<nb::numpy, T>(raw, shape_.size(), shape_.data(), owner));
     }
 
+    // The same as a C-contiguous array of `shape` and another element type of the same
+    // total size (a byte buffer handed out as float32, int64, bool, ...).
+    nb::object release_as(const std::vector<size_t> &shape, nb::dlpack::dtype dtype) {
+        nb::capsule owner(data_, [](void *pointer) noexcept {
+            BufferCache::instance().give(pointer);
+        });
+        T *raw = data_;
+        data_ = nullptr;
+        return nb::cast(nb::ndarray<nb::numpy>(raw, shape.size(), shape.data(), owner, nullptr,
+                                               dtype));
+    }
+
   private:
     std::vector<size_t> shape_;
     T *data_ = nullptr;

@@ -24,6 +24,7 @@
 #include "activations.hpp"
 #include "array_checks.hpp"
 #include "batchnorm.hpp"
+#include "copy.hpp"
 #include "direct_conv.hpp"
 #include "im2col.hpp"
 #include "pack_signs.hpp"
@@ -86,6 +87,94 @@ nb::object pack_signs(const AnyCpuArray &input) {
         gpumat::pack_signs_rows(source, output.data(), rows, n);
     }
     return output.release();
+}
+
+// ---- strided copies (the cpu backend's indexing and concatenation) ---------------------------
+
+std::vector<size_t> shape_of(const AnyCpuArray &a);   // (below, with the activations)
+
+size_t element_bytes(const AnyCpuArray &a, const char *what) {
+    const size_t bytes = (size_t) (a.dtype().bits / 8) * a.dtype().lanes;
+    if (a.dtype().bits % 8 != 0 || (bytes != 1 && bytes != 2 && bytes != 4 && bytes != 8))
+        fail_type(what, "elements of 1, 2, 4 or 8 bytes, got dtype " +
+                            gpumat::dtype_name(a.dtype()));
+    return bytes;
+}
+
+// src (any strides) into the C-contiguous buffer at dst whose strides are dst_strides
+// (elements), offset by `offset` elements.
+void copy_view_into(char *dst, int64_t offset, const std::vector<int64_t> &dst_strides,
+                    const AnyCpuArray &src, size_t bytes) {
+    gpumat::CopyLayout layout;
+    for (size_t axis = 0; axis < src.ndim(); ++axis) {
+        layout.shape.push_back((int64_t) src.shape(axis));
+        layout.dst.push_back(dst_strides[axis]);
+        layout.src.push_back((int64_t) src.stride(axis));
+    }
+    gpumat::copy_strided(dst + offset * (int64_t) bytes, src.data(), (int64_t) bytes, layout);
+}
+
+std::vector<int64_t> contiguous_strides(const std::vector<size_t> &shape) {
+    std::vector<int64_t> strides(shape.size(), 1);
+    for (size_t axis = shape.size(); axis-- > 1;)
+        strides[axis - 1] = strides[axis] * (int64_t) shape[axis];
+    return strides;
+}
+
+nb::object copy_strided(const AnyCpuArray &src) {
+    const char *what = "copy_strided";
+    const size_t bytes = element_bytes(src, what);
+    const std::vector<size_t> shape = shape_of(src);
+    size_t count = 1;
+    for (size_t extent : shape)
+        count *= extent;
+    gpumat::Result<uint8_t> out({std::max<size_t>(count, 1) * bytes}, false);
+    {
+        nb::gil_scoped_release release;
+        copy_view_into(reinterpret_cast<char *>(out.data()), 0, contiguous_strides(shape), src,
+                       bytes);
+    }
+    return out.release_as(shape, src.dtype());
+}
+
+nb::object concatenate(const std::vector<AnyCpuArray> &arrays, int64_t axis) {
+    const char *what = "concatenate";
+    if (arrays.empty())
+        fail_value(what, "needs at least one array");
+    const AnyCpuArray &first = arrays.front();
+    const size_t ndim = first.ndim(), bytes = element_bytes(first, what);
+    if (axis < 0 || (size_t) axis >= ndim)
+        fail_value(what, "axis " + std::to_string(axis) + " is out of range for " +
+                             std::to_string(ndim) + "-d arrays");
+    std::vector<size_t> shape = shape_of(first);
+    shape[(size_t) axis] = 0;
+    for (const AnyCpuArray &a : arrays) {
+        if (a.dtype() != first.dtype() || a.ndim() != ndim)
+            fail_value(what, "every array needs dtype " + gpumat::dtype_name(first.dtype()) +
+                                 " and " + std::to_string(ndim) + " dimensions, got " +
+                                 gpumat::dtype_name(a.dtype()) + " " + gpumat::shape_text(a));
+        for (size_t d = 0; d < ndim; ++d)
+            if (d != (size_t) axis && a.shape(d) != first.shape(d))
+                fail_value(what, "shapes " + gpumat::shape_text(first) + " and " +
+                                     gpumat::shape_text(a) + " differ outside axis " +
+                                     std::to_string(axis));
+        shape[(size_t) axis] += a.shape((size_t) axis);
+    }
+    size_t count = 1;
+    for (size_t extent : shape)
+        count *= extent;
+    gpumat::Result<uint8_t> out({std::max<size_t>(count, 1) * bytes}, false);
+    const std::vector<int64_t> strides = contiguous_strides(shape);
+    {
+        nb::gil_scoped_release release;
+        int64_t at = 0;
+        for (const AnyCpuArray &a : arrays) {
+            copy_view_into(reinterpret_cast<char *>(out.data()), at * strides[(size_t) axis],
+                           strides, a, bytes);
+            at += (int64_t) a.shape((size_t) axis);
+        }
+    }
+    return out.release_as(shape, first.dtype());
 }
 
 // ---- pooling ---------------------------------------------------------------------------------
@@ -1016,6 +1105,12 @@ void set_xnor_isa(const std::string &name) {
 NB_MODULE(_native, module) {
     module.doc() = "gpumat native CPU kernels (nanobind, OpenMP).";
 
+    module.def("copy_strided", &copy_strided, "src"_a.noconvert(),
+               "A C-contiguous copy of src (any strides; elements of 1, 2, 4 or 8 bytes),\n"
+               "bit for bit, its rows split over the thread pool.");
+    module.def("concatenate", &concatenate, "arrays"_a, "axis"_a,
+               "numpy.concatenate(arrays, axis) for arrays of one dtype (any strides;\n"
+               "elements of 1, 2, 4 or 8 bytes), bit for bit, split over the thread pool.");
     module.def("pack_signs", &pack_signs, nb::arg("x").noconvert(),
                "Pack the signs of a C-contiguous float32 array of shape (..., n)\n"
                "into uint32 words of shape (..., ceil(n / 32)): bit j of word w\n"
