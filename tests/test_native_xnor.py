@@ -936,7 +936,10 @@ WINDOW_GEOMETRIES = EPILOGUE_GEOMETRIES + [
     (1, 5, 3, 3, 2, (3, 3), 3, 2), (2, 40, 9, 7, 3, (5, 3), (2, 1), (2, 0)),
     (1, 7, 30, 6, 4, (4, 4), 3, 1), (1, 70, 4, 4, 9, (5, 5), 1, 2),
     # rows of more than one 16-lane vector at strides 1, 2 and 3 (a partial second vector)
-    (1, 8, 5, 37, 3, (3, 3), 1, 1), (1, 8, 9, 45, 3, (3, 3), 2, 1), (1, 3, 5, 52, 2, (3, 3), 3, 1)]
+    (1, 8, 5, 37, 3, (3, 3), 1, 1), (1, 8, 9, 45, 3, (3, 3), 2, 1), (1, 3, 5, 52, 2, (3, 3), 3, 1),
+    # output rows summed several at a time (8, 4, 2 and 1 side by side): LeNet-5's 5 x 5
+    # layer (8 + 2 rows), and a tall stride-2 image with borders (1 + 8 + 8 + 2 + 1)
+    (3, 6, 14, 14, 16, (5, 5), 1, 0), (1, 8, 40, 20, 3, (3, 3), 2, 1)]
 
 
 def window_reference(mean, kernel, stride, padding):

@@ -797,11 +797,16 @@ GPUMAT_XNOR_INLINE void group_row(Word *GPUMAT_RESTRICT row,
         for (int64_t ow = 0; ow < out_w; ++ow)
             row[ow] = (Word) (padded[ow * step] | (padded[ow * step + 1] << channels));
     } else {
-        for (int64_t ow = 0; ow < out_w; ++ow) {
-            uint32_t word = 0;
-            for (int64_t t = 0; t < group; ++t)
-                word |= padded[ow * step + t] << (t * channels);
-            row[ow] = (Word) word;
+        // one pass across the row per kernel column of the group (a uniform shift: the
+        // passes vectorise, where a loop over the group inside each word did not -- LeNet's
+        // 5 x 5 layer of 6 channels spent longer on its planes than on its products)
+        for (int64_t ow = 0; ow < out_w; ++ow)
+            row[ow] = (Word) padded[ow * step];
+        for (int64_t t = 1; t < group; ++t) {
+            const uint32_t *GPUMAT_RESTRICT column = padded + t;
+            const int shift = (int) (t * channels);
+            for (int64_t ow = 0; ow < out_w; ++ow)
+                row[ow] = (Word) (row[ow] | (column[ow * step] << shift));
         }
     }
 }
@@ -894,6 +899,54 @@ GPUMAT_XNOR_TARGET void build_planes(const ConvPlan &p, const uint32_t *image, i
 // vectorised pass over the whole output row with no clipping: adding such a zero changes
 // nothing, as each sum is never -0.0 (it starts at +0.0 and adds means, >= 0 or NaN), so the
 // result is the skipping sum's exactly (native.window_mean_numpy skips them).
+#if GPUMAT_XNOR_KIND >= 2
+// R output rows of K (row r at out + r * out_w, its window's top input row top + r * sh, all
+// with kernel rows [i_first, i_last) inside the image): each 16-column vector's taps in tap
+// order, one register per row.
+template <int R>
+GPUMAT_XNOR_TARGET void window_sum_rows(const ConvPlan &p, const float *padded, int64_t span,
+                                        float *out, int64_t top, int64_t i_first,
+                                        int64_t i_last, float divisor) {
+    const int64_t out_w = p.out_w, sh = p.stride_h, sw = p.stride_w;
+    const __m512 scale = _mm512_set1_ps(divisor);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i even = _mm512_slli_epi32(lane, 1);
+    const __m512i strided = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int) sw));
+    for (int64_t c0 = 0; c0 < out_w; c0 += 16) {
+        const int lanes = (int) std::min<int64_t>(16, out_w - c0);
+        const __mmask16 used = (__mmask16) ((1u << lanes) - 1u);
+        // stride 2: lane l reads float 2 l, so 2 lanes - 1 floats over two vectors
+        const int pair = 2 * lanes - 1;
+        const __mmask16 low = (__mmask16) (pair >= 16 ? 0xffffu : (1u << pair) - 1u);
+        const __mmask16 high = (__mmask16) (pair > 16 ? (1u << (pair - 16)) - 1u : 0u);
+        __m512 acc[R];
+        GPUMAT_UNROLL
+        for (int r = 0; r < R; ++r)
+            acc[r] = _mm512_setzero_ps();
+        for (int64_t i = i_first; i < i_last; ++i) {
+            for (int64_t j = 0; j < p.kernel_w; ++j) {
+                GPUMAT_UNROLL
+                for (int r = 0; r < R; ++r) {
+                    const float *a = padded + (top + r * sh + i) * span + c0 * sw + j;
+                    __m512 v;
+                    if (sw == 1)
+                        v = _mm512_maskz_loadu_ps(used, a);
+                    else if (sw == 2)
+                        v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(low, a), even,
+                                                   _mm512_maskz_loadu_ps(high, a + 16));
+                    else
+                        v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), used, strided, a, 4);
+                    acc[r] = _mm512_add_ps(acc[r], v);
+                }
+            }
+        }
+        GPUMAT_UNROLL
+        for (int r = 0; r < R; ++r)
+            _mm512_mask_storeu_ps(out + r * out_w + c0, used, _mm512_div_ps(acc[r], scale));
+    }
+}
+#endif
+
 inline GPUMAT_XNOR_TARGET void window_mean_rows(const ConvPlan &p, const float *mean,
                                                 int64_t oh0, int64_t rows, float *k,
                                                 float *padded) {
@@ -913,41 +966,40 @@ inline GPUMAT_XNOR_TARGET void window_mean_rows(const ConvPlan &p, const float *
     // in the same order (the same bits) rather than added into the row tap by tap (a load
     // and a store of the row per tap: about half the time on ResNet-20's layers); stride 2
     // takes the even lanes of two loads, larger strides gather.  Loads are masked to the
-    // lanes in use, so nothing past the padded rows is read.
-    const __m512 scale = _mm512_set1_ps(divisor);
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i even = _mm512_slli_epi32(lane, 1);
-    const __m512i strided = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int) sw));
-    for (int64_t oh = oh0; oh < oh0 + rows; ++oh) {
-        float *GPUMAT_RESTRICT row = k + oh * out_w;
+    // lanes in use, so nothing past the padded rows is read.  Each sum is one chain of
+    // dependent additions (kh kw of them, 4 cycles each), so output rows whose windows cover
+    // the same kernel rows go up to eight at a time, their chains side by side.
+    int64_t oh = oh0;
+    while (oh < oh0 + rows) {
         const int64_t top = oh * sh - p.pad_h;
         const int64_t i_first = std::max<int64_t>(0, -top);
         const int64_t i_last = std::min<int64_t>(p.kernel_h, p.height - top);
-        for (int64_t c0 = 0; c0 < out_w; c0 += 16) {
-            const int lanes = (int) std::min<int64_t>(16, out_w - c0);
-            const __mmask16 used = (__mmask16) ((1u << lanes) - 1u);
-            // stride 2: lane l reads float 2 l, so 2 lanes - 1 floats over two vectors
-            const int pair = 2 * lanes - 1;
-            const __mmask16 low = (__mmask16) (pair >= 16 ? 0xffffu : (1u << pair) - 1u);
-            const __mmask16 high = (__mmask16) (pair > 16 ? (1u << (pair - 16)) - 1u : 0u);
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t i = i_first; i < i_last; ++i) {
-                const float *a = padded + (top + i) * span + c0 * sw;
-                for (int64_t j = 0; j < p.kernel_w; ++j) {
-                    __m512 v;
-                    if (sw == 1)
-                        v = _mm512_maskz_loadu_ps(used, a + j);
-                    else if (sw == 2)
-                        v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(low, a + j), even,
-                                                   _mm512_maskz_loadu_ps(high, a + j + 16));
-                    else
-                        v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), used, strided, a + j,
-                                                     4);
-                    acc = _mm512_add_ps(acc, v);
-                }
-            }
-            _mm512_mask_storeu_ps(row + c0, used, _mm512_div_ps(acc, scale));
+        int64_t together = 1;
+        while (together < 8 && oh + together < oh0 + rows) {
+            const int64_t next = top + together * sh;
+            if (std::max<int64_t>(0, -next) != i_first ||
+                std::min<int64_t>(p.kernel_h, p.height - next) != i_last)
+                break;
+            ++together;
         }
+        for (int64_t r = 0; r < together;) {
+            float *out = k + (oh + r) * out_w;
+            const int64_t at = top + r * sh;
+            if (together - r >= 8) {
+                window_sum_rows<8>(p, padded, span, out, at, i_first, i_last, divisor);
+                r += 8;
+            } else if (together - r >= 4) {
+                window_sum_rows<4>(p, padded, span, out, at, i_first, i_last, divisor);
+                r += 4;
+            } else if (together - r >= 2) {
+                window_sum_rows<2>(p, padded, span, out, at, i_first, i_last, divisor);
+                r += 2;
+            } else {
+                window_sum_rows<1>(p, padded, span, out, at, i_first, i_last, divisor);
+                r += 1;
+            }
+        }
+        oh += together;
     }
     return;
 #endif
