@@ -179,6 +179,47 @@ def test_lenet5_matches_torch(backend, activation):
     assert_matches_torch(ours, TorchLeNet5(activation), (2, 1, 32, 32), backend)
 
 
+def _host(value):
+    """A module's output (a Variable, or an Array) as a NumPy array."""
+    return np.asarray(getattr(value, "data", value))
+
+
+@pytest.mark.parametrize("name, binary", [("lenet5", None), ("lenet5", "xnor"),
+                                          ("lenet_tf", None), ("lenet_tf", "bwn")])
+def test_lenet_inference_pools_before_its_relus_with_the_same_bits(backend, name, binary,
+                                                                   monkeypatch):
+    """In eval mode without a tape the LeNets run ReLU after max pooling (on a quarter of
+    the elements): the outputs are those of the tutorial's order bit for bit -- inputs
+    with NaN, signed zeros and ties included -- and with a tape the tutorial's order runs."""
+    model = build(lambda: getattr(models, name)(binary=binary), backend)
+    size = SMALL_INPUT[name]
+    x = RNG.integers(-2, 3, (3, 1, size, size)).astype(np.float32)
+    x[0, 0, ::5, ::3] = np.nan
+    x[1, 0, ::2] = -0.0
+    x = gm.array(x, backend=backend)
+    model.eval()
+    seen = []                        # the smallest value each pool is given
+    for pool in (model.pool1, model.pool2):
+        forward = pool.forward
+
+        def watched(value, _forward=forward):
+            seen.append(float(np.nanmin(_host(value))))
+            return _forward(value)
+        monkeypatch.setattr(pool, "forward", watched)
+    with nn.no_grad():
+        swapped = _host(model(x))
+    assert min(seen) < 0             # the pools ran first, on the convolutions' outputs
+    original = type(model)._act_pool
+    monkeypatch.setattr(type(model), "_act_pool",
+                        lambda self, act, pool, value: pool(act(value)))
+    with nn.no_grad():
+        assert _host(model(x)).tobytes() == swapped.tobytes()
+    monkeypatch.setattr(type(model), "_act_pool", original)
+    seen.clear()
+    model(x)                         # with a tape: the tutorial's order ...
+    assert min(seen) >= 0            # ... the pools see ReLU's outputs
+
+
 @pytest.mark.parametrize("stride, cin, cout", [(1, 4, 4), (2, 4, 8)])
 def test_basic_block_matches_torch(backend, stride, cin, cout):
     shortcut = "B" if stride != 1 else None

@@ -17,6 +17,7 @@ is inserted before each binary layer, and nothing else changes.
 from .. import init
 from ..layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Flatten, MaxPool2d, ReLU,
                       Tanh)
+from ..autograd import is_grad_enabled
 from ..module import Module
 from ._common import check_binary, check_choice, conv_layer, linear_layer
 
@@ -37,6 +38,16 @@ class _MaybeNormalised(Module):
     def _norm(self, name, x):
         layer = self._modules.get(name)
         return x if layer is None else layer(x)
+
+    def _act_pool(self, act, pool, x):
+        """pool(act(x)), the tutorial's order.  In inference (eval mode, no gradient taped)
+        a ReLU before a max pooling runs after it instead, on a quarter of the elements:
+        max pooling and ReLU commute exactly (both keep NaN, and ReLU turns every zero and
+        negative into +0.0 either way), so the result is the same bit for bit."""
+        if (not self.training and isinstance(act, ReLU) and isinstance(pool, MaxPool2d)
+                and not is_grad_enabled()):
+            return act(pool(x))
+        return pool(act(x))
 
     def _norm_conv(self, name, conv, x):
         """conv(BatchNorm ``name``(x)) where the variant has it (the binary convolution folds
@@ -84,8 +95,8 @@ class LeNet5(_MaybeNormalised):
         self.fc3 = linear_layer(None, 84, num_classes)
 
     def forward(self, x):
-        x = self.pool1(self.act1(self.conv1(x)))
-        x = self.pool2(self.act2(self._norm_conv("bn2", self.conv2, x)))
+        x = self._act_pool(self.act1, self.pool1, self.conv1(x))
+        x = self._act_pool(self.act2, self.pool2, self._norm_conv("bn2", self.conv2, x))
         x = self.act3(self.fc1(self._norm("bn3", self.flatten(x))))
         return self.fc3(self.act4(self.fc2(self._norm("bn4", x))))
 
@@ -128,8 +139,8 @@ class LeNetTF(_MaybeNormalised):
             init.constant_(layer.bias, 0.1)
 
     def forward(self, x):
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self._norm_conv("bn2", self.conv2, x)))
+        x = self._act_pool(self.relu1, self.pool1, self.conv1(x))
+        x = self._act_pool(self.relu2, self.pool2, self._norm_conv("bn2", self.conv2, x))
         x = self.dropout(self.relu3(self.fc1(self._norm("bn3", self.flatten(x)))))
         return self.fc2(x)
 
