@@ -332,6 +332,12 @@ _original_call = None
 _current = threading.local()
 
 
+def is_tracing():
+    """Whether this thread is inside ``summary``'s traced forward pass (models keep their
+    written layer order then: see LeNet5's inference-only reordering)."""
+    return getattr(_current, "tracer", None) is not None
+
+
 def _traced_call(module, *inputs, **kwargs):
     tracer = getattr(_current, "tracer", None)
     if tracer is None:

@@ -19,6 +19,7 @@ from ..layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Flatten, Max
                       Tanh)
 from ..autograd import is_grad_enabled
 from ..module import Module
+from ..summary import is_tracing
 from ._common import check_binary, check_choice, conv_layer, linear_layer
 
 __all__ = ["LeNet5", "LeNetTF", "lenet5", "lenet_tf"]
@@ -43,9 +44,10 @@ class _MaybeNormalised(Module):
         """pool(act(x)), the tutorial's order.  In inference (eval mode, no gradient taped)
         a ReLU before a max pooling runs after it instead, on a quarter of the elements:
         max pooling and ReLU commute exactly (both keep NaN, and ReLU turns every zero and
-        negative into +0.0 either way), so the result is the same bit for bit."""
+        negative into +0.0 either way), so the result is the same bit for bit.  (``summary``
+        still lists the written order.)"""
         if (not self.training and isinstance(act, ReLU) and isinstance(pool, MaxPool2d)
-                and not is_grad_enabled()):
+                and not is_grad_enabled() and not is_tracing()):
             return act(pool(x))
         return pool(act(x))
 

@@ -129,6 +129,18 @@ class ZeroPadShortcut(Module):
             raise ValueError(f"ZeroPadShortcut: cannot shrink {in_channels} channels to "
                              f"{out_channels}")
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self._zeros = {}      # (shape, dtype, backend) -> the zero channels: read, never written
+
+    def _pad(self, shape, dtype, backend):
+        """Zeros of ``shape``, made once per shape, dtype and backend (the batch's size may
+        vary): a fresh pair of zero arrays per call cost as much as the copies around them."""
+        key = (shape, str(dtype), backend)
+        pad = self._zeros.get(key)
+        if pad is None:
+            if len(self._zeros) >= 8:
+                self._zeros.clear()
+            pad = self._zeros[key] = gm.zeros(shape, dtype=dtype, backend=backend)
+        return pad
 
     def forward(self, x):
         if self.stride != 1:
@@ -138,7 +150,7 @@ class ZeroPadShortcut(Module):
             return x
         n, _, h, w = x.shape
         before = extra // 2
-        pads = [gm.zeros(n, size, h, w, dtype=x.dtype, backend=x.backend)
+        pads = [self._pad((n, size, h, w), x.dtype, x.backend)
                 for size in (before, extra - before)]
         parts = [pads[0], x, pads[1]] if before else [x, pads[1]]
         return F.cat(parts, axis=1)
