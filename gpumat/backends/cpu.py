@@ -93,8 +93,9 @@ class CPUBackend(ArrayModuleBackend):
         if kernels is None or not _copyable(a.dtype):
             return super().getitem(a, key)
         view = a[numpy_key(key)]
-        if view.size < self.NATIVE_COPY or not np.may_share_memory(view, a):
-            # small, or a fresh array already (advanced indexing)
+        if not np.may_share_memory(view, a):     # a fresh array already (index arrays)
+            return self._new(lambda: view, np.shape(view), view.dtype)
+        if view.size < self.NATIVE_COPY:
             return self._new(lambda: np.array(view, copy=True), view.shape, view.dtype)
         return self._run(lambda: kernels.copy_strided(view), view.shape, view.dtype)
 
