@@ -18,17 +18,8 @@
 
 namespace gpumat {
 
-inline int64_t blocks_of_rows(int64_t count, int64_t block) { return (count + block - 1) / block; }
-
 struct CopyLayout {
     std::vector<int64_t> shape, dst, src;   // outermost first; strides in elements
-
-    int64_t count() const {
-        int64_t total = 1;
-        for (int64_t extent : shape)
-            total *= extent;
-        return total;
-    }
 
     // Without the axes of extent 1, and with each pair of neighbouring axes that both operands
     // step through contiguously merged into one.  An empty copy keeps a 0 extent.
@@ -100,7 +91,7 @@ void copy_strided_as(T *dst, const T *src, const CopyLayout &layout) {
     };
     const int64_t wanted = kChunksPerThread * ThreadPool::instance().threads();
     const int64_t pieces = rows >= wanted ? 1 : std::max<int64_t>(
-        1, std::min(blocks_of_rows(wanted, rows), n / kCopyPiece));
+        1, std::min((wanted + rows - 1) / rows, n / kCopyPiece));
     if (pieces > 1) {
         // few long rows: each unit is one piece of one row
         parallel_for_chunks(rows * pieces, 2 * rows * n, [&](int64_t first, int64_t last) {

@@ -1103,7 +1103,7 @@ void set_xnor_isa(const std::string &name) {
 }  // namespace
 
 NB_MODULE(_native, module) {
-    module.doc() = "gpumat native CPU kernels (nanobind, OpenMP).";
+    module.doc() = "gpumat native CPU kernels (nanobind; their work split over one thread pool).";
 
     module.def("copy_strided", &copy_strided, "src"_a.noconvert(),
                "A C-contiguous copy of src (any strides; elements of 1, 2, 4 or 8 bytes),\n"

@@ -891,14 +891,6 @@ GPUMAT_XNOR_TARGET void build_planes(const ConvPlan &p, const uint32_t *image, i
 
 // ---- XNOR-Net's K (xnor_conv2d's window_mean) ---------------------------------------------------
 
-// k[oh][ow] for output rows [oh0, oh0 + rows) = the sum of mean[ih][iw] (the channel mean of
-// |x|) over the kernel taps inside the image, in tap order (kernel row by kernel row), float32
-// from 0, divided by kh kw: the average over the whole window with the padding's zeros
-// counted, as a box filter's.  The rows read are first copied between pw zeros on either
-// side (into `padded`, H x (W + 2 pw) floats), so that every tap of a kernel row is one
-// vectorised pass over the whole output row with no clipping: adding such a zero changes
-// nothing, as each sum is never -0.0 (it starts at +0.0 and adds means, >= 0 or NaN), so the
-// result is the skipping sum's exactly (native.window_mean_numpy skips them).
 #if GPUMAT_XNOR_KIND >= 2
 // R output rows of K (row r at out + r * out_w, its window's top input row top + r * sh, all
 // with kernel rows [i_first, i_last) inside the image): each 16-column vector's taps in tap
@@ -947,6 +939,14 @@ GPUMAT_XNOR_TARGET void window_sum_rows(const ConvPlan &p, const float *padded, 
 }
 #endif
 
+// k[oh][ow] for output rows [oh0, oh0 + rows) = the sum of mean[ih][iw] (the channel mean of
+// |x|) over the kernel taps inside the image, in tap order (kernel row by kernel row), float32
+// from 0, divided by kh kw: the average over the whole window with the padding's zeros
+// counted, as a box filter's.  The rows read are first copied between pw zeros on either
+// side (into `padded`, H x (W + 2 pw) floats), so that every tap of a kernel row is one
+// vectorised pass over the whole output row with no clipping: adding such a zero changes
+// nothing, as each sum is never -0.0 (it starts at +0.0 and adds means, >= 0 or NaN), so the
+// result is the skipping sum's exactly (native.window_mean_numpy skips them).
 inline GPUMAT_XNOR_TARGET void window_mean_rows(const ConvPlan &p, const float *mean,
                                                 int64_t oh0, int64_t rows, float *k,
                                                 float *padded) {
