@@ -194,11 +194,17 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
 
 def global_avg_pool2d(x):
     """The mean of each H x W plane: NCHW -> N x C x 1 x 1 (CHW -> C x 1 x 1), as
-    ``torch.nn.functional.adaptive_avg_pool2d(x, 1)``.  Runs on the reduction kernels."""
+    ``torch.nn.functional.adaptive_avg_pool2d(x, 1)``.  Runs on the reduction kernels (the cpu
+    backend: a native kernel summing each plane in float64)."""
     from .array import mean
     x = _as_input(x, "global_avg_pool2d")
     shape = tuple(x.shape)
     planes = shape[:-2]
+    backend = x._backend
+    dedicated = getattr(backend, "global_avg_pool2d", None)      # the cpu backend's kernel
+    if dedicated is not None:
+        x4, _ = _as_nchw(x)
+        return Array._wrap(backend, dedicated(x4._live)).reshape(planes + (1, 1))
     flat = x.reshape(planes + (shape[-2] * shape[-1],))
     return mean(flat, axis=flat.ndim - 1, keepdims=True).reshape(planes + (1, 1))
 

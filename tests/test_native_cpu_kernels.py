@@ -114,6 +114,38 @@ def test_max_pool_matches_twin_and_torch(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 5), (0, 4, 3, 3), (32, 64, 8, 8),
+                                   (3, 2, 61, 67)])
+def test_global_avg_pool_is_the_float64_mean(shape, dtype, monkeypatch):
+    """Each plane summed in float64 from +0.0 and divided once, natively and by the NumPy
+    twin alike (a plane of -0.0 gives +0.0, NaN and infinities propagate), and torch's
+    adaptive average to float rounding."""
+    x = special_values(shape, dtype, seed=sum(shape) + 3)
+    if x.size:
+        x[0, 0] = -0.0
+    with np.errstate(invalid="ignore"):
+        want = (x.astype(np.float64).sum(axis=(2, 3), keepdims=True, initial=0.0)
+                / (shape[2] * shape[3])).astype(dtype)
+    def same(got):          # equal values and zero signs (a NaN's sign depends on the order)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        numbers = ~np.isnan(want)
+        np.testing.assert_array_equal(np.signbit(got[numbers]), np.signbit(want[numbers]))
+
+    got = CPU.global_avg_pool2d(x)
+    assert got.flags.c_contiguous
+    same(got)
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    same(CPU.global_avg_pool2d(x))
+    if x.size:
+        finite = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+        np.testing.assert_allclose(
+            CPU.global_avg_pool2d(finite),
+            F.adaptive_avg_pool2d(torch.from_numpy(finite), 1).numpy(),
+            rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("count_include_pad", [True, False])
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
 def test_avg_pool_matches_twin_and_torch(case, count_include_pad, dtype):

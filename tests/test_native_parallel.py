@@ -61,6 +61,7 @@ def _cases():
                                                         False),
         "avg pool 3x3 s2 p1": lambda: NATIVE.pool2d_avg(x, (3, 3), (2, 2), (1, 1), (19, 21),
                                                         False),
+        "global average pool": lambda: NATIVE.pool2d_global_avg(x),
         "max pool backward": lambda: NATIVE.pool2d_max_backward(gp, idx, (37, 41), (2, 2),
                                                                 (2, 2), (0, 0)),
         "avg pool backward": lambda: NATIVE.pool2d_avg_backward(gp, (37, 41), (2, 2), (2, 2),

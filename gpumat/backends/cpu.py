@@ -82,6 +82,22 @@ class CPUBackend(ArrayModuleBackend):
     def pack_signs(self, a):
         return self._track(native.pack_signs(a))
 
+    def global_avg_pool2d(self, x):
+        """The mean of each plane of NCHW x, (N, C, 1, 1), summed in float64: natively (split
+        over the threads), else by NumPy.  (NumPy's own float32 mean over short rows ran at a
+        tenth of torch's speed on ResNet's 8 x 8 planes.)"""
+        kernels = native.kernels()
+        shape = x.shape[:2] + (1, 1)
+        if kernels is None:       # (sums from +0.0, as the kernel's: a plane of -0.0 gives +0.0)
+            size = x.shape[2] * x.shape[3]
+
+            def twin():
+                with np.errstate(invalid="ignore"):       # inf - inf: NaN, as natively
+                    return (x.sum(axis=(2, 3), dtype=np.float64, keepdims=True, initial=0.0)
+                            / size).astype(x.dtype)
+            return self._new(twin, shape, x.dtype)
+        return self._run(lambda: kernels.pool2d_global_avg(x), shape, x.dtype)
+
     # ---- copies ---------------------------------------------------------------------------
     #: elements from which a strided copy (a basic-indexing result, a concatenation) runs in
     #: the native module, split over its threads: NumPy copies a strided view element by

@@ -239,6 +239,24 @@ nb::object pool2d_avg(const AnyCpuArray &x, Pair kernel, Pair stride, Pair paddi
     });
 }
 
+nb::object pool2d_global_avg(const AnyCpuArray &x) {
+    const char *what = "pool2d_global_avg";
+    const bool is_double = require_float(x, what, "x");
+    require_layout(x, what, "x", 4);
+    const int64_t n = extent(x, 0), c = extent(x, 1), size = extent(x, 2) * extent(x, 3);
+    if (size == 0)
+        fail_value(what, "x of shape " + gpumat::shape_text(x) + " has empty planes");
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> out({(size_t) n, (size_t) c, 1, 1}, false);
+        {
+            nb::gil_scoped_release release;
+            gpumat::plane_means(static_cast<const T *>(x.data()), out.data(), n * c, size);
+        }
+        return out.release();
+    });
+}
+
 // The geometry of a pooling backward pass: grad_out is (N, C, OH, OW), the input (N, C, H, W).
 gpumat::Pool2dGeometry pool_backward_geometry(const char *what, const AnyCpuArray &grad_out,
                                               const Pair &input_hw, const Pair &kernel,
@@ -1124,6 +1142,9 @@ NB_MODULE(_native, module) {
     module.def("pool2d_avg", &pool2d_avg, "x"_a.noconvert(), "kernel"_a, "stride"_a,
                "padding"_a, "out_hw"_a, "count_include_pad"_a,
                "Average pooling of a C-contiguous float NCHW array with torch's semantics.");
+    module.def("pool2d_global_avg", &pool2d_global_avg, "x"_a.noconvert(),
+               "Global average pooling of a C-contiguous float NCHW array: (N, C, 1, 1), each\n"
+               "plane's values summed in float64 and divided once.");
     module.def("pool2d_max_backward", &pool2d_max_backward, "grad_out"_a.noconvert(),
                "indices"_a.noconvert(), "input_hw"_a, "kernel"_a, "stride"_a, "padding"_a,
                "Gradient of max pooling: each output's gradient added at its index (an\n"

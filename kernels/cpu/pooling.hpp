@@ -348,6 +348,23 @@ void max_pool2d(const Pool2dGeometry &g, const T *x, T *out, int64_t *index) {
     });
 }
 
+// Global average pooling: out[p] = the mean of the `size` values of plane p, summed in double
+// (vector lanes first, then across them: one fixed order for any call and thread count) and
+// divided once.
+template <class T>
+void plane_means(const T *x, T *out, int64_t planes, int64_t size) {
+    parallel_for_chunks(planes, planes * size, [&](int64_t first, int64_t last) {
+        for (int64_t p = first; p < last; ++p) {
+            const T *values = x + p * size;
+            double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t i = 0; i < size; ++i)
+                sum += (double) values[i];
+            out[p] = (T) (sum / (double) size);
+        }
+    });
+}
+
 template <class T>
 void avg_pool2d(const Pool2dGeometry &g, const T *x, T *out, bool count_include_pad) {
     const int64_t in_plane = g.height * g.width, out_plane = g.out_h * g.out_w;
