@@ -227,10 +227,33 @@ void max_pool_row_taps(const Pool2dGeometry &g, const T *x, const Pool2dGeometry
 
 // Max pooling of one plane.  `scratch` holds out_w int32 positions (planes under 2**31
 // elements, which the caller checks); `index` may be null (no indices wanted).
+// Whether the plane has one output whose window lies inside it from its corner (a global
+// pooling written as a window of the plane's size): then one fold in scan order does it.
+inline bool single_window(const Pool2dGeometry &g) {
+    return g.out_h == 1 && g.out_w == 1 && g.pad_h == 0 && g.pad_w == 0 &&
+           g.kernel_h <= g.height && g.kernel_w <= g.width;
+}
+
 template <class T>
 void max_pool_plane(const Pool2dGeometry &g, const T *x, T *out, int64_t *index,
                     int32_t *scratch) {
     const int64_t W = g.width;
+    if (single_window(g)) {       // torch's fold from the first tap, in scan order
+        T best = x[0];
+        int64_t at = 0;
+        for (int64_t h = 0; h < g.kernel_h; ++h)
+            for (int64_t w = h == 0 ? 1 : 0; w < g.kernel_w; ++w) {
+                const T v = x[h * W + w];
+                if (takes(v, best)) {
+                    best = v;
+                    at = h * W + w;
+                }
+            }
+        out[0] = best;
+        if (index != nullptr)
+            index[0] = at;
+        return;
+    }
 #ifdef GPUMAT_POOLING_SSE2
     // The common CNN pool (float 2x2 at stride 2, no padding, every window inside the plane,
     // rows of 4 outputs or more): straight down the rows, four outputs at a time and the last
@@ -301,6 +324,14 @@ template <class T>
 void avg_pool_plane(const Pool2dGeometry &g, const T *x, T *out, bool count_include_pad,
                     T *row_sum) {
     const int64_t W = g.width;
+    if (single_window(g)) {       // the taps in scan order from +0.0, as the rows below add them
+        T sum = 0;
+        for (int64_t h = 0; h < g.kernel_h; ++h)
+            for (int64_t w = 0; w < g.kernel_w; ++w)
+                sum += x[h * W + w];
+        out[0] = sum / (T) (g.kernel_h * g.kernel_w);
+        return;
+    }
     int64_t first, last;
     g.interior_columns(first, last);
     for (int64_t r = 0; r < g.out_h; ++r) {
