@@ -105,8 +105,15 @@ class ThreadPool {
             return;
         const int helpers = (int) std::min<int64_t>(
             {(int64_t) std::min(max_threads, threads()) - 1, chunks - 1});
+        // a chunk that runs another job (a nested call) runs it alone, on its own thread: the
+        // caller of the outer job holds running_, which it must not try to lock again
+        if (helpers <= 0 || inside_job()) {
+            for (int64_t chunk = 0; chunk < chunks; ++chunk)
+                task(chunk);
+            return;
+        }
         std::unique_lock<std::mutex> exclusive(running_, std::try_to_lock);
-        if (helpers <= 0 || !exclusive.owns_lock()) {
+        if (!exclusive.owns_lock()) {
             for (int64_t chunk = 0; chunk < chunks; ++chunk)
                 task(chunk);
             return;
@@ -188,7 +195,18 @@ class ThreadPool {
                                                      kMaxThreads));
     }
 
+    // Whether this thread is running a job's chunk now.
+    static bool &inside_job() {
+        static thread_local bool inside = false;
+        return inside;
+    }
+
     static void work(Job &job) {
+        struct Inside {                  // (restored however work() leaves)
+            bool previous = inside_job();
+            Inside() { inside_job() = true; }
+            ~Inside() { inside_job() = previous; }
+        } inside;
         for (;;) {
             const int64_t chunk = job.next.fetch_add(1, std::memory_order_relaxed);
             if (chunk >= job.chunks)
