@@ -552,3 +552,82 @@ def test_opencl_evaluation_variants_are_the_float_operations(monkeypatch, varian
     for shape in OPENCL_SHAPES:
         for affine in (True, False):
             _evaluation_bits("opencl", np.float32, shape, affine)
+
+
+def test_the_quick_checks_agree_with_the_full_ones(backend, monkeypatch):
+    """gm.batch_norm_forward checks a layer's usual arguments by a short path and everything
+    else by the full one: for each call here -- valid ones and ones each check must refuse --
+    both give the same result bits (all four results), or the same error and message.  The
+    layers' calls take the short path (it must not quietly hand everything to the long one)."""
+    from gpumat import normalization
+
+    rng = np.random.default_rng(31)
+    c = 6
+
+    def arr(v, dtype=np.float32):
+        return gm.array(np.asarray(v, dtype), backend=backend)
+
+    x, x2 = arr(rng.standard_normal((3, c, 4, 5))), arr(rng.standard_normal((7, c)))
+    w, b = arr(rng.standard_normal(c)), arr(rng.standard_normal(c))
+    m, v = arr(rng.standard_normal(c)), arr(rng.uniform(0.5, 2.0, c))
+    released = arr(np.ones(c))
+    released.release()
+    calls = [
+        ((x, w, b, m, v), dict(eps=1e-5)),                        # a BatchNorm2d in eval
+        ((x, w, b), dict(eps=1e-5)),                              # ... in training
+        ((x2, w, b, m, v), dict(eps=1e-3, training=False)),       # BatchNorm1d
+        ((x2, None, None), dict(eps=0.0, training=True)),         # affine=False
+        ((x, None, b, m, v), dict(eps=2.0)),
+        ((x, w, b, m, v), dict(eps=1)),                           # int eps: the full path
+        ((x, w, b, m, v), dict(eps=np.float64(1e-5))),
+        # refused
+        ((x, w, b, m, v), dict(eps=1e-5, training=np.bool_(False))),
+        ((x, w.astype("double"), b), {}),
+        ((x, w, b, m, v), dict(eps=1e-5, training=True)),
+        ((x, w, b), dict(eps=1e-5, training=False)),
+        ((x, w, b, m, None), {}),
+        ((x, w, b, m, v), dict(eps=-1.0)),
+        ((x, w, b, m, v), dict(eps=float("nan"))),
+        ((x, w, b, m, v), dict(eps=float("inf"))),
+        ((x, w, b, m, v), dict(eps=True)),
+        ((x, w, b, m, v), dict(training=1)),
+        ((x, arr(np.ones(c + 1)), b), {}),
+        ((x, w, released), {}),
+        ((x, w, b, m, arr(np.ones((1, c)))), {}),
+        ((arr(np.ones(c)), w, b), {}),                             # 1-d x
+        ((arr(np.ones((0, c, 2, 2))), w, b), {}),                  # empty batch in training
+        ((arr(np.ones((0, c, 2, 2))), w, b, m, v), {}),            # ... in evaluation
+        ((arr(np.ones((3, c)), np.int32), w, b), {}),
+        ((released, w, b), {}),
+    ]
+
+    def outcome(args, kwargs):
+        try:
+            result = gm.batch_norm_forward(*args, **kwargs)
+        except Exception as exc:       # noqa: BLE001 -- the exception is the outcome compared
+            return type(exc), str(exc)
+        return tuple((r.dtype, r.shape, r.gather().tobytes()) for r in result)
+
+    quick = [outcome(args, kwargs) for args, kwargs in calls]
+    taken = []
+    original = normalization._forward_fast
+    monkeypatch.setattr(normalization, "_forward_fast", lambda *a: taken.append(
+        original(*a) is not None) or None)
+    full = [outcome(args, kwargs) for args, kwargs in calls]
+    for (args, kwargs), q, f in zip(calls, quick, full):
+        assert q == f, f"{kwargs}: quick path {q[:1]} / full path {f[:1]}"
+    refused = [isinstance(q[0], type) and issubclass(q[0], Exception) for q in quick]
+    assert refused == [False] * 7 + [True] * 15 + [False, True, True], refused
+    assert taken[:5] == [True] * 5, taken
+    assert not any(taken[5:]), taken
+    # the layers' calls take it: evaluation and training, 1d and 2d
+    calls_taken = []
+    monkeypatch.setattr(normalization, "_forward_fast", lambda *a: calls_taken.append(
+        original(*a) is not None) or original(*a))
+    for layer, inp in ((nn.BatchNorm2d(c), x), (nn.BatchNorm1d(c), x2)):
+        layer.to(backend)
+        layer(inp)
+        layer.eval()
+        with nn.no_grad():
+            layer(inp)
+    assert calls_taken == [True] * 4, calls_taken
