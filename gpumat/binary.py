@@ -161,6 +161,9 @@ def xnor_gemm(a, b, k=None, dtype="int32", *, row_scale=None, col_scale=None, bi
     (M values: K, per row of a), ``col_scale`` (N: alpha) and ``bias`` (N) make each result
     ((v * row_scale[m]) * col_scale[n]) + bias[n], rounded one operation at a time (no fused
     multiply-add), so equal to those float32 operations done one after another."""
+    fast = _xnor_gemm_fast(a, b, k, dtype, row_scale, col_scale, bias)
+    if fast is not None:
+        return fast
     what = "xnor_gemm"
     a, b = _array(a, what, "a"), _array(b, what, "b")
     backend = _same_backend(what, a=a, b=b)
@@ -374,6 +377,36 @@ def _float_operand(value, backend, shape):
             or native.shape != shape):
         return None
     return native
+
+
+def _xnor_gemm_fast(a, b, k, dtype, row_scale, col_scale, bias):
+    """xnor_gemm's call for the arguments a binary linear layer passes on every call --
+    packed uint32 rows of one backend, an int k that fits them, float32 factors of exactly
+    one value per row -- with as few Python operations as that takes (the full checks were
+    twice the kernel's time at batch 1).  Returns None for anything else, which the full
+    checks then take (and name what is wrong): both hand the backend the same arguments."""
+    if type(a) is not Array or type(b) is not Array or type(k) is not int or k < 1:
+        return None
+    an, bn = a._native, b._native
+    if an is None or bn is None or type(dtype) is not str:
+        return None
+    backend = a._storage.backend
+    out_dtype = _RESULT_DTYPES.get(dtype)
+    if (out_dtype is None or b._storage.backend is not backend or an.dtype != _UINT32
+            or bn.dtype != _UINT32 or len(an.shape) != 2 or len(bn.shape) != 2
+            or an.shape[1] != words(k) or bn.shape[1] != an.shape[1]):
+        return None
+    factors = {}
+    for name, value, size in (("row_scale", row_scale, an.shape[0]),
+                              ("col_scale", col_scale, bn.shape[0]), ("bias", bias, bn.shape[0])):
+        if value is not None:
+            native = _float_operand(value, backend, (size,))
+            if native is None:
+                return None
+            factors[name] = native
+    if factors and out_dtype != _FLOAT32:
+        return None
+    return Array._wrap(backend, backend.xnor_gemm(an, bn, k, out_dtype, **factors))
 
 
 def _xnor_conv2d_fast(x, w, stride, padding, channels, dtype, pixel_scale, filter_scale, bias,

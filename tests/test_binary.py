@@ -623,6 +623,81 @@ def test_the_quick_checks_agree_with_the_full_ones(backend, monkeypatch):
     assert taken[:5] == [True] * 5, taken
 
 
+def test_the_quick_gemm_checks_agree_with_the_full_ones(backend, monkeypatch):
+    """gm.xnor_gemm checks a binary linear layer's usual arguments by a short path and the
+    rest by the full one: for each call here -- valid ones and ones each check must refuse --
+    both give the same result bits, or the same error and message; the layer's calls take
+    the short path."""
+    from gpumat import binary, nn
+
+    rng = np.random.default_rng(37)
+    k, m, n = 45, 3, 5
+
+    def arr(v, dtype=np.float32):
+        return gm.array(np.asarray(v, dtype), backend=backend)
+
+    a, b = arr(rand(rng, m, k)), arr(rand(rng, n, k))
+    ap, bp = gm.pack_signs(a), gm.pack_signs(b)
+    rows, cols, shift = arr(np.abs(rand(rng, m))), arr(np.abs(rand(rng, n))), arr(rand(rng, n))
+    released = arr(np.ones(n))
+    released.release()
+    calls = [
+        ((ap, bp, k), {}),
+        ((ap, bp, k), dict(dtype="float32", row_scale=rows, col_scale=cols, bias=shift)),
+        ((ap, bp, k), dict(dtype="single", col_scale=cols)),
+        ((ap, bp, 33), {}),                                       # k one past a word
+        ((ap, bp, k), dict(dtype="float32", bias=shift)),
+        # the full path's, valid
+        ((a, b), {}),
+        ((ap, bp, np.int64(k)), {}),
+        ((ap, bp, k), dict(dtype=np.float32, row_scale=rows)),
+        ((ap, bp, k), dict(dtype="float32", col_scale=cols.reshape(n, 1))),
+        # refused
+        ((ap, bp, 0), {}),
+        ((ap, bp, 65), {}),
+        ((ap, bp, True), {}),
+        ((ap, bp), {}),
+        ((a, bp, k), {}),
+        ((ap, bp, k), dict(dtype="float64")),
+        ((ap, bp, k), dict(row_scale=rows)),                      # int32 with factors
+        ((ap, bp, k), dict(dtype="float32", row_scale=cols)),     # wrong length
+        ((ap, bp, k), dict(dtype="float32", bias=arr(np.ones(n), np.float64))),
+        ((ap, bp, k), dict(dtype="float32", bias=released)),
+        ((ap.reshape(1, m, -1), bp, k), {}),
+        ((arr(np.ones((m, 2)), np.int32), bp, k), {}),
+        ((released, bp, k), {}),
+    ]
+
+    def outcome(args, kwargs):
+        try:
+            y = gm.xnor_gemm(*args, **kwargs)
+        except Exception as exc:       # noqa: BLE001 -- the exception is the outcome compared
+            return type(exc), str(exc)
+        return y.dtype, y.gather().tobytes()
+
+    quick = [outcome(args, kwargs) for args, kwargs in calls]
+    taken = []
+    original = binary._xnor_gemm_fast
+    monkeypatch.setattr(binary, "_xnor_gemm_fast", lambda *a: taken.append(
+        original(*a) is not None) or None)
+    full = [outcome(args, kwargs) for args, kwargs in calls]
+    for (args, kwargs), q, f in zip(calls, quick, full):
+        assert q == f, f"{kwargs}: quick path {q[:1]} / full path {f[:1]}"
+    refused = [isinstance(q[0], type) and issubclass(q[0], Exception) for q in quick]
+    assert refused == [False] * 9 + [True] * 13, refused
+    assert taken[:5] == [True] * 5 and not any(taken[5:]), taken
+    # a BinaryLinear layer in inference takes it
+    layer_calls = []
+    monkeypatch.setattr(binary, "_xnor_gemm_fast", lambda *a: layer_calls.append(
+        original(*a) is not None) or original(*a))
+    fc = nn.BinaryLinear(k, n, bias=True, mode="xnor")
+    fc.to(backend)
+    fc.eval()
+    with nn.no_grad():
+        fc(a)
+    assert layer_calls == [True], layer_calls
+
+
 def test_operands_on_two_backends_are_refused():
     if len(TESTED) < 2:
         pytest.skip("needs two backends")
