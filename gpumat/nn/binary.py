@@ -433,8 +433,10 @@ class BinaryConv2d(_Binary, Conv2d):
             # three launches)
             statistics = None
             if batch_norm is not None:
-                weight, shift = batch_norm.weight, batch_norm.bias
-                statistics = (batch_norm.running_mean, batch_norm.running_var,
+                # (straight from the module's tables: this runs on every inference call)
+                parameters, buffers = batch_norm._parameters, batch_norm._buffers
+                weight, shift = parameters["weight"], parameters["bias"]
+                statistics = (buffers["running_mean"], buffers["running_var"],
                               None if weight is None else weight.data,
                               None if shift is None else shift.data, batch_norm.eps)
             return gm.xnor_conv2d(x, cache["packed"], stride=self.stride, padding=self.padding,
