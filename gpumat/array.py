@@ -403,6 +403,20 @@ def from_numpy(x, backend):
     return Array._wrap(backend, backend.from_numpy(np.asarray(x, order="C")))
 
 
+def _exact_native(value, backend, dtype, shape):
+    """``value``'s native buffer where it is a live Array of exactly ``dtype`` and ``shape``
+    on ``backend``, else None: the whole check of an operand on the short argument paths
+    (gm.xnor_conv2d, gm.xnor_gemm, gm.batch_norm_forward), which leave anything else to their
+    full checks."""
+    if type(value) is not Array:
+        return None
+    native = value._native
+    if (native is None or value._storage.backend is not backend or native.dtype != dtype
+            or native.shape != shape):
+        return None
+    return native
+
+
 def _check_backend_dtype(backend, dtype):
     if np.dtype(dtype) == np.float64 and not backend.supports_float64:
         raise DtypeError(f"the {backend.name} device {backend.device!r} does not support "

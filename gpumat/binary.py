@@ -25,7 +25,7 @@ Every argument is checked here with errors that name it; the backends get valid 
 """
 import numpy as np
 
-from .array import Array, _as_array
+from .array import Array, _as_array, _exact_native
 from .conv import _is_int, _pair, conv2d
 from .creation import full
 from .errors import DtypeError, ShapeError
@@ -370,13 +370,7 @@ def _int_pair(value, minimum):
 def _float_operand(value, backend, shape):
     """An epilogue or batch norm operand's buffer where it is a live float32 Array of exactly
     ``shape`` on ``backend``, else None."""
-    if type(value) is not Array:
-        return None
-    native = value._native
-    if (native is None or value._storage.backend is not backend or native.dtype != _FLOAT32
-            or native.shape != shape):
-        return None
-    return native
+    return _exact_native(value, backend, _FLOAT32, shape)
 
 
 def _xnor_gemm_fast(a, b, k, dtype, row_scale, col_scale, bias):

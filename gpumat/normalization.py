@@ -34,7 +34,7 @@ import numbers
 import numpy as np
 
 from .activations import _as_input, _second
-from .array import Array
+from .array import Array, _exact_native
 from .errors import ShapeError
 
 __all__ = ["batch_norm_forward", "batch_norm_backward", "BatchNormForward",
@@ -118,16 +118,10 @@ def _forward_fast(x, weight, bias, mean, var, eps, training):
     channels = (xn.shape[1],)
     natives = []
     for v in (weight, bias, mean, var):
-        if v is None:
-            natives.append(None)
-            continue
-        if type(v) is not Array:
+        native = None if v is None else _exact_native(v, backend, _FLOAT32, channels)
+        if native is None and v is not None:
             return None
-        vn = v._native
-        if (vn is None or v._storage.backend is not backend or vn.dtype != _FLOAT32
-                or vn.shape != channels):
-            return None
-        natives.append(vn)
+        natives.append(native)
     return _forward_results(backend, backend.batch_norm_forward(xn, *natives, eps), training,
                             mean, var)
 

@@ -20,6 +20,7 @@ from gpumat.backends.array_module import ArrayModuleBackend
 from gpumat.errors import BackendMismatchError, DtypeError, ShapeError
 
 from conftest import AVAILABLE
+from quick_paths import compare_paths, count_short_calls
 
 DTYPES = [np.float32, np.float64]
 #: N x C, N x C x H x W and N x C x L: C = 1, H*W = 1, N = 1 (with more than one value per
@@ -601,33 +602,16 @@ def test_the_quick_checks_agree_with_the_full_ones(backend, monkeypatch):
         ((released, w, b), {}),
     ]
 
-    def outcome(args, kwargs):
-        try:
-            result = gm.batch_norm_forward(*args, **kwargs)
-        except Exception as exc:       # noqa: BLE001 -- the exception is the outcome compared
-            return type(exc), str(exc)
-        return tuple((r.dtype, r.shape, r.gather().tobytes()) for r in result)
-
-    quick = [outcome(args, kwargs) for args, kwargs in calls]
-    taken = []
-    original = normalization._forward_fast
-    monkeypatch.setattr(normalization, "_forward_fast", lambda *a: taken.append(
-        original(*a) is not None) or None)
-    full = [outcome(args, kwargs) for args, kwargs in calls]
-    for (args, kwargs), q, f in zip(calls, quick, full):
-        assert q == f, f"{kwargs}: quick path {q[:1]} / full path {f[:1]}"
-    refused = [isinstance(q[0], type) and issubclass(q[0], Exception) for q in quick]
+    refused, taken, _ = compare_paths(monkeypatch, normalization, "_forward_fast",
+                                      gm.batch_norm_forward, calls)
     assert refused == [False] * 7 + [True] * 15 + [False, True, True], refused
-    assert taken[:5] == [True] * 5, taken
-    assert not any(taken[5:]), taken
-    # the layers' calls take it: evaluation and training, 1d and 2d
-    calls_taken = []
-    monkeypatch.setattr(normalization, "_forward_fast", lambda *a: calls_taken.append(
-        original(*a) is not None) or original(*a))
-    for layer, inp in ((nn.BatchNorm2d(c), x), (nn.BatchNorm1d(c), x2)):
-        layer.to(backend)
-        layer(inp)
-        layer.eval()
-        with nn.no_grad():
+    assert taken[:5] == [True] * 5 and not any(taken[5:]), taken
+
+    def layers():       # the layers' calls: evaluation and training, 1d and 2d
+        for layer, inp in ((nn.BatchNorm2d(c), x), (nn.BatchNorm1d(c), x2)):
+            layer.to(backend)
             layer(inp)
-    assert calls_taken == [True] * 4, calls_taken
+            layer.eval()
+            with nn.no_grad():
+                layer(inp)
+    assert count_short_calls(monkeypatch, normalization, "_forward_fast", layers) == [True] * 4

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import gpumat as gm
 from conftest import TESTED, assert_same
+from quick_paths import compare_paths, count_short_calls
 
 
 def signs(v):
@@ -604,22 +605,9 @@ def test_the_quick_checks_agree_with_the_full_ones(backend, monkeypatch):
         ((released, wp), {}),
     ]
 
-    def outcome(args, kwargs):
-        try:
-            y = gm.xnor_conv2d(*args, **kwargs)
-        except Exception as exc:       # noqa: BLE001 -- the exception is the outcome compared
-            return type(exc), str(exc)
-        return y.dtype, y.gather().tobytes()
-
-    quick = [outcome(args, kwargs) for args, kwargs in calls]
-    taken = []
-    original = binary._xnor_conv2d_fast
-    monkeypatch.setattr(binary, "_xnor_conv2d_fast", lambda *a: taken.append(
-        original(*a) is not None) or None)
-    full = [outcome(args, kwargs) for args, kwargs in calls]
-    for (args, kwargs), q, f in zip(calls, quick, full):
-        assert q == f, f"{kwargs}: quick path {q[:1]} / full path {f[:1]}"
-    assert sum(isinstance(q[0], type) and issubclass(q[0], Exception) for q in quick) == 28
+    refused, taken, _ = compare_paths(monkeypatch, binary, "_xnor_conv2d_fast", gm.xnor_conv2d,
+                                      calls)
+    assert sum(refused) == 28
     assert taken[:5] == [True] * 5, taken
 
 
@@ -668,34 +656,18 @@ def test_the_quick_gemm_checks_agree_with_the_full_ones(backend, monkeypatch):
         ((released, bp, k), {}),
     ]
 
-    def outcome(args, kwargs):
-        try:
-            y = gm.xnor_gemm(*args, **kwargs)
-        except Exception as exc:       # noqa: BLE001 -- the exception is the outcome compared
-            return type(exc), str(exc)
-        return y.dtype, y.gather().tobytes()
-
-    quick = [outcome(args, kwargs) for args, kwargs in calls]
-    taken = []
-    original = binary._xnor_gemm_fast
-    monkeypatch.setattr(binary, "_xnor_gemm_fast", lambda *a: taken.append(
-        original(*a) is not None) or None)
-    full = [outcome(args, kwargs) for args, kwargs in calls]
-    for (args, kwargs), q, f in zip(calls, quick, full):
-        assert q == f, f"{kwargs}: quick path {q[:1]} / full path {f[:1]}"
-    refused = [isinstance(q[0], type) and issubclass(q[0], Exception) for q in quick]
+    refused, taken, _ = compare_paths(monkeypatch, binary, "_xnor_gemm_fast", gm.xnor_gemm,
+                                      calls)
     assert refused == [False] * 9 + [True] * 13, refused
     assert taken[:5] == [True] * 5 and not any(taken[5:]), taken
-    # a BinaryLinear layer in inference takes it
-    layer_calls = []
-    monkeypatch.setattr(binary, "_xnor_gemm_fast", lambda *a: layer_calls.append(
-        original(*a) is not None) or original(*a))
-    fc = nn.BinaryLinear(k, n, bias=True, mode="xnor")
+    fc = nn.BinaryLinear(k, n, bias=True, mode="xnor")         # in inference: the short path
     fc.to(backend)
     fc.eval()
-    with nn.no_grad():
-        fc(a)
-    assert layer_calls == [True], layer_calls
+
+    def infer():
+        with nn.no_grad():
+            fc(a)
+    assert count_short_calls(monkeypatch, binary, "_xnor_gemm_fast", infer) == [True]
 
 
 def test_operands_on_two_backends_are_refused():
