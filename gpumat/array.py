@@ -417,6 +417,18 @@ def _exact_native(value, backend, dtype, shape):
     return native
 
 
+def _exact_natives(values, backend, dtype, shape):
+    """The natives of ``values`` (None staying None) where every one given passes
+    _exact_native, else None."""
+    natives = []
+    for value in values:
+        native = None if value is None else _exact_native(value, backend, dtype, shape)
+        if native is None and value is not None:
+            return None
+        natives.append(native)
+    return natives
+
+
 def _check_backend_dtype(backend, dtype):
     if np.dtype(dtype) == np.float64 and not backend.supports_float64:
         raise DtypeError(f"the {backend.name} device {backend.device!r} does not support "

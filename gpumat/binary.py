@@ -25,7 +25,7 @@ Every argument is checked here with errors that name it; the backends get valid 
 """
 import numpy as np
 
-from .array import Array, _as_array, _exact_native
+from .array import Array, _as_array, _exact_native, _exact_natives
 from .conv import _is_int, _pair, conv2d
 from .creation import full
 from .errors import DtypeError, ShapeError
@@ -473,14 +473,9 @@ def _xnor_conv2d_fast(x, w, stride, padding, channels, dtype, pixel_scale, filte
         if not x_float or type(batch_norm) is not tuple or len(batch_norm) != 5:
             return None
         mean, var, weight, shift, eps = batch_norm
-        shape = (c,)
-        operands = (_float_operand(mean, backend, shape), _float_operand(var, backend, shape),
-                    None if weight is None else _float_operand(weight, backend, shape),
-                    None if shift is None else _float_operand(shift, backend, shape))
-        if (operands[0] is None or operands[1] is None
-                or (weight is not None and operands[2] is None)
-                or (shift is not None and operands[3] is None)
-                or type(eps) is not float or not 0.0 <= eps < float("inf")):
+        operands = _exact_natives((mean, var, weight, shift), backend, _FLOAT32, (c,))
+        if (operands is None or mean is None or var is None or type(eps) is not float
+                or not 0.0 <= eps < float("inf")):
             return None
         natives.update(bn_mean=operands[0], bn_var=operands[1], bn_weight=operands[2],
                        bn_bias=operands[3], bn_eps=eps)

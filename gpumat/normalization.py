@@ -34,7 +34,7 @@ import numbers
 import numpy as np
 
 from .activations import _as_input, _second
-from .array import Array, _exact_native
+from .array import Array, _exact_natives
 from .errors import ShapeError
 
 __all__ = ["batch_norm_forward", "batch_norm_backward", "BatchNormForward",
@@ -115,13 +115,9 @@ def _forward_fast(x, weight, bias, mean, var, eps, training):
     elif type(training) is not bool or training == given:
         return None
     backend = x._storage.backend
-    channels = (xn.shape[1],)
-    natives = []
-    for v in (weight, bias, mean, var):
-        native = None if v is None else _exact_native(v, backend, _FLOAT32, channels)
-        if native is None and v is not None:
-            return None
-        natives.append(native)
+    natives = _exact_natives((weight, bias, mean, var), backend, _FLOAT32, (xn.shape[1],))
+    if natives is None:
+        return None
     return _forward_results(backend, backend.batch_norm_forward(xn, *natives, eps), training,
                             mean, var)
 

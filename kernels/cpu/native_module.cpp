@@ -121,14 +121,19 @@ std::vector<int64_t> contiguous_strides(const std::vector<size_t> &shape) {
     return strides;
 }
 
+// The buffer of a C-contiguous result of `shape`, elements of `bytes` bytes.
+gpumat::Result<uint8_t> byte_result(const std::vector<size_t> &shape, size_t bytes) {
+    size_t size = bytes;
+    for (size_t extent : shape)
+        size *= extent;
+    return gpumat::Result<uint8_t>({size}, false);
+}
+
 nb::object copy_strided(const AnyCpuArray &src) {
     const char *what = "copy_strided";
     const size_t bytes = element_bytes(src, what);
     const std::vector<size_t> shape = shape_of(src);
-    size_t count = 1;
-    for (size_t extent : shape)
-        count *= extent;
-    gpumat::Result<uint8_t> out({std::max<size_t>(count, 1) * bytes}, false);
+    gpumat::Result<uint8_t> out = byte_result(shape, bytes);
     {
         nb::gil_scoped_release release;
         copy_view_into(reinterpret_cast<char *>(out.data()), 0, contiguous_strides(shape), src,
@@ -160,10 +165,7 @@ nb::object concatenate(const std::vector<AnyCpuArray> &arrays, int64_t axis) {
                                      std::to_string(axis));
         shape[(size_t) axis] += a.shape((size_t) axis);
     }
-    size_t count = 1;
-    for (size_t extent : shape)
-        count *= extent;
-    gpumat::Result<uint8_t> out({std::max<size_t>(count, 1) * bytes}, false);
+    gpumat::Result<uint8_t> out = byte_result(shape, bytes);
     const std::vector<int64_t> strides = contiguous_strides(shape);
     {
         nb::gil_scoped_release release;

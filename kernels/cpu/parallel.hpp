@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <exception>
 
 #ifdef _OPENMP
 #include <omp.h>

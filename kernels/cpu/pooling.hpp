@@ -225,8 +225,6 @@ void max_pool_row_taps(const Pool2dGeometry &g, const T *x, const Pool2dGeometry
     }
 }
 
-// Max pooling of one plane.  `scratch` holds out_w int32 positions (planes under 2**31
-// elements, which the caller checks); `index` may be null (no indices wanted).
 // Whether the plane has one output whose window lies inside it from its corner (a global
 // pooling written as a window of the plane's size): then one fold in scan order does it.
 inline bool single_window(const Pool2dGeometry &g) {
@@ -234,6 +232,8 @@ inline bool single_window(const Pool2dGeometry &g) {
            g.kernel_h <= g.height && g.kernel_w <= g.width;
 }
 
+// Max pooling of one plane.  `scratch` holds out_w int32 positions (planes under 2**31
+// elements, which the caller checks); `index` may be null (no indices wanted).
 template <class T>
 void max_pool_plane(const Pool2dGeometry &g, const T *x, T *out, int64_t *index,
                     int32_t *scratch) {

@@ -107,12 +107,9 @@ class ThreadPool {
             {(int64_t) std::min(max_threads, threads()) - 1, chunks - 1});
         // a chunk that runs another job (a nested call) runs it alone, on its own thread: the
         // caller of the outer job holds running_, which it must not try to lock again
-        if (helpers <= 0 || inside_job()) {
-            for (int64_t chunk = 0; chunk < chunks; ++chunk)
-                task(chunk);
-            return;
-        }
-        std::unique_lock<std::mutex> exclusive(running_, std::try_to_lock);
+        std::unique_lock<std::mutex> exclusive;
+        if (helpers > 0 && !inside_job())
+            exclusive = std::unique_lock<std::mutex>(running_, std::try_to_lock);
         if (!exclusive.owns_lock()) {
             for (int64_t chunk = 0; chunk < chunks; ++chunk)
                 task(chunk);

@@ -247,6 +247,14 @@ struct ConvPlan {
     int64_t scratch_words() const { return padded_offset() / 4 + padded_span + 16; }
 };
 
+// The kernel taps [first, last) of one axis inside the image for output position `pos`.
+inline void valid_taps(int64_t pos, int64_t stride, int64_t pad, int64_t kernel, int64_t size,
+                       int64_t &first, int64_t &last) {
+    const int64_t start = pos * stride - pad;            // input position of tap 0
+    first = std::min(kernel, std::max<int64_t>(0, -start));
+    last = std::max(first, std::min(kernel, size - start));
+}
+
 // Function pointers of one instruction set's copy.
 struct Kernels {
     const char *name;
@@ -673,14 +681,6 @@ inline void gemm_epilogue(float *out, int64_t m, int64_t n, const float *row_sca
 }
 
 // ---- xnor_conv2d -------------------------------------------------------------------------------
-
-// The kernel taps [first, last) of one axis inside the image for output position `pos`.
-inline void valid_taps(int64_t pos, int64_t stride, int64_t pad, int64_t kernel, int64_t size,
-                       int64_t &first, int64_t &last) {
-    const int64_t start = pos * stride - pad;            // input position of tap 0
-    first = std::min(kernel, std::max<int64_t>(0, -start));
-    last = std::max(first, std::min(kernel, size - start));
-}
 
 // The plan of a call: plane layout, steps and their offsets, block rows.
 inline ConvPlan conv_plan(int64_t batch, int64_t channels, int64_t height, int64_t width,

@@ -972,15 +972,13 @@ inline GPUMAT_XNOR_TARGET void window_mean_rows(const ConvPlan &p, const float *
     int64_t oh = oh0;
     while (oh < oh0 + rows) {
         const int64_t top = oh * sh - p.pad_h;
-        const int64_t i_first = std::max<int64_t>(0, -top);
-        const int64_t i_last = std::min<int64_t>(p.kernel_h, p.height - top);
+        int64_t i_first, i_last, next_first, next_last;
+        valid_taps(oh, sh, p.pad_h, p.kernel_h, p.height, i_first, i_last);
         int64_t together = 1;
-        while (together < 8 && oh + together < oh0 + rows) {
-            const int64_t next = top + together * sh;
-            if (std::max<int64_t>(0, -next) != i_first ||
-                std::min<int64_t>(p.kernel_h, p.height - next) != i_last)
+        for (; together < 8 && oh + together < oh0 + rows; ++together) {
+            valid_taps(oh + together, sh, p.pad_h, p.kernel_h, p.height, next_first, next_last);
+            if (next_first != i_first || next_last != i_last)
                 break;
-            ++together;
         }
         for (int64_t r = 0; r < together;) {
             float *out = k + (oh + r) * out_w;
@@ -1008,8 +1006,8 @@ inline GPUMAT_XNOR_TARGET void window_mean_rows(const ConvPlan &p, const float *
         for (int64_t ow = 0; ow < out_w; ++ow)
             row[ow] = 0.0f;
         const int64_t top = oh * sh - p.pad_h;
-        const int64_t i_first = std::max<int64_t>(0, -top);
-        const int64_t i_last = std::min<int64_t>(p.kernel_h, p.height - top);
+        int64_t i_first, i_last;
+        valid_taps(oh, sh, p.pad_h, p.kernel_h, p.height, i_first, i_last);
         for (int64_t i = i_first; i < i_last; ++i) {
             const float *GPUMAT_RESTRICT a = padded + (top + i) * span;
             for (int64_t j = 0; j < p.kernel_w; ++j) {
