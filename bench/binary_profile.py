@@ -22,12 +22,11 @@ import platform
 import sys
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))          # run from a checkout without installing
 
-import gpumat as gm                                 # noqa: E402
+import gpumat as gm    # noqa: E402  (before NumPy: OpenBLAS's threads, gpumat/_openblas.py)
+import numpy as np                                  # noqa: E402
 from gpumat import nn                               # noqa: E402
 from gpumat.nn import models                        # noqa: E402
 

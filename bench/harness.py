@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 
 os.environ["CUPY_TF32"] = "0"   # cuBLAS in plain FP32 (read when CuPy is imported)
 
+import gpumat as gm  # before NumPy: OpenBLAS's idle threads then sleep soon (gpumat/_openblas.py)
 import numpy as np
-
-import gpumat as gm
 
 PRESET = os.environ.get("GPUMAT_BENCH_PRESET", "quick")
 if PRESET not in ("quick", "full"):

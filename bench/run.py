@@ -327,6 +327,7 @@ def main(argv=None):
     record = {
         "date": now.isoformat(timespec="seconds"), "commit": commit, "dirty": dirty,
         "preset": preset, "suites": suites, "rate_from": args.stat,
+        "blas_threads": gm._openblas.describe(),
         "command": " ".join(["python bench/run.py"] + argv + (["--"] + extra if extra else [])),
         "host": platform.node(), "python": platform.python_version(), "threads": harness.THREADS,
         "load_average_before": load_before, "load_average_after": load_after,

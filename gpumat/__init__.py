@@ -6,6 +6,7 @@
     C = gm.exp(A) @ B.T + 1
     C.gather()                        # back to NumPy
 """
+from . import _openblas  # first: OpenBLAS reads its thread timeout when NumPy loads it
 from . import backends as _backends_module
 from . import backends   # callable: gm.backends() reports each backend, device or reason
 from .array import Array, cumsum, matmul, mean, std, var
@@ -28,6 +29,7 @@ from .functions import (abs, all, allclose, any, argmax, argmin, broadcast_to, c
                         sqrt, squeeze, sub2ind, sum, tanh, times, transpose, uminus, vertcat,
                         where)
 from .io import load, save
+from ._openblas import BlasSpinWarning
 from .memory import keep, memory_info, scope
 from .normalization import (BatchNormForward, BatchNormGradients, batch_norm_backward,
                             batch_norm_forward)

@@ -17,6 +17,7 @@ def _info(args):
         state = info["device"] if info["available"] else f"unavailable: {info['reason']}"
         print(f"{name:7s} {state}")
     print(f"default: {gm.default_backend()}")
+    print(f"BLAS threads: {gm._openblas.describe()}")
     return 0
 
 

@@ -6,10 +6,9 @@ GPUMAT_TEST_BACKENDS=cuda restricts the run to the named backends.
 """
 import os
 
+import gpumat as gm  # before NumPy, so that OpenBLAS's idle threads sleep soon (gpumat/_openblas.py)
 import numpy as np
 import pytest
-
-import gpumat as gm
 
 _REPORT = gm.backends()
 AVAILABLE = [name for name, info in _REPORT.items() if info["available"]]

@@ -8,7 +8,7 @@ and the others loop in Python only over the kh * kw kernel taps, each tap one st
 import numpy as np
 
 from .array_module import ArrayModuleBackend
-from .cpu import CPUBackend
+from .cpu import CPUBackend, blas_product
 
 
 def _tap(start, stride, count):
@@ -135,6 +135,7 @@ def _conv_gemm(self, a, b, M, N, K, batch, a_sb, b_sb, trans_a=False, trans_b=Fa
     so BLAS reads a transposed operand with its transpose flag instead of a permute copy."""
     xp = self.xp
     shape = (batch, M, N)
+    blas_product(a.dtype, M * N * K)
 
     def make():
         if batch == 0 or M == 0 or N == 0:

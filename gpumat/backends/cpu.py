@@ -20,7 +20,7 @@ import platform
 
 import numpy as np
 
-from .. import native
+from .. import _openblas, native
 from ..errors import DeviceMemoryError
 from .array_module import ArrayModuleBackend
 from .base import ACTIVATIONS, numpy_key
@@ -67,10 +67,10 @@ class CPUBackend(ArrayModuleBackend):
 
     def gemm(self, a, b, c, alpha, beta, trans_a, trans_b):
         kernels = native.kernels()
+        work = a.shape[1] * a.shape[2] * (b.shape[1] if trans_b else b.shape[2])
         if (kernels is None or a.shape[0] != 1 or b.shape[0] != 1
-                or b.shape[1] * b.shape[2] > self.SMALL_GEMM_B
-                or a.shape[1] * a.shape[2] * (b.shape[1] if trans_b else b.shape[2])
-                > self.SMALL_GEMM):
+                or b.shape[1] * b.shape[2] > self.SMALL_GEMM_B or work > self.SMALL_GEMM):
+            blas_product(a.dtype, work)
             return super().gemm(a, b, c, alpha, beta, trans_a, trans_b)
         m = a.shape[2] if trans_a else a.shape[1]
         n = b.shape[1] if trans_b else b.shape[2]
@@ -78,6 +78,11 @@ class CPUBackend(ArrayModuleBackend):
         out = self._run(lambda: kernels.gemm(a[0], b[0], c2, alpha, beta, trans_a, trans_b),
                         (m, n), a.dtype)
         return out.reshape((1, m, n))
+
+    def matmul(self, a, b, out_dtype):
+        if a.ndim >= 2 and b.ndim >= 2:
+            blas_product(np.dtype(out_dtype), a.shape[-2] * a.shape[-1] * b.shape[-1])
+        return super().matmul(a, b, out_dtype)
 
     def pack_signs(self, a):
         return self._track(native.pack_signs(a))
@@ -237,6 +242,13 @@ class CPUBackend(ArrayModuleBackend):
             grad, x, mean, inv_std, weight, training, input_grad, param_grads), x.shape,
             x.dtype)
         return tuple(None if r is None else self._track(r) for r in results)
+
+
+def blas_product(dtype, work):
+    """Before NumPy's BLAS multiplies floats: ``work`` multiply-adds a product (warns once
+    where OpenBLAS's threads will then spin on the native kernels' cores, see _openblas)."""
+    if dtype.kind in "fc":
+        _openblas.check_product(work)
 
 
 def _copyable(dtype):
