@@ -688,7 +688,7 @@ def _common_kernel(self, relpath, name):
     key = (relpath, name)
     knl = cache.get(key)
     if knl is None:
-        knl = getattr(self.program(relpath), name)
+        knl = self.typed_kernel(self.program(relpath), name)
         cache[key] = knl
     return knl
 
