@@ -4,8 +4,9 @@
 // training step pathologically slow.
 //
 // Why not OpenMP (parallel.hpp): libgomp's workers spin after every parallel region, and so do
-// OpenBLAS's after every GEMM (for about 0.1 s); on a 2-core machine the spinners took the core
-// each other's work needed, and LeNet training got 5x slower.  So here:
+// OpenBLAS's after every GEMM (for about 0.1 s, unless OPENBLAS_THREAD_TIMEOUT says otherwise:
+// gpumat/_openblas.py); on a 2-core machine the spinners took the core each other's work
+// needed, and LeNet training got 5x slower.  So here:
 //   * workers sleep on a condition variable (a futex) between jobs; after a job they watch for
 //     the next one for at most GPUMAT_POOL_LINGER_US microseconds (default 500: a training
 //     step's passes come that close, and a sleeping vCPU is slow to wake), yielding the core
