@@ -29,6 +29,9 @@ from .cpu_columns import ColumnCache
 #: the native max pooling tracks positions in int32: larger planes take the NumPy path
 _NATIVE_PLANE_LIMIT = 2 ** 31
 
+#: map ops with a native same-shape kernel, by their codes in kernels/cpu/arith.hpp
+ARITH_OPS = {"add": 0, "subtract": 1, "multiply": 2, "divide": 3}
+
 
 class CPUBackend(ArrayModuleBackend):
     name = "cpu"
@@ -83,6 +86,25 @@ class CPUBackend(ArrayModuleBackend):
         if a.ndim >= 2 and b.ndim >= 2:
             blas_product(np.dtype(out_dtype), a.shape[-2] * a.shape[-1] * b.shape[-1])
         return super().matmul(a, b, out_dtype)
+
+    # ---- elementwise arithmetic -----------------------------------------------------------
+    #: elements from which a same-shape float add / subtract / multiply / divide runs in the
+    #: native module (kernels/cpu/arith.hpp), split over its threads: NumPy's loop runs on one
+    #: thread (ResNet-20's residual additions at batch 32, 2 MiB each: 226 us, natively ~35 us)
+    NATIVE_ARITH = 1 << 15
+
+    def map(self, op, args, out_dtype, compute_dtype):
+        code = ARITH_OPS.get(op)
+        if code is not None and len(args) == 2:
+            a, b = args
+            if (type(a) is np.ndarray and type(b) is np.ndarray and a.shape == b.shape
+                    and a.size >= self.NATIVE_ARITH and a.dtype == b.dtype == out_dtype
+                    == compute_dtype and a.dtype.kind == "f"
+                    and a.flags.c_contiguous and b.flags.c_contiguous):
+                kernels = native.kernels()
+                if kernels is not None:
+                    return self._run(lambda: kernels.arith(a, b, code), a.shape, a.dtype)
+        return super().map(op, args, out_dtype, compute_dtype)
 
     def pack_signs(self, a):
         return self._track(native.pack_signs(a))

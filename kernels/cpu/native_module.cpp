@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "activations.hpp"
+#include "arith.hpp"
 #include "array_checks.hpp"
 #include "batchnorm.hpp"
 #include "copy.hpp"
@@ -733,6 +734,31 @@ nb::object act_backward(const AnyCpuArray &grad, const AnyCpuArray &x, int act,
     });
 }
 
+nb::object arith(const AnyCpuArray &a, const AnyCpuArray &b, int op) {
+    const char *what = "arith";
+    const bool is_double = require_float(a, what, "a");
+    require_float(b, what, "b");
+    require_same_dtype(a, b, what, "a", "b");
+    require_layout(a, what, "a", -1);
+    require_layout(b, what, "b", -1);
+    if (!gpumat::is_arith(op))
+        fail_value(what, "unknown operation code " + std::to_string(op) +
+                             " (0 add, 1 subtract, 2 multiply, 3 divide)");
+    if (shape_of(a) != shape_of(b))
+        fail_value(what, "a has shape " + gpumat::shape_text(a) + " but b has shape " +
+                             gpumat::shape_text(b));
+    return with_float(is_double, [&](auto zero) {
+        using T = decltype(zero);
+        gpumat::Result<T> out(shape_of(a), false);
+        {
+            nb::gil_scoped_release release;
+            gpumat::arith(static_cast<const T *>(a.data()), static_cast<const T *>(b.data()),
+                          out.data(), (int64_t) a.size(), op);
+        }
+        return out.release();
+    });
+}
+
 nb::object bias_grad(const AnyCpuArray &grad, int64_t axis) {
     const char *what = "bias_grad";
     const bool is_double = require_float(grad, what, "grad");
@@ -1171,6 +1197,9 @@ NB_MODULE(_native, module) {
                "gpumat.backends.base.ACTIVATIONS, param the slope or alpha.");
     module.def("act_backward", &act_backward, "grad"_a.noconvert(), "x"_a.noconvert(),
                "act"_a, "param"_a, "grad * act'(x), with torch's values at the kinks.");
+    module.def("arith", &arith, "a"_a.noconvert(), "b"_a.noconvert(), "op"_a,
+               "a + b, a - b, a * b or a / b (op 0-3) of two C-contiguous float arrays of\n"
+               "one shape and dtype, in one pass over the threads (NumPy's bits).");
     module.def("bias_grad", &bias_grad, "grad"_a.noconvert(), "axis"_a,
                "grad summed over every axis but axis (accumulated in float64).");
     module.def("batch_norm_forward", &batch_norm_forward, "x"_a.noconvert(),
