@@ -90,7 +90,8 @@ class CPUBackend(ArrayModuleBackend):
     # ---- elementwise arithmetic -----------------------------------------------------------
     #: elements from which a same-shape float add / subtract / multiply / divide runs in the
     #: native module (kernels/cpu/arith.hpp), split over its threads: NumPy's loop runs on one
-    #: thread (ResNet-20's residual additions at batch 32, 2 MiB each: 226 us, natively ~35 us)
+    #: thread (ResNet-20's residual additions at batch 32, 2 MiB each: 163-226 us, natively
+    #: 68-80 us on 2 cores, where reading and writing that much memory takes about as long)
     NATIVE_ARITH = 1 << 15
 
     def map(self, op, args, out_dtype, compute_dtype):
