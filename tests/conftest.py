@@ -64,3 +64,13 @@ def assert_same(result, expected, rtol=1e-6, atol=0.0, check_dtype=True):
 
 def float_tolerance(dtype):
     return 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+
+
+@pytest.fixture(scope="module")
+def ocl():
+    """The opencl backend object, for the tests of its kernels at the backend level (skipped
+    where it is unavailable: CI requires it with GPUMAT_REQUIRE_BACKENDS)."""
+    try:
+        return gm.backends.get("opencl")
+    except gm.BackendUnavailableError as exc:
+        pytest.skip(f"opencl backend unavailable: {exc}")

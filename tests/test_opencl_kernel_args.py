@@ -8,24 +8,14 @@ import pytest
 cl = pytest.importorskip("pyopencl")
 
 import gpumat as gm  # noqa: E402
-import gpumat.backends as gm_backends  # noqa: E402
 from gpumat.backends import (opencl_activations, opencl_batchnorm, opencl_optimizers,  # noqa: E402
                              opencl_pool)
 from gpumat.backends.opencl import scalar_arg_dtypes  # noqa: E402
 from gpumat.backends.opencl_elementwise import _common_kernel  # noqa: E402
-from gpumat.errors import BackendUnavailableError  # noqa: E402
 
 # every program whose kernels come from the shared cache (_common_kernel)
 PROGRAMS = [opencl_activations._SOURCE, opencl_pool._SOURCE, opencl_batchnorm._SOURCE,
             opencl_optimizers._SOURCE, "opencl/random.cl", "opencl/pack_signs.cl"]
-
-
-@pytest.fixture(scope="module")
-def ocl():
-    try:
-        return gm_backends.get("opencl")
-    except BackendUnavailableError as exc:
-        pytest.skip(f"opencl backend unavailable: {exc}")
 
 
 @pytest.mark.parametrize("relpath", PROGRAMS)

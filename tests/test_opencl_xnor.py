@@ -13,17 +13,8 @@ import pytest
 
 pytest.importorskip("pyopencl")
 
-import gpumat.backends as gm_backends  # noqa: E402
 from gpumat.backends import cuda_xnor, opencl_xnor  # noqa: E402
-from gpumat.errors import BackendUnavailableError, KernelBuildError  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ocl():
-    try:
-        return gm_backends.get("opencl")
-    except BackendUnavailableError as exc:
-        pytest.skip(f"opencl backend unavailable: {exc}")
+from gpumat.errors import KernelBuildError  # noqa: E402
 
 
 @pytest.fixture
