@@ -31,6 +31,7 @@ _NATIVE_PLANE_LIMIT = 2 ** 31
 
 #: map ops with a native same-shape kernel, by their codes in kernels/cpu/arith.hpp
 ARITH_OPS = {"add": 0, "subtract": 1, "multiply": 2, "divide": 3}
+_NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class CPUBackend(ArrayModuleBackend):
@@ -100,7 +101,7 @@ class CPUBackend(ArrayModuleBackend):
             a, b = args
             if (type(a) is np.ndarray and type(b) is np.ndarray and a.shape == b.shape
                     and a.size >= self.NATIVE_ARITH and a.dtype == b.dtype == out_dtype
-                    == compute_dtype and a.dtype.kind == "f"
+                    == compute_dtype and a.dtype in _NATIVE_FLOATS
                     and a.flags.c_contiguous and b.flags.c_contiguous):
                 kernels = native.kernels()
                 if kernels is not None:
