@@ -1138,6 +1138,58 @@ def test_batch_norm_fold_arguments_are_checked():
         NATIVE.xnor_conv2d(x, wp, *geometry, bn_mean=mean, bn_var=var, bn_eps=-1.0)
 
 
+# pack_conv_input's batch norm: the pixel path (any image) and the row path (one-pixel images,
+# a binary linear layer's rows: blocks of 8, so 9 and 17 rows leave a partial block)
+PACK_BN_SHAPES = [(9, 400, 1, 1), (17, 33, 1, 1), (8, 1, 1, 1), (1, 120, 1, 1),
+                  (3, 20, 6, 7), (2, 64, 5, 3), (300, 31, 1, 1)]
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_pack_conv_input_batch_norm_is_the_separate_batch_norm_packed(isa, restore_isa,
+                                                                      restore_threads):
+    """pack_conv_input(x, bn_*) (and its channel means) bit for bit the cpu backend's own
+    batch norm output packed, on every instruction-set copy and thread count, with and
+    without weight and bias."""
+    NATIVE.set_xnor_isa(isa)
+    backend = get_backend("cpu")
+    for index, shape in enumerate(PACK_BN_SHAPES):
+        mean, var, weight, bias = batch_norm_operands(shape[1], 130 + index)
+        x = bn_input(shape, mean, 140 + index)
+        x.reshape(-1)[5::97] = np.nan
+        for bn_weight, bn_bias, eps in [(weight, bias, 1e-5), (None, None, 1e-3),
+                                        (weight, None, 0.0)]:
+            y = backend.batch_norm_forward(x, bn_weight, bn_bias, mean, var, eps)[0]
+            want, want_mean = native.pack_conv_input_numpy(y, True)
+            what = f"{isa} {shape} weight={bn_weight is not None} bias={bn_bias is not None}"
+            for threads in (1, 2, 7):
+                NATIVE.set_native_threads(threads)
+                packed, got_mean = NATIVE.pack_conv_input(x, True, mean, var, bn_weight,
+                                                          bn_bias, eps)
+                assert_exact(packed, want, np.uint32, what)
+                assert_bits_equal(got_mean, want_mean, what + " mean")
+                assert_exact(NATIVE.pack_conv_input(x, False, mean, var, bn_weight, bn_bias,
+                                                    eps), want, np.uint32, what + " plain")
+
+
+@needs_native
+def test_pack_conv_input_batch_norm_arguments_are_checked():
+    mean, var, weight, bias = batch_norm_operands(20, 1)
+    x = bn_input((4, 20, 1, 1), mean, 2)
+    with pytest.raises(ValueError, match="pack_conv_input: bn_mean needs bn_var"):
+        NATIVE.pack_conv_input(x, True, mean)
+    with pytest.raises(ValueError, match="pack_conv_input: bn_var, bn_weight and bn_bias need "
+                                         "bn_mean"):
+        NATIVE.pack_conv_input(x, True, None, var)
+    with pytest.raises(ValueError, match=r"pack_conv_input: bn_weight must have shape \(20,\)"):
+        NATIVE.pack_conv_input(x, True, mean, var, weight[:4])
+    with pytest.raises(TypeError, match="pack_conv_input: bn_bias must be float32"):
+        NATIVE.pack_conv_input(x, True, mean, var, None, bias.astype(np.float64))
+    with pytest.raises(ValueError, match="pack_conv_input: bn_eps must be finite and >= 0"):
+        NATIVE.pack_conv_input(x, False, mean, var, None, None, float("nan"))
+    assert_exact(NATIVE.pack_conv_input(x), pack_reference(x), np.uint32, "still usable")
+
+
 @pytest.mark.parametrize("with_module", [True, False])
 def test_cpu_backend_fused_methods(with_module, monkeypatch):
     if with_module and NATIVE is None:

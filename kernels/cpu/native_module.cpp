@@ -935,34 +935,6 @@ nb::object xnor_result(bool is_float, const std::vector<size_t> &shape, Kernel &
     return is_float ? run(float{}) : run(int32_t{});
 }
 
-nb::object pack_conv_input(const AnyCpuArray &x, bool mean_abs) {
-    const char *what = "pack_conv_input";
-    if (x.dtype() != nb::dtype<float>())
-        fail_type(what, "x must be float32, got dtype " + gpumat::dtype_name(x.dtype()));
-    require_layout(x, what, "x", 4);
-    const int64_t n = extent(x, 0), c = extent(x, 1), h = extent(x, 2), w = extent(x, 3);
-    const int64_t words = (c + 31) / 32;
-    gpumat::Result<uint32_t> out({(size_t) n, (size_t) h, (size_t) w, (size_t) words}, false);
-    std::optional<gpumat::Result<float>> mean;
-    if (mean_abs) {
-        // C = 0: the mean of nothing, NaN (as NumPy's)
-        mean.emplace(std::vector<size_t>{(size_t) n, 1, (size_t) h, (size_t) w}, false);
-        if (c == 0)
-            std::fill(mean->data(), mean->data() + n * h * w,
-                      std::numeric_limits<float>::quiet_NaN());
-    }
-    const float *source = static_cast<const float *>(x.data());
-    {
-        nb::gil_scoped_release release;
-        gpumat::xnor::pack_conv_input(source, out.data(), n, c, h, w,
-                                      mean ? mean->data() : nullptr);
-    }
-    if (!mean)
-        return out.release();
-    nb::object packed = out.release();
-    return nb::make_tuple(packed, mean->release());
-}
-
 // the largest k (or kh * kw * C) whose sums stay well inside int32
 constexpr int64_t kMaxXnorBits = int64_t(1) << 28;
 
@@ -987,6 +959,80 @@ const float *xnor_scale(const std::optional<AnyCpuArray> &v, const char *what, c
                              gpumat::shape_text(*v));
     }
     return static_cast<const float *>(v->data());
+}
+
+// The evaluation batch norm folded into a packing (xnor_conv2d's and pack_conv_input's bn_*):
+// its per-channel scale and shift as the batch norm kernel makes them (its
+// evaluation_inv_std, times the weight).  `affine` points into the vectors: keep the struct.
+struct FoldedBatchNorm {
+    std::vector<float> scale, shift;
+    gpumat::xnor::ChannelAffine affine{};
+};
+
+// Whether the optional operands ask for a batch norm (bn_mean given); fills `folded` after
+// checking them (C float32 values each, bn_var with bn_mean, eps finite and >= 0).
+bool fold_batch_norm(const std::optional<AnyCpuArray> &bn_mean,
+                     const std::optional<AnyCpuArray> &bn_var,
+                     const std::optional<AnyCpuArray> &bn_weight,
+                     const std::optional<AnyCpuArray> &bn_bias, double bn_eps,
+                     int64_t channels, const char *what, FoldedBatchNorm &folded) {
+    if ((bn_var || bn_weight || bn_bias) && !bn_mean)
+        fail_value(what, "bn_var, bn_weight and bn_bias need bn_mean");
+    if (!bn_mean)
+        return false;
+    if (!bn_var)
+        fail_value(what, "bn_mean needs bn_var");
+    if (!(bn_eps >= 0.0) || !std::isfinite(bn_eps))
+        fail_value(what, "bn_eps must be finite and >= 0, got " + std::to_string(bn_eps));
+    const float *mean_data = xnor_scale(bn_mean, what, "bn_mean", {channels});
+    const float *var_data = xnor_scale(bn_var, what, "bn_var", {channels});
+    const float *weight_data = xnor_scale(bn_weight, what, "bn_weight", {channels});
+    const float *shift_data = xnor_scale(bn_bias, what, "bn_bias", {channels});
+    folded.scale.resize((size_t) channels);
+    folded.shift.assign((size_t) channels, 0.0f);
+    for (int64_t c = 0; c < channels; ++c) {
+        const float inv_std = gpumat::evaluation_inv_std(var_data[c], bn_eps);
+        folded.scale[(size_t) c] = weight_data ? inv_std * weight_data[c] : inv_std;
+        if (shift_data)
+            folded.shift[(size_t) c] = shift_data[c];
+    }
+    folded.affine = {mean_data, folded.scale.data(), folded.shift.data()};
+    return true;
+}
+
+nb::object pack_conv_input(const AnyCpuArray &x, bool mean_abs,
+                           std::optional<AnyCpuArray> bn_mean, std::optional<AnyCpuArray> bn_var,
+                           std::optional<AnyCpuArray> bn_weight,
+                           std::optional<AnyCpuArray> bn_bias, double bn_eps) {
+    const char *what = "pack_conv_input";
+    if (x.dtype() != nb::dtype<float>())
+        fail_type(what, "x must be float32, got dtype " + gpumat::dtype_name(x.dtype()));
+    require_layout(x, what, "x", 4);
+    const int64_t n = extent(x, 0), c = extent(x, 1), h = extent(x, 2), w = extent(x, 3);
+    FoldedBatchNorm folded;
+    const bool normalizes = fold_batch_norm(bn_mean, bn_var, bn_weight, bn_bias, bn_eps, c,
+                                            what, folded);
+    const int64_t words = (c + 31) / 32;
+    gpumat::Result<uint32_t> out({(size_t) n, (size_t) h, (size_t) w, (size_t) words}, false);
+    std::optional<gpumat::Result<float>> mean;
+    if (mean_abs) {
+        // C = 0: the mean of nothing, NaN (as NumPy's)
+        mean.emplace(std::vector<size_t>{(size_t) n, 1, (size_t) h, (size_t) w}, false);
+        if (c == 0)
+            std::fill(mean->data(), mean->data() + n * h * w,
+                      std::numeric_limits<float>::quiet_NaN());
+    }
+    const float *source = static_cast<const float *>(x.data());
+    {
+        nb::gil_scoped_release release;
+        gpumat::xnor::pack_conv_input(source, out.data(), n, c, h, w,
+                                      mean ? mean->data() : nullptr,
+                                      normalizes ? &folded.affine : nullptr);
+    }
+    if (!mean)
+        return out.release();
+    nb::object packed = out.release();
+    return nb::make_tuple(packed, mean->release());
 }
 
 nb::object xnor_gemm(const AnyCpuArray &a, const AnyCpuArray &b, int64_t k,
@@ -1085,34 +1131,13 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
     if (window_mean && (!float_input || pixel_scale))
         fail_value(what, "window_mean makes the pixel scale from the float32 input: it needs "
                          "xp as float32 (N, C, H, W) and no pixel_scale");
-    // the evaluation batch norm folded into the packing: its per-channel scale and shift as
-    // the batch norm kernel makes them (its evaluation_inv_std, times the weight)
-    if ((bn_var || bn_weight || bn_bias) && !bn_mean)
-        fail_value(what, "bn_var, bn_weight and bn_bias need bn_mean");
-    std::vector<float> bn_scale, bn_shift;
-    gpumat::xnor::ChannelAffine affine{};
-    if (bn_mean) {
-        if (!float_input)
-            fail_value(what, "bn_mean normalizes the float32 input: it needs xp as float32 "
-                             "(N, C, H, W)");
-        if (!bn_var)
-            fail_value(what, "bn_mean needs bn_var");
-        if (!(bn_eps >= 0.0) || !std::isfinite(bn_eps))
-            fail_value(what, "bn_eps must be finite and >= 0, got " + std::to_string(bn_eps));
-        const float *mean_data = xnor_scale(bn_mean, what, "bn_mean", {channels});
-        const float *var_data = xnor_scale(bn_var, what, "bn_var", {channels});
-        const float *weight_data = xnor_scale(bn_weight, what, "bn_weight", {channels});
-        const float *shift_data = xnor_scale(bn_bias, what, "bn_bias", {channels});
-        bn_scale.resize((size_t) channels);
-        bn_shift.assign((size_t) channels, 0.0f);
-        for (int64_t c = 0; c < channels; ++c) {
-            const float inv_std = gpumat::evaluation_inv_std(var_data[c], bn_eps);
-            bn_scale[(size_t) c] = weight_data ? inv_std * weight_data[c] : inv_std;
-            if (shift_data)
-                bn_shift[(size_t) c] = shift_data[c];
-        }
-        affine = {mean_data, bn_scale.data(), bn_shift.data()};
-    }
+    // the evaluation batch norm folded into the packing
+    if (bn_mean && !float_input)
+        fail_value(what, "bn_mean normalizes the float32 input: it needs xp as float32 "
+                         "(N, C, H, W)");
+    FoldedBatchNorm folded;
+    const bool normalizes = fold_batch_norm(bn_mean, bn_var, bn_weight, bn_bias, bn_eps,
+                                            channels, what, folded);
     const float *pixel_data = xnor_scale(pixel_scale, what, "pixel_scale", {n, oh, ow});
     const float *residual_data = xnor_scale(residual, what, "residual", {n, o, oh, ow});
     const float *filter_data = xnor_scale(filter_scale, what, "filter_scale", {o});
@@ -1125,7 +1150,8 @@ nb::object xnor_conv2d(const AnyCpuArray &xp, const AnyCpuArray &wp, int64_t cha
         gpumat::xnor::xnor_conv2d(x_data, w_data, n, channels, h, w, o, kh, kw, stride.first,
                                   stride.second, padding.first, padding.second, oh, ow, out,
                                   is_float, pixel_data, filter_data, bias_data, x_floats,
-                                  window_mean, bn_mean ? &affine : nullptr, residual_data);
+                                  window_mean, normalizes ? &folded.affine : nullptr,
+                                  residual_data);
     });
 }
 
@@ -1248,11 +1274,17 @@ NB_MODULE(_native, module) {
                "Force a pass to one entry of direct_conv_tiles() (-1: the cost model\n"
                "picks); forcing a backward_weight form also forces that form.");
     module.def("pack_conv_input", &pack_conv_input, "x"_a.noconvert(), "mean_abs"_a = false,
+               "bn_mean"_a.noconvert().none() = nb::none(),
+               "bn_var"_a.noconvert().none() = nb::none(),
+               "bn_weight"_a.noconvert().none() = nb::none(),
+               "bn_bias"_a.noconvert().none() = nb::none(), "bn_eps"_a = 1e-5,
                "The channel signs of each pixel of a C-contiguous float32 N x C x H x W\n"
                "array, packed: uint32 N x H x W x ceil(C / 32), bit j of word w of pixel\n"
                "(n, h, x) set iff x[n, 32 w + j, h, x] >= 0 (NaN 0, -0.0 1), padding 0.\n"
                "mean_abs: returns (packed, mean), mean float32 N x 1 x H x W the mean of |x|\n"
-               "over the channels (float32 sum in channel order, divided by C), same pass.");
+               "over the channels (float32 sum in channel order, divided by C), same pass.\n"
+               "bn_mean, bn_var (, bn_weight, bn_bias, bn_eps): x batch-normalized with those\n"
+               "evaluation statistics first, as xnor_conv2d's packing does.");
     module.def("xnor_gemm", &xnor_gemm, "a"_a.noconvert(), "b"_a.noconvert(), "k"_a,
                "out_dtype"_a, "row_scale"_a.noconvert().none() = nb::none(),
                "col_scale"_a.noconvert().none() = nb::none(),

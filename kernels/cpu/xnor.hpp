@@ -457,29 +457,83 @@ inline int pool_threads(double work) {
 // pack_signs' rows, and each row's mean is its own sum in channel order; eight rows at a
 // time, so that eight independent sums keep the adder busy where one sum's chain of
 // dependent additions would leave it idle.
+constexpr int64_t kMeanRows = 8;
+
+// mean[r] for `count` (at most kMeanRows) consecutive rows starting at `row`.
+inline void means_abs_block(const float *row, int64_t count, int64_t channels, float *mean) {
+    float sums[kMeanRows] = {};
+    if (count == kMeanRows) {
+        for (int64_t c = 0; c < channels; ++c)
+            for (int64_t r = 0; r < kMeanRows; ++r)
+                sums[r] += std::fabs(row[r * channels + c]);
+    } else {
+        for (int64_t r = 0; r < count; ++r)
+            for (int64_t c = 0; c < channels; ++c)
+                sums[r] += std::fabs(row[r * channels + c]);
+    }
+    for (int64_t r = 0; r < count; ++r)
+        mean[r] = sums[r] / (float) channels;
+}
+
 inline void row_means_abs(const float *x, int64_t rows, int64_t channels, float *mean) {
-    constexpr int64_t kRows = 8;
-    const int64_t blocks = blocks_of(rows, kRows);
+    const int64_t blocks = blocks_of(rows, kMeanRows);
     const int threads = pool_threads((double) rows * channels * 8.0);
     const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(
         blocks, 4 * (int64_t) ThreadPool::instance().threads());
-    const float divisor = (float) channels;
     ThreadPool::instance().run(chunks, threads, [&](int64_t chunk) {
         for (int64_t b = blocks * chunk / chunks; b < blocks * (chunk + 1) / chunks; ++b) {
-            const int64_t r0 = b * kRows, count = std::min(kRows, rows - r0);
-            float sums[kRows] = {};
-            const float *row = x + r0 * channels;
-            if (count == kRows) {
-                for (int64_t c = 0; c < channels; ++c)
-                    for (int64_t r = 0; r < kRows; ++r)
-                        sums[r] += std::fabs(row[r * channels + c]);
-            } else {
-                for (int64_t r = 0; r < count; ++r)
-                    for (int64_t c = 0; c < channels; ++c)
-                        sums[r] += std::fabs(row[r * channels + c]);
-            }
-            for (int64_t r = 0; r < count; ++r)
-                mean[r0 + r] = sums[r] / divisor;
+            const int64_t r0 = b * kMeanRows;
+            means_abs_block(x + r0 * channels, std::min(kMeanRows, rows - r0), channels,
+                            mean + r0);
+        }
+    });
+}
+
+// out (rows x channels) = affine(x) per channel, (v - mean) * scale + shift rounded after each
+// operation as affine_value does: never contracted into an FMA (baseline code has none, and
+// the attribute and pragma keep a build for a wider target from making one), so it
+// vectorises where affine_value's barrier would not.
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+inline void affine_rows(const float *x, float *out, int64_t rows, int64_t channels,
+                        const ChannelAffine &affine) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    const float *mean = affine.mean, *scale = affine.scale, *shift = affine.shift;
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *source = x + r * channels;
+        float *target = out + r * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+            const float product = (source[c] - mean[c]) * scale[c];
+            target[c] = product + shift[c];
+        }
+    }
+}
+
+// The same with the batch norm `affine` applied first (pack_conv_input's batch_norm): eight rows
+// at a time are transformed into a thread-local copy (affine_rows: affine_value's bits, as the
+// pixel path and the batch norm kernel compute them) and that copy packed and summed, so the
+// words and means are those of the normalized rows made first.
+inline void pack_rows_affine(const float *x, uint32_t *out, int64_t rows, int64_t channels,
+                             const ChannelAffine &affine, float *mean) {
+    const int64_t words = blocks_of(channels, 32);
+    const int64_t blocks = blocks_of(rows, kMeanRows);
+    const int threads = pool_threads((double) rows * channels * 8.0);
+    const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(
+        blocks, 4 * (int64_t) ThreadPool::instance().threads());
+    ThreadPool::instance().run(chunks, threads, [&](int64_t chunk) {
+        thread_local std::vector<float> normalized;
+        normalized.resize((size_t) (kMeanRows * channels));
+        for (int64_t b = blocks * chunk / chunks; b < blocks * (chunk + 1) / chunks; ++b) {
+            const int64_t r0 = b * kMeanRows, count = std::min(kMeanRows, rows - r0);
+            affine_rows(x + r0 * channels, normalized.data(), count, channels, affine);
+            // (one thread: this block is this chunk's)
+            pack_signs_rows(normalized.data(), out + r0 * words, (size_t) count,
+                            (size_t) channels, std::numeric_limits<size_t>::max());
+            if (mean != nullptr)
+                means_abs_block(normalized.data(), count, channels, mean + r0);
         }
     });
 }
@@ -489,12 +543,19 @@ inline void row_means_abs(const float *x, int64_t rows, int64_t channels, float 
 // `mean` (N x H x W floats) is not null, the same pass also writes mean[n][h][x] = the mean
 // of |x[n][c][h][x]| over the channels: summed in float32 in channel order 0, 1, ..., C - 1
 // (starting from 0.0f), then divided by C (one correctly rounded division, not a
-// multiplication by 1 / C).  A batch of one-pixel images takes the row path above.
+// multiplication by 1 / C).  A batch of one-pixel images takes the row paths above.  Where
+// `affine` is not null, x is batch-normalized by it first (the packing and the means are those
+// of the normalized values, computed as the batch norm kernel computes them).
 inline void pack_conv_input(const float *x, uint32_t *out, int64_t batch, int64_t channels,
-                            int64_t height, int64_t width, float *mean = nullptr) {
+                            int64_t height, int64_t width, float *mean = nullptr,
+                            const ChannelAffine *affine = nullptr) {
     const int64_t pixels = height * width;
     if (batch == 0 || pixels == 0 || channels == 0)
         return;
+    if (pixels == 1 && batch > 1 && affine != nullptr) {
+        pack_rows_affine(x, out, batch, channels, *affine, mean);
+        return;
+    }
     if (pixels == 1 && batch > 1) {
         pack_signs_rows(x, out, (size_t) batch, (size_t) channels);
         if (mean != nullptr)
@@ -518,7 +579,7 @@ inline void pack_conv_input(const float *x, uint32_t *out, int64_t batch, int64_
         Scratch &scratch = thread_scratch();
         uint32_t *buffer = words > 1 ? scratch.get((size_t) (words * (p1 - p0))) : nullptr;
         k.pack_pixels(x + n * channels * pixels, out + n * pixels * words, channels, pixels, p0,
-                      p1, buffer, mean == nullptr ? nullptr : mean + n * pixels, nullptr);
+                      p1, buffer, mean == nullptr ? nullptr : mean + n * pixels, affine);
         scratch.trim();
     });
 }
