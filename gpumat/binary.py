@@ -109,21 +109,63 @@ def pack_signs(x, axis=-1):
     return packed.permute(back)
 
 
-def pack_conv_input(x, mean_abs=False):
+def pack_conv_input(x, mean_abs=False, *, batch_norm=None):
     """The channel signs of each pixel of float32 N x C x H x W ``x`` as uint32
     N x H x W x ceil(C/32) words: the input layout of ``xnor_conv2d``, made in one pass.
 
     ``mean_abs=True`` also returns the mean over the channels of |x| (N x 1 x H x W, float32:
-    XNOR-Net's A, whose box filter is K), computed in the same pass: ``(packed, mean)``."""
+    XNOR-Net's A, whose box filter is K), computed in the same pass: ``(packed, mean)``.
+
+    ``batch_norm=(running_mean, running_var, weight, bias, eps)`` packs (and averages) x
+    batch-normalized with those evaluation statistics instead, folded into the same pass as
+    ``xnor_conv2d``'s ``batch_norm`` is: bit for bit the separate batch norm's output packed
+    (a BatchNorm1d in front of a binary linear layer: N x C x 1 x 1)."""
+    fast = _pack_conv_input_fast(x, mean_abs, batch_norm)
+    if fast is not None:
+        return fast
     what = "pack_conv_input"
     x = _array(x, what, "x")
     _need_float32(x, what, "x")
     if x.ndim != 4:
         raise ShapeError(f"{what}: x must be 4-d (N, C, H, W), got shape {x.shape}")
     backend = x._backend
+    bn = None
+    if batch_norm is not None:
+        *arrays, eps = _batch_norm_operands(what, backend, batch_norm, x.shape[1])
+        bn = tuple(None if a is None else a._live for a in arrays) + (eps,)
     if not mean_abs:
-        return Array._wrap(backend, backend.pack_conv_input(x._live))
-    packed, mean = backend.pack_conv_input(x._live, mean_abs=True)
+        return Array._wrap(backend, backend.pack_conv_input(x._live, bn=bn))
+    packed, mean = backend.pack_conv_input(x._live, mean_abs=True, bn=bn)
+    return Array._wrap(backend, packed), Array._wrap(backend, mean)
+
+
+def _pack_conv_input_fast(x, mean_abs, batch_norm):
+    """pack_conv_input's call for the arguments a binary linear layer passes on every call --
+    a float32 N x C x H x W Array, a bool mean_abs, its batch norm's C-element float32 Arrays
+    on that backend and a float eps -- checked with as few Python operations as that takes
+    (the full checks cost twice the packing of a layer's rows at batch 1).  Returns None for
+    anything else, which the full checks then take (and name what is wrong): both hand the
+    backend the same arguments."""
+    if type(x) is not Array or type(mean_abs) is not bool:
+        return None
+    xn = x._native
+    if xn is None or xn.dtype != _FLOAT32 or len(xn.shape) != 4:
+        return None
+    backend = x._storage.backend
+    bn = None
+    if batch_norm is not None:
+        if type(batch_norm) is not tuple or len(batch_norm) != 5:
+            return None
+        mean, var, weight, shift, eps = batch_norm
+        operands = _exact_natives((mean, var, weight, shift), backend, _FLOAT32,
+                                  (xn.shape[1],))
+        if (operands is None or mean is None or var is None or type(eps) is not float
+                or not 0.0 <= eps < float("inf")):
+            return None
+        bn = (*operands, eps)
+    if not mean_abs:
+        return Array._wrap(backend, backend.pack_conv_input(xn, bn=bn))
+    packed, mean = backend.pack_conv_input(xn, mean_abs=True, bn=bn)
     return Array._wrap(backend, packed), Array._wrap(backend, mean)
 
 
@@ -484,8 +526,9 @@ def _xnor_conv2d_fast(x, w, stride, padding, channels, dtype, pixel_scale, filte
 
 
 def _batch_norm_operands(what, backend, batch_norm, channels):
-    """xnor_conv2d's batch_norm as (mean, var, weight, bias, eps): C-element float32 Arrays on
-    ``backend`` (weight and bias may be None) and a float eps >= 0."""
+    """xnor_conv2d's (and pack_conv_input's) batch_norm as (mean, var, weight, bias, eps):
+    C-element float32 Arrays on ``backend`` (weight and bias may be None) and a float
+    eps >= 0."""
     if not isinstance(batch_norm, (tuple, list)) or len(batch_norm) != 5:
         raise TypeError(f"{what}: batch_norm must be (running_mean, running_var, weight, bias, "
                         f"eps), got {batch_norm!r}")

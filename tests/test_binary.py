@@ -375,6 +375,76 @@ def test_batch_norm_in_front_equals_normalizing_first(backend, case):
             np.testing.assert_array_equal(got.gather(), want.gather())
 
 
+PACK_BN_SHAPES = [(9, 400, 1, 1), (1, 120, 1, 1), (17, 33, 1, 1), (2, 20, 5, 7), (3, 1, 4, 4)]
+
+
+@pytest.mark.parametrize("shape", PACK_BN_SHAPES)
+def test_pack_conv_input_batch_norm_equals_normalizing_first(backend, shape):
+    """pack_conv_input(x, batch_norm=...) packs (and averages) gm.batch_norm_forward's output
+    bit for bit, on every backend, for a binary linear layer's rows (N x C x 1 x 1) and for
+    images, with and without the affine part; nothing but the results stays counted."""
+    check_pack_batch_norm(backend, shape)
+
+
+@pytest.mark.parametrize("shape", PACK_BN_SHAPES)
+def test_pack_conv_input_batch_norm_numpy_twins(shape, monkeypatch):
+    """The same on the cpu backend without its native module (the NumPy twins: the batch
+    norm first, then the packing)."""
+    from gpumat import native
+    monkeypatch.setattr(native, "_native", None)
+    monkeypatch.setattr(native, "_fallback_warned", True)
+    check_pack_batch_norm("cpu", shape)
+
+
+def check_pack_batch_norm(backend, shape):
+    n, c, h, w = shape
+    rng = np.random.default_rng(n + c)
+    mean = rand(rng, c)
+    x = rand(rng, n, c, h, w) * 2 + mean.reshape(1, -1, 1, 1)
+    x.reshape(n, c, -1)[::2, :, 0] = mean                       # normalized zeros
+    var, weight, shift = np.abs(rand(rng, c)) + 0.1, rand(rng, c), rand(rng, c)
+
+    def arr(v):
+        return None if v is None else gm.array(v, backend=backend)
+
+    xg = arr(x)
+    for weight_given, shift_given in [(weight, shift), (None, None), (weight, None)]:
+        statistics = (arr(mean), arr(var), arr(weight_given), arr(shift_given), 1e-5)
+        y = gm.batch_norm_forward(xg, statistics[2], statistics[3], statistics[0],
+                                  statistics[1], 1e-5, training=False).y
+        want, want_mean = gm.pack_conv_input(y, mean_abs=True)
+        gm.backends.get(backend).synchronize()
+        before = gm.memory_info(backend)["bytes_in_use"]
+        got, got_mean = gm.pack_conv_input(xg, mean_abs=True, batch_norm=statistics)
+        assert gm.memory_info(backend)["bytes_in_use"] == before + got.nbytes + got_mean.nbytes
+        np.testing.assert_array_equal(got.gather(), want.gather())
+        np.testing.assert_array_equal(got_mean.gather().view(np.uint32),
+                                      want_mean.gather().view(np.uint32))
+        np.testing.assert_array_equal(gm.pack_conv_input(xg, batch_norm=statistics).gather(),
+                                      want.gather())
+        del got, got_mean, want, want_mean, y        # (the next round counts from zero)
+
+
+def test_pack_conv_input_batch_norm_is_checked(backend):
+    x = gm.array(np.ones((4, 6, 1, 1), np.float32), backend=backend)
+    good = gm.array(np.ones(6, np.float32), backend=backend)
+    with pytest.raises(TypeError, match=r"pack_conv_input: batch_norm must be \(running_mean, "
+                                        r"running_var, weight, bias, eps\)"):
+        gm.pack_conv_input(x, batch_norm=(good, good))
+    with pytest.raises(gm.ShapeError, match=r"pack_conv_input: batch_norm's running_var must "
+                                            r"have shape \(6,\) for 6 input channels, got "
+                                            r"\(5,\)"):
+        gm.pack_conv_input(x, batch_norm=(good, good[:5], None, None, 1e-5))
+    with pytest.raises(ValueError, match="pack_conv_input: batch_norm's eps must be finite"):
+        gm.pack_conv_input(x, batch_norm=(good, good, None, None, -1.0))
+    other = "cpu" if backend != "cpu" else next((b for b in TESTED if b != "cpu"), None)
+    if other is not None:
+        elsewhere = gm.array(np.ones(6, np.float32), backend=other)
+        with pytest.raises(gm.BackendMismatchError, match="batch_norm's running_mean is on"):
+            gm.pack_conv_input(x, batch_norm=(elsewhere, good, None, None, 1e-5))
+    assert gm.pack_conv_input(x, batch_norm=(good, good, None, None, 1e-5)).shape == (4, 1, 1, 1)
+
+
 def test_a_whole_layer_keeps_no_temporaries(backend):
     """A fused layer call (batch norm, K, residual: packed input, channel means, K and
     inv_std made on the way) leaves only its result counted in the backend's memory."""
@@ -668,6 +738,59 @@ def test_the_quick_gemm_checks_agree_with_the_full_ones(backend, monkeypatch):
         with nn.no_grad():
             fc(a)
     assert count_short_calls(monkeypatch, binary, "_xnor_gemm_fast", infer) == [True]
+
+
+def test_pack_conv_input_short_path(backend, monkeypatch):
+    """gm.pack_conv_input's short path (a binary linear layer's every call) gives what the
+    full checks give, results or errors and messages, and the layer's calls take it."""
+    from gpumat import binary, nn
+    rng = np.random.default_rng(41)
+    n, c = 5, 37
+
+    def arr(v, dtype=np.float32):
+        return gm.array(np.asarray(v, dtype), backend=backend)
+
+    x, image = arr(rand(rng, n, c, 1, 1)), arr(rand(rng, 2, c, 3, 4))
+    mean, var = arr(rand(rng, c)), arr(np.abs(rand(rng, c)) + 0.5)
+    weight, shift = arr(rand(rng, c)), arr(rand(rng, c))
+    released = arr(np.ones(c))
+    released.release()
+    calls = [
+        ((x,), {}),
+        ((x, True), {}),
+        ((image, True), {}),
+        ((x, True), dict(batch_norm=(mean, var, weight, shift, 1e-5))),
+        ((x, False), dict(batch_norm=(mean, var, None, None, 0.0))),
+        ((image,), dict(batch_norm=(mean, var, weight, None, 1e-3))),
+        # the full path's, valid
+        ((x, 1), {}),
+        ((x, True), dict(batch_norm=[mean, var, weight, shift, 1e-5])),
+        ((x, True), dict(batch_norm=(mean, var, weight, shift, 1))),
+        ((x, True), dict(batch_norm=(mean, var, weight, shift, np.float32(1e-5)))),
+        # refused
+        ((arr(rand(rng, n, c, 1, 1), np.float64),), {}),
+        ((x.reshape(n, c),), {}),
+        ((released,), {}),
+        ((x, True), dict(batch_norm=(mean, var, weight, shift))),
+        ((x, True), dict(batch_norm=(mean, None, weight, shift, 1e-5))),
+        ((x, True), dict(batch_norm=(mean, var[:5], weight, shift, 1e-5))),
+        ((x, True), dict(batch_norm=(mean, var, arr(np.ones(c), np.float64), shift, 1e-5))),
+        ((x, True), dict(batch_norm=(mean, var, weight, released, 1e-5))),
+        ((x, True), dict(batch_norm=(mean, var, weight, shift, -1e-5))),
+        ((x, True), dict(batch_norm=(mean, var, weight, shift, float("inf")))),
+    ]
+    refused, taken, _ = compare_paths(monkeypatch, binary, "_pack_conv_input_fast",
+                                      gm.pack_conv_input, calls)
+    assert refused == [False] * 10 + [True] * 10, refused
+    assert taken[:6] == [True] * 6 and not any(taken[6:]), taken
+    fc = nn.BinaryLinear(c, 4, bias=True, mode="xnor").to(backend).eval()
+    bn = nn.BatchNorm1d(c).to(backend).eval()
+
+    def infer():
+        with nn.no_grad():
+            fc(x.reshape(n, c))
+            fc(x.reshape(n, c), batch_norm=bn)
+    assert count_short_calls(monkeypatch, binary, "_pack_conv_input_fast", infer) == [True] * 2
 
 
 def test_operands_on_two_backends_are_refused():

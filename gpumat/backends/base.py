@@ -181,10 +181,13 @@ class Backend:
     # ---- binarized (XNOR-popcount) kernels (gpumat/binary.py checks the arguments) --------
     # A packed row: ceil(n/32) uint32 words in pack_signs' layout; a set bit stands for +1,
     # a clear bit for -1.  Kernels mask the last word, so its padding bits never count.
-    def pack_conv_input(self, x, mean_abs=False):
+    def pack_conv_input(self, x, mean_abs=False, bn=None):
         """Channel signs of float32 NCHW ``x`` packed per pixel: uint32 (N, H, W, ceil(C/32)),
         bit j of word w of pixel (n, h, w') is x[n, 32*w + j, h, w'] >= 0.  ``mean_abs``: also
-        the float32 (N, 1, H, W) mean over channels of |x| from the same pass, as a tuple."""
+        the float32 (N, 1, H, W) mean over channels of |x| from the same pass, as a tuple.
+        ``bn`` = (mean, var, weight, bias, eps) (C-element buffers, weight and bias may be
+        None): of x batch-normalized first, each value as the batch norm kernel computes its
+        evaluation output (xnor_conv2d's bn_* fold)."""
         raise NotImplementedError
 
     def xnor_gemm(self, a, b, k, out_dtype, row_scale=None, col_scale=None, bias=None):

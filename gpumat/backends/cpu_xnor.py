@@ -25,13 +25,29 @@ def _words(bits):
     return (bits + 31) // 32
 
 
-def _pack_conv_input(self, x, mean_abs=False):
+def _pack_conv_input(self, x, mean_abs=False, bn=None):
     """The packed signs (N, H, W, ceil(C/32)) uint32; with mean_abs, (packed, mean): mean
     float32 (N, 1, H, W) the mean of |x| over the channels, from the same pass (a float32
-    sum in channel order divided by C)."""
+    sum in channel order divided by C).  ``bn`` = (mean, var, weight, bias, eps) (weight and
+    bias may be None): of x batch-normalized with those evaluation statistics (natively in
+    the same pass; the NumPy twins run the batch norm first, to the same bits)."""
     n, c, h, w = x.shape
     shape = (n, h, w, _words(c))
     kernels = native.kernels()
+    if bn is not None:
+        if kernels is not None:
+            results = self._alloc(lambda: kernels.pack_conv_input(x, mean_abs, *bn), shape,
+                                  np.uint32)
+            return (self._track(results[0]), self._track(results[1])) if mean_abs \
+                else self._track(results)
+        bn_mean, bn_var, bn_weight, bn_bias, bn_eps = bn
+        y, _, _, inv_std = self.batch_norm_forward(x, bn_weight, bn_bias, bn_mean, bn_var,
+                                                   bn_eps)
+        try:
+            return _pack_conv_input(self, y, mean_abs)
+        finally:                    # temporaries: counted out again right away
+            self.free(y)
+            self.free(inv_std)
     if not mean_abs:
         if kernels is None:
             return self._run(lambda: native.pack_conv_input_numpy(x), shape, np.uint32)

@@ -100,10 +100,16 @@ def _launch_conv(self, x, w, out, images, height, width, words, channels, filter
                      + geometry + strides + (out_float,) + factors + (epilogue,))
 
 
-def _pack_conv_input(self, x, mean_abs=False):
+def _pack_conv_input(self, x, mean_abs=False, bn=None):
     n, c, h, w = x.shape
     words = cdiv(c, 32)
     out = self.empty((n, h, w, words), np.uint32)
+    if bn is not None:
+        folded, temporaries = xnor_launch.fold_batch_norm(self, bn)
+        mean = _pack_fused(self, x, out, mean_abs, folded)
+        for t in temporaries:
+            self.free(t)
+        return (out, mean) if mean_abs else out
     if mean_abs:
         return out, _pack_fused(self, x, out, mean_abs=True)
     blocks = n * words * h * w

@@ -56,6 +56,17 @@ def gemm_operands(a, b, m, n, roles):
     return a, b, m, n, (0, 1, n)  # filters = b's rows, pixels = a's rows
 
 
+def fold_batch_norm(backend, bn):
+    """The packing kernel's batch norm operands (mean, inv_std, weight, bias) for ``bn`` =
+    (mean, var, weight, bias, eps) or None, and the temporaries (inv_std) for the caller to
+    free once the packing is enqueued: (None, []) without one."""
+    if bn is None:
+        return None, []
+    mean, var, weight, bias, eps = bn
+    inv_std = backend.batch_norm_inv_std(var, eps)
+    return (mean, inv_std, weight, bias), [inv_std]
+
+
 def layer_input(backend, x, window_mean, bn, kernel, stride, padding, out_hw, pack, window):
     """The launches before the convolution in a whole XNOR-Net layer's call
     (``xnor_conv2d_fuses_layer``) from float32 ``x`` (N, C, H, W): inv_std for the batch
@@ -66,13 +77,8 @@ def layer_input(backend, x, window_mean, bn, kernel, stride, padding, out_hw, pa
     Returns (packed input, K or None, the temporaries for the caller to free)."""
     n, c, h, w = x.shape
     packed = backend.empty((n, h, w, cdiv(c, 32)), np.uint32)
-    temporaries = [packed]
-    folded = None
-    if bn is not None:
-        mean, var, weight, bias, eps = bn
-        inv_std = backend.batch_norm_inv_std(var, eps)
-        temporaries.append(inv_std)
-        folded = (mean, inv_std, weight, bias)
+    folded, temporaries = fold_batch_norm(backend, bn)
+    temporaries.append(packed)
     means = pack(x, packed, window_mean, folded)
     k = None
     if window_mean:
