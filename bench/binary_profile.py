@@ -107,10 +107,11 @@ def table(name, batch, results):
     for k in kinds:
         lines.append(f"| {k} | {cell(f_kinds.get(k), f_total)} | "
                      f"{cell(b_kinds.get(k), b_total)} |")
-    lines += ["", "(In the xnor model a BatchNorm feeding a binary convolution, and a residual "
-                  "block's addition after one, run inside that convolution's call in "
-                  "inference -- BinaryConv2d(x, batch_norm=bn, residual=r) -- so they are timed "
-                  "with the binary layers; the float model runs them on their own.)"]
+    lines += ["", "(In the xnor model a BatchNorm feeding a binary layer, and a residual "
+                  "block's addition after a binary convolution, run inside that layer's call in "
+                  "inference -- BinaryConv2d(x, batch_norm=bn, residual=r), "
+                  "BinaryLinear(x, batch_norm=bn) -- so they are timed with the binary layers; "
+                  "the float model runs them on their own.)"]
     return "\n".join(lines)
 
 

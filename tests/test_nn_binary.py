@@ -580,13 +580,22 @@ def test_summary_counts_binary_weights_as_bits():
     assert "Model size:           106,752 bits (13.03 KiB; parameters, binary weights 1 bit " \
            "each)" in text.splitlines()
     assert "BinaryConv2d" in text and "BinaryLinear" in text
+    # the XNOR variant's batch norms, folded into the binary layers in inference, are traced
+    # as written: a row each, their parameters counted
+    xnor = bits(models.lenet5(binary="xnor"))
+    assert [r.name for r in xnor.rows] == ["conv1", "act1", "pool1", "bn2", "conv2", "act2",
+                                           "pool2", "flatten", "bn3", "fc1", "act3", "bn4",
+                                           "fc2", "act4", "fc3"]
+    assert sum(r.params for r in xnor.rows) == xnor.total_params == 61_706 + 2 * (6 + 400 + 120)
+    assert xnor.param_bits == sum(r.param_bits for r in xnor.rows)
 
 
 # ---- a batch norm folded into the binary convolution ----------------------------------------------
 
-def trained_batch_norm(backend, channels, seed):
-    """A BatchNorm2d with non-trivial running statistics and affine parameters."""
-    bn = nn.BatchNorm2d(channels).to(backend)
+def trained_batch_norm(backend, channels, seed, kind=nn.BatchNorm2d):
+    """A BatchNorm2d (or ``kind``) with non-trivial running statistics and affine
+    parameters."""
+    bn = kind(channels).to(backend)
     r = rng(seed)
     bn.running_mean = gm.array(r.standard_normal(channels).astype(np.float32), backend=backend)
     bn.running_var = gm.array(r.uniform(0.2, 3.0, channels).astype(np.float32),
@@ -641,6 +650,53 @@ def test_conv_with_batch_norm_equals_the_two_calls(backend, monkeypatch):
         np.testing.assert_array_equal(conv(x, batch_norm=bn).gather(), conv(bn(x)).gather())
 
 
+def test_linear_with_batch_norm_equals_the_two_calls(backend, monkeypatch):
+    """layer(x, batch_norm=bn) == layer(bn(x)) for a BinaryLinear and a BatchNorm1d: in
+    inference bit for bit (the normalization folded into the packing of the layer's rows, one
+    gm.pack_conv_input call), in training with the same values, statistics and gradients."""
+    calls = []
+    original = gm.pack_conv_input
+    monkeypatch.setattr(gm, "pack_conv_input",
+                        lambda *a, **k: calls.append(k.get("batch_norm")) or original(*a, **k))
+    for n, fin in [(9, 40), (1, 37), (17, 400)]:
+        layer = linear_layer(backend, "xnor", fin=fin, fout=6, seed=fin)
+        bn = trained_batch_norm(backend, fin, fin + 1, nn.BatchNorm1d)
+        x_host = rng(fin + 2).standard_normal((n, fin)).astype(np.float32)
+        x_host[::2] = bn.running_mean.gather()                  # normalized zeros
+        x = on(backend, x_host)
+        layer.eval()
+        bn.eval()
+        with nn.no_grad():
+            want = layer(bn(x)).gather()
+            calls.clear()
+            got = layer(x, batch_norm=bn).gather()
+        assert len(calls) == 1 and calls[0] is not None          # one packing, folded
+        np.testing.assert_array_equal(got, want)
+        # recording a graph (eval mode, gradients on): the two modules in turn
+        calls.clear()
+        out = layer(x, batch_norm=bn)
+        assert calls == [] and out.requires_grad
+        np.testing.assert_allclose(out.gather(), want, rtol=1e-5, atol=1e-5)
+    # training: bn updates its statistics and both get gradients, as with two calls
+    pairs = [(linear_layer(backend, "xnor", fin=12, fout=4, seed=3),
+              trained_batch_norm(backend, 12, 4, nn.BatchNorm1d)) for _ in range(2)]
+    x = on(backend, rng(5).standard_normal((6, 12)).astype(np.float32))
+    (l1, b1), (l2, b2) = pairs
+    F.sum(l1(x, batch_norm=b1) ** 2).backward()
+    F.sum(l2(b2(x)) ** 2).backward()
+    for p, q in [(l1.weight, l2.weight), (b1.weight, b2.weight), (b1.bias, b2.bias)]:
+        np.testing.assert_array_equal(p.grad.gather(), q.grad.gather())
+    np.testing.assert_array_equal(b1.running_var.gather(), b2.running_var.gather())
+    # a bwn layer, and a BatchNorm2d, are not folded: bn runs on its own, same values
+    layer = linear_layer(backend, "bwn", fin=12, fout=4).eval()
+    bn = trained_batch_norm(backend, 12, 8, nn.BatchNorm1d).eval()
+    with nn.no_grad():
+        np.testing.assert_array_equal(layer(x, batch_norm=bn).gather(),
+                                      layer(bn(x)).gather())
+    layer = linear_layer(backend, "xnor", fin=12, fout=4).eval()
+    assert not layer._folds(trained_batch_norm(backend, 12, 8).eval(), x)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_conv_with_residual_equals_the_sum(backend, mode):
     """layer(x, residual=r) == layer(x) + r: in inference bit for bit (xnor adds it in the
@@ -688,19 +744,26 @@ def test_binary_models_fold_their_batch_norms_exactly(backend, name, monkeypatch
     x = gm.array(rng(5).standard_normal((2, model.input_shape[0], size, size))
                  .astype(np.float32), backend=backend)
     folded = []
-    original = nn.BinaryConv2d._folds
-    monkeypatch.setattr(nn.BinaryConv2d, "_folds",
-                        lambda self, bn, v: folded.append(bn) or original(self, bn, v))
+    original = nn.BinaryConv2d._folds           # (BinaryLinear's too: one method, in _Binary)
+    for cls in (nn.BinaryConv2d, nn.BinaryLinear):
+        monkeypatch.setattr(cls, "_folds",
+                            lambda self, bn, v: folded.append(bn) or original(self, bn, v))
     with nn.no_grad():
         fused = model(x).gather()
-        assert folded and all(isinstance(bn, nn.BatchNorm2d) for bn in folded)
+        kinds = {type(bn) for bn in folded}
+        assert kinds == ({nn.BatchNorm2d, nn.BatchNorm1d} if name == "lenet5"
+                         else {nn.BatchNorm2d})
         # every batch norm and residual addition on its own
-        forward = nn.BinaryConv2d.forward
+        conv_forward, linear_forward = nn.BinaryConv2d.forward, nn.BinaryLinear.forward
 
         def unfused(self, v, batch_norm=None, residual=None):
-            y = forward(self, v if batch_norm is None else batch_norm(v))
+            y = conv_forward(self, v if batch_norm is None else batch_norm(v))
             return y if residual is None else y + residual
+
+        def unfused_linear(self, v, batch_norm=None):
+            return linear_forward(self, v if batch_norm is None else batch_norm(v))
         monkeypatch.setattr(nn.BinaryConv2d, "forward", unfused)
+        monkeypatch.setattr(nn.BinaryLinear, "forward", unfused_linear)
         separate = model(x).gather()
     np.testing.assert_array_equal(fused, separate)
 

@@ -53,6 +53,9 @@ fine-tune with frozen batch norm, takes the training path, which computes the sa
   ``conv(x, batch_norm=bn, residual=r)`` (= conv(bn(x)) + r; the XNOR ResNet blocks and
   LeNets call their layers so) also folds the batch norm in front into that call's packing
   and adds r as its results are stored, bit for bit the separate operations;
+  ``linear(x, batch_norm=bn)`` likewise folds a BatchNorm1d into the packing of its rows
+  (``gm.pack_conv_input(..., batch_norm=...)``).  Neither folds inside ``nn.summary``'s
+  trace, which lists the batch norms as written;
 * ``"bwn"`` / ``"dorefa"`` keep the float input, so they run the float convolution / product
   with the cached b(W) * alpha (the packed path needs binary activations).
 
@@ -83,7 +86,7 @@ from ..errors import ShapeError
 from ..memory import outlive_scopes
 from . import functional as F
 from .autograd import Function, Variable, is_grad_enabled
-from .layers import BatchNorm2d, Conv2d, Linear
+from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Linear
 
 __all__ = ["BinaryConv2d", "BinaryLinear", "MODES", "binary_sign", "binarize_weight",
            "weight_scale", "channel_mean_abs", "sign", "pack_sign_bits",
@@ -244,6 +247,40 @@ class _Binary:
         return any(isinstance(v, Variable) and v.requires_grad
                    for v in (x, self.weight, self.bias))
 
+    #: the batch norm a forward's ``batch_norm`` may fold into this layer's packing in
+    #: inference, and the input's rank it then takes (BinaryConv2d: 2d on N x C x H x W)
+    _folded_norm, _folded_ndim = BatchNorm2d, 4
+
+    def _folds(self, batch_norm, x):
+        """Whether batch_norm(x) can run inside this layer's inference call (forward's
+        ``batch_norm``; forward asks only where this layer infers, see _inference): xnor
+        packed kernels on float32 input of the layer's rank, the batch norm of its kind over
+        x's channels (axis 1) in eval mode with running statistics, nothing that would
+        record a graph (with gradients enabled, neither layer's parameters need one), and
+        not inside nn.summary's trace (which lists the layers as written)."""
+        from .summary import is_tracing
+        data = x.data if isinstance(x, Variable) else x
+        if (self.mode != "xnor" or not isinstance(batch_norm, self._folded_norm)
+                or batch_norm.training or batch_norm.running_mean is None
+                or not isinstance(data, gm.Array) or data.dtype != np.float32
+                or data.ndim != self._folded_ndim or data.shape[1] != batch_norm.num_features
+                or is_tracing()):
+            return False
+        if is_grad_enabled() and any(isinstance(p, Variable) and p.requires_grad
+                                     for p in (batch_norm.weight, batch_norm.bias)):
+            return False
+        return self._cached()["packed"] is not None
+
+    @staticmethod
+    def _statistics(batch_norm):
+        """The (running_mean, running_var, weight, bias, eps) a folded batch norm hands the
+        packing (straight from the module's tables: this runs on every inference call)."""
+        parameters, buffers = batch_norm._parameters, batch_norm._buffers
+        weight, shift = parameters["weight"], parameters["bias"]
+        return (buffers["running_mean"], buffers["running_var"],
+                None if weight is None else weight.data, None if shift is None else shift.data,
+                batch_norm.eps)
+
     def _inference(self, x):
         """Whether this call runs the inference path (eval mode, nothing recorded)."""
         if self.training or self._records(x):
@@ -399,23 +436,6 @@ class BinaryConv2d(_Binary, Conv2d):
     def _pack_weight(self, data):
         return gm.pack_conv_weight(data)
 
-    def _folds(self, batch_norm, x):
-        """Whether batch_norm(x) can run inside this layer's inference call (forward's
-        ``batch_norm``; forward asks only where this layer infers, see _inference): xnor
-        packed kernels on float32 N x C x H x W input, the batch norm a BatchNorm2d over C
-        channels in eval mode with running statistics, and nothing that would record a graph
-        (with gradients enabled, neither layer's parameters need one)."""
-        data = x.data if isinstance(x, Variable) else x
-        if (self.mode != "xnor" or not isinstance(batch_norm, BatchNorm2d)
-                or batch_norm.training or batch_norm.running_mean is None
-                or not isinstance(data, gm.Array) or data.dtype != np.float32
-                or data.ndim != 4 or data.shape[1] != batch_norm.num_features):
-            return False
-        if is_grad_enabled() and any(isinstance(p, Variable) and p.requires_grad
-                                     for p in (batch_norm.weight, batch_norm.bias)):
-            return False
-        return self._cached()["packed"] is not None
-
     def _infer(self, x, batch_norm=None, residual=None):
         """The inference output for Array x (batch_norm: a BatchNorm2d that forward checked
         with _folds, or None; residual: an Array added to the result, or None)."""
@@ -431,14 +451,7 @@ class BinaryConv2d(_Binary, Conv2d):
             # by K and alpha, adding the bias and the residual as it stores (the training
             # path's order of operations): one call (cpu: one native pass; OpenCL, CUDA:
             # three launches)
-            statistics = None
-            if batch_norm is not None:
-                # (straight from the module's tables: this runs on every inference call)
-                parameters, buffers = batch_norm._parameters, batch_norm._buffers
-                weight, shift = parameters["weight"], parameters["bias"]
-                statistics = (buffers["running_mean"], buffers["running_var"],
-                              None if weight is None else weight.data,
-                              None if shift is None else shift.data, batch_norm.eps)
+            statistics = None if batch_norm is None else self._statistics(batch_norm)
             return gm.xnor_conv2d(x, cache["packed"], stride=self.stride, padding=self.padding,
                                   pixel_scale="window_mean", filter_scale=cache["alpha"],
                                   bias=bias, batch_norm=statistics, residual=residual)
@@ -471,9 +484,22 @@ class BinaryLinear(_Binary, Linear):
         self.approx_sign = bool(approx_sign)
         self.clear_cache()
 
-    def forward(self, x):
-        if self._inference(x):
-            return Variable._make(self._infer(x.data if isinstance(x, Variable) else x), False)
+    _folded_norm, _folded_ndim = BatchNorm1d, 2
+
+    def forward(self, x, batch_norm=None):
+        """This layer on ``x``, or on ``batch_norm(x)`` where a BatchNorm1d is given: the same
+        values as the two calls.  In inference (eval mode, the batch norm too and with
+        running statistics, nothing recorded) an "xnor" layer folds the normalization into
+        the packing of its input (XNOR-Net's BatchNorm -> BinActiv -> BinLinear without
+        writing the normalized input out)."""
+        inference = self._inference(x)
+        if batch_norm is not None and not (inference and self._folds(batch_norm, x)):
+            x = batch_norm(x)
+            batch_norm = None
+            inference = self._inference(x)
+        if inference:
+            return Variable._make(self._infer(x.data if isinstance(x, Variable) else x,
+                                              batch_norm), False)
         if self.mode != "xnor":
             return F.linear(x, self._binary_weight(), self.bias)
         x_signs, w_signs, alpha = self._signs_and_scale(x)
@@ -486,7 +512,9 @@ class BinaryLinear(_Binary, Linear):
     def _pack_weight(self, data):
         return gm.pack_signs(data)
 
-    def _infer(self, x):
+    def _infer(self, x, batch_norm=None):
+        """The inference output for Array x (batch_norm: a BatchNorm1d that forward checked
+        with _folds, or None)."""
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ShapeError(f"BinaryLinear: the input must be N x {self.in_features}, got "
                              f"{x.shape}")
@@ -497,11 +525,13 @@ class BinaryLinear(_Binary, Linear):
             return y
         if cache["packed"] is not None and x.dtype == np.float32:
             # the signs packed with K = mean |x| per sample taken in the same pass (each
-            # sample a 1 x 1 image of in_features channels), then the products scaled by K
-            # and alpha, and the bias added, as they are made (the training path's order)
+            # sample a 1 x 1 image of in_features channels; of the batch norm's output where
+            # one is folded in), then the products scaled by K and alpha, and the bias added,
+            # as they are made (the training path's order)
             n = x.shape[0]
+            statistics = None if batch_norm is None else self._statistics(batch_norm)
             packed, k = gm.pack_conv_input(x.reshape(n, self.in_features, 1, 1),
-                                           mean_abs=True)
+                                           mean_abs=True, batch_norm=statistics)
             return gm.xnor_gemm(packed.reshape(n, packed.shape[3]), cache["packed"],
                                 self.in_features, dtype="float32", row_scale=k.reshape(n),
                                 col_scale=cache["alpha"], bias=bias)

@@ -36,10 +36,6 @@ class _MaybeNormalised(Module):
         if self.binary == "xnor":
             setattr(self, name, (BatchNorm1d if flat else BatchNorm2d)(channels))
 
-    def _norm(self, name, x):
-        layer = self._modules.get(name)
-        return x if layer is None else layer(x)
-
     def _act_pool(self, act, pool, x):
         """pool(act(x)), the tutorial's order.  In inference (eval mode, no gradient taped)
         a ReLU before a max pooling runs after it instead, on a quarter of the elements:
@@ -51,11 +47,11 @@ class _MaybeNormalised(Module):
             return act(pool(x))
         return pool(act(x))
 
-    def _norm_conv(self, name, conv, x):
-        """conv(BatchNorm ``name``(x)) where the variant has it (the binary convolution folds
-        it into its packing pass in inference), else conv(x)."""
-        layer = self._modules.get(name)
-        return conv(x) if layer is None else conv(x, batch_norm=layer)
+    def _normed(self, name, layer, x):
+        """layer(BatchNorm ``name``(x)) where the variant has it (the binary convolution or
+        linear layer folds it into its packing pass in inference), else layer(x)."""
+        norm = self._modules.get(name)
+        return layer(x) if norm is None else layer(x, batch_norm=norm)
 
 
 class LeNet5(_MaybeNormalised):
@@ -98,9 +94,9 @@ class LeNet5(_MaybeNormalised):
 
     def forward(self, x):
         x = self._act_pool(self.act1, self.pool1, self.conv1(x))
-        x = self._act_pool(self.act2, self.pool2, self._norm_conv("bn2", self.conv2, x))
-        x = self.act3(self.fc1(self._norm("bn3", self.flatten(x))))
-        return self.fc3(self.act4(self.fc2(self._norm("bn4", x))))
+        x = self._act_pool(self.act2, self.pool2, self._normed("bn2", self.conv2, x))
+        x = self.act3(self._normed("bn3", self.fc1, self.flatten(x)))
+        return self.fc3(self.act4(self._normed("bn4", self.fc2, x)))
 
     def extra_repr(self):
         text = f"activation={self.activation!r}"
@@ -142,8 +138,8 @@ class LeNetTF(_MaybeNormalised):
 
     def forward(self, x):
         x = self._act_pool(self.relu1, self.pool1, self.conv1(x))
-        x = self._act_pool(self.relu2, self.pool2, self._norm_conv("bn2", self.conv2, x))
-        x = self.dropout(self.relu3(self.fc1(self._norm("bn3", self.flatten(x)))))
+        x = self._act_pool(self.relu2, self.pool2, self._normed("bn2", self.conv2, x))
+        x = self.dropout(self.relu3(self._normed("bn3", self.fc1, self.flatten(x))))
         return self.fc2(x)
 
     def extra_repr(self):
