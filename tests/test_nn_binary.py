@@ -605,6 +605,36 @@ def trained_batch_norm(backend, channels, seed, kind=nn.BatchNorm2d):
     return bn
 
 
+def check_folded_call(layer, bn, x, calls):
+    """layer(x, batch_norm=bn) in eval mode: under no_grad one folded call (``calls``: the
+    batch_norm operand of each patched op call) and bit for bit layer(bn(x)); recording a
+    graph, the two modules in turn, differentiable, the same values."""
+    layer.eval()
+    bn.eval()
+    with nn.no_grad():
+        want = layer(bn(x)).gather()
+        calls.clear()
+        got = layer(x, batch_norm=bn).gather()
+    assert len(calls) == 1 and calls[0] is not None          # one call, folded
+    np.testing.assert_array_equal(got, want)
+    calls.clear()
+    out = layer(x, batch_norm=bn)
+    assert calls == [] and out.requires_grad
+    np.testing.assert_allclose(out.gather(), want, rtol=1e-5, atol=1e-5)
+
+
+def check_trained_pair(pairs, x):
+    """Training: layer(x, batch_norm=bn) and layer(bn(x)) on two identical (layer, bn) pairs
+    give the same gradients and running statistics."""
+    (l1, b1), (l2, b2) = pairs
+    F.sum(l1(x, batch_norm=b1) ** 2).backward()
+    F.sum(l2(b2(x)) ** 2).backward()
+    for p, q in [(l1.weight, l2.weight), (b1.weight, b2.weight), (b1.bias, b2.bias)]:
+        np.testing.assert_array_equal(p.grad.gather(), q.grad.gather())
+    np.testing.assert_array_equal(b1.running_mean.gather(), b2.running_mean.gather())
+    np.testing.assert_array_equal(b1.running_var.gather(), b2.running_var.gather())
+
+
 def test_conv_with_batch_norm_equals_the_two_calls(backend, monkeypatch):
     """layer(x, batch_norm=bn) == layer(bn(x)): in inference bit for bit (the normalization
     then runs inside gm.xnor_conv2d, on cpu in the packing pass), in training with the same
@@ -617,19 +647,7 @@ def test_conv_with_batch_norm_equals_the_two_calls(backend, monkeypatch):
         conv = conv_layer(backend, "xnor", kernel, stride, padding, cin=20, cout=5)
         bn = trained_batch_norm(backend, 20, 3)
         x = on(backend, rng(4).standard_normal((2, 20, 7, 6)).astype(np.float32))
-        conv.eval()
-        bn.eval()
-        with nn.no_grad():
-            want = conv(bn(x)).gather()
-            calls.clear()
-            got = conv(x, batch_norm=bn).gather()
-        assert len(calls) == 1 and calls[0] is not None        # one call, folded
-        np.testing.assert_array_equal(got, want)
-        # recording a graph (eval mode, gradients on): the two modules in turn, differentiable
-        calls.clear()
-        out = conv(x, batch_norm=bn)
-        assert calls == [] and out.requires_grad
-        np.testing.assert_allclose(out.gather(), want, rtol=1e-5, atol=1e-5)
+        check_folded_call(conv, bn, x, calls)
     # training: bn updates its statistics and both get gradients, as with two calls
     pairs = []
     for _ in range(2):
@@ -637,12 +655,7 @@ def test_conv_with_batch_norm_equals_the_two_calls(backend, monkeypatch):
         bn = trained_batch_norm(backend, 6, 8)
         pairs.append((conv, bn))
     x = on(backend, rng(9).standard_normal((3, 6, 5, 5)).astype(np.float32))
-    (c1, b1), (c2, b2) = pairs
-    F.sum(c1(x, batch_norm=b1) ** 2).backward()
-    F.sum(c2(b2(x)) ** 2).backward()
-    for p, q in [(c1.weight, c2.weight), (b1.weight, b2.weight), (b1.bias, b2.bias)]:
-        np.testing.assert_array_equal(p.grad.gather(), q.grad.gather())
-    np.testing.assert_array_equal(b1.running_mean.gather(), b2.running_mean.gather())
+    check_trained_pair(pairs, x)
     # a bwn layer has no packed input path: bn runs on its own, same values
     conv = conv_layer(backend, "bwn", (3, 3), 1, 1, cin=6, cout=3).eval()
     bn = trained_batch_norm(backend, 6, 8).eval()
@@ -664,29 +677,12 @@ def test_linear_with_batch_norm_equals_the_two_calls(backend, monkeypatch):
         x_host = rng(fin + 2).standard_normal((n, fin)).astype(np.float32)
         x_host[::2] = bn.running_mean.gather()                  # normalized zeros
         x = on(backend, x_host)
-        layer.eval()
-        bn.eval()
-        with nn.no_grad():
-            want = layer(bn(x)).gather()
-            calls.clear()
-            got = layer(x, batch_norm=bn).gather()
-        assert len(calls) == 1 and calls[0] is not None          # one packing, folded
-        np.testing.assert_array_equal(got, want)
-        # recording a graph (eval mode, gradients on): the two modules in turn
-        calls.clear()
-        out = layer(x, batch_norm=bn)
-        assert calls == [] and out.requires_grad
-        np.testing.assert_allclose(out.gather(), want, rtol=1e-5, atol=1e-5)
+        check_folded_call(layer, bn, x, calls)
     # training: bn updates its statistics and both get gradients, as with two calls
     pairs = [(linear_layer(backend, "xnor", fin=12, fout=4, seed=3),
               trained_batch_norm(backend, 12, 4, nn.BatchNorm1d)) for _ in range(2)]
     x = on(backend, rng(5).standard_normal((6, 12)).astype(np.float32))
-    (l1, b1), (l2, b2) = pairs
-    F.sum(l1(x, batch_norm=b1) ** 2).backward()
-    F.sum(l2(b2(x)) ** 2).backward()
-    for p, q in [(l1.weight, l2.weight), (b1.weight, b2.weight), (b1.bias, b2.bias)]:
-        np.testing.assert_array_equal(p.grad.gather(), q.grad.gather())
-    np.testing.assert_array_equal(b1.running_var.gather(), b2.running_var.gather())
+    check_trained_pair(pairs, x)
     # a bwn layer, and a BatchNorm2d, are not folded: bn runs on its own, same values
     layer = linear_layer(backend, "bwn", fin=12, fout=4).eval()
     bn = trained_batch_norm(backend, 12, 8, nn.BatchNorm1d).eval()

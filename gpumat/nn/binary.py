@@ -271,6 +271,16 @@ class _Binary:
             return False
         return self._cached()["packed"] is not None
 
+    def _fold_or_apply(self, x, batch_norm):
+        """forward's (x, batch_norm, inference): ``batch_norm`` kept for this layer's
+        inference call where it folds into it, else applied to x here (and None)."""
+        inference = self._inference(x)
+        if batch_norm is not None and not (inference and self._folds(batch_norm, x)):
+            x = batch_norm(x)
+            batch_norm = None
+            inference = self._inference(x)
+        return x, batch_norm, inference
+
     @staticmethod
     def _statistics(batch_norm):
         """The (running_mean, running_var, weight, bias, eps) a folded batch norm hands the
@@ -403,11 +413,7 @@ class BinaryConv2d(_Binary, Conv2d):
         added as its results are stored -- XNOR-Net's BatchNorm -> BinActiv -> BinConv and a
         residual block's addition, without writing the normalized input or the sum's
         operand out."""
-        inference = self._inference(x)
-        if batch_norm is not None and not (inference and self._folds(batch_norm, x)):
-            x = batch_norm(x)
-            batch_norm = None
-            inference = self._inference(x)
+        x, batch_norm, inference = self._fold_or_apply(x, batch_norm)
         if inference:
             data = x.data if isinstance(x, Variable) else x
             if residual is None or self._records(residual):
@@ -492,11 +498,7 @@ class BinaryLinear(_Binary, Linear):
         running statistics, nothing recorded) an "xnor" layer folds the normalization into
         the packing of its input (XNOR-Net's BatchNorm -> BinActiv -> BinLinear without
         writing the normalized input out)."""
-        inference = self._inference(x)
-        if batch_norm is not None and not (inference and self._folds(batch_norm, x)):
-            x = batch_norm(x)
-            batch_norm = None
-            inference = self._inference(x)
+        x, batch_norm, inference = self._fold_or_apply(x, batch_norm)
         if inference:
             return Variable._make(self._infer(x.data if isinstance(x, Variable) else x,
                                               batch_norm), False)
