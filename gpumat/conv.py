@@ -184,12 +184,16 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
             x._live, w._live, geometry.stride, geometry.padding, geometry.dilation, o // c,
             geometry.out_hw))
     else:
+        # the direct kernel adds the bias as it stores its results (the same bits)
         y = _direct(backend, groups, "conv2d_direct", x._live, w._live, geometry.stride,
-                    geometry.padding, geometry.dilation, geometry.out_hw)
-        if y is None:
-            y = _gemm_forward(backend, x, w, geometry, groups).reshape(n, o, oh, ow)
+                    geometry.padding, geometry.dilation, geometry.out_hw,
+                    None if bias is None else bias._live)
+        if y is not None:
+            return y
+        y = _gemm_forward(backend, x, w, geometry, groups).reshape(n, o, oh, ow)
     if bias is not None:
-        y = y + bias.reshape(1, o, 1, 1)
+        # one pass of the backend's bias kernel (on cpu split over the native threads)
+        y = Array._wrap(backend, backend.bias_act(y._live, bias._live, 1, "identity", 0.0))
     return y
 
 

@@ -579,3 +579,25 @@ def test_opencl_batch_sum_transpose(monkeypatch, shape, dtype):
     native = held._live if a.size else b.empty(shape, dtype)
     got = b.to_numpy(b.batch_sum_transpose(native))
     np.testing.assert_allclose(got, a.sum(axis=0).T, rtol=1e-6 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("direct", [None, False])
+def test_bias_gives_the_bits_of_adding_it_after(backend, direct, monkeypatch):
+    """gm.conv2d(x, w, b) is gm.conv2d(x, w) + b bit for bit on every backend: the cpu
+    backend's direct kernel adds b as it stores its results, im2col + GEMM (direct=False) and
+    the other backends in one pass of their bias kernel."""
+    from gpumat.backends import cpu_conv
+    monkeypatch.setattr(cpu_conv, "FORCE", direct)
+    rng = np.random.default_rng(11)
+    for x_shape, w_shape, stride, padding in [((3, 6, 14, 14), (16, 6, 5, 5), 1, 0),
+                                              ((2, 5, 9, 7), (7, 5, 3, 3), 2, 1),
+                                              ((1, 3, 1, 1), (4, 3, 1, 1), 1, 0)]:
+        x = gm.array(rng.standard_normal(x_shape).astype(np.float32), backend=backend)
+        w = gm.array(rng.standard_normal(w_shape).astype(np.float32), backend=backend)
+        b_host = rng.standard_normal(w_shape[0]).astype(np.float32)
+        b_host[:3] = [-0.0, np.inf, np.nan]
+        b = gm.array(b_host, backend=backend)
+        got = gm.conv2d(x, w, b, stride=stride, padding=padding).gather()
+        want = gm.conv2d(x, w, stride=stride, padding=padding).gather() \
+            + b_host.reshape(1, -1, 1, 1)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

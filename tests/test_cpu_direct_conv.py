@@ -189,6 +189,50 @@ def test_empty_operands(x_shape, w_shape):
     assert not y.any() and not gx.any() and not gw.any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("isa", NATIVE.direct_conv_isas() if NATIVE else [])
+def test_bias_added_in_the_stores_is_adding_it_after(isa, dtype, restore_native_settings):
+    """conv2d_direct(..., bias) is conv2d_direct(...) + bias bit for bit, on every copy,
+    forward form and tile, with signed zeros, infinities and NaN among the biases."""
+    NATIVE.set_direct_conv_isa(isa)
+    tiles = NATIVE.direct_conv_tiles()
+    for name, geometry in GEOMETRIES.items():
+        x_shape, w_shape, *hyper = geometry
+        x, w, _ = operands(x_shape, w_shape, *hyper)
+        x, w = x.astype(dtype), w.astype(dtype)
+        bias = np.random.default_rng(3).standard_normal(w_shape[0]).astype(dtype)
+        bias[: 4] = [-0.0, np.inf, np.nan, 0.0][: min(4, w_shape[0])]
+        args = [pair(v) for v in hyper]
+        for pass_name in ("forward", "forward_channels"):
+            for index, shape in enumerate(tiles[pass_name]):
+                NATIVE.force_direct_conv_tile(pass_name, index)
+                want = NATIVE.conv2d_direct(x, w, *args) + bias.reshape(1, -1, 1, 1)
+                got = NATIVE.conv2d_direct(x, w, *args, bias)
+                view = np.uint32 if dtype == np.float32 else np.uint64
+                np.testing.assert_array_equal(got.view(view), want.view(view),
+                                              err_msg=f"{name} {isa} {pass_name} {shape}")
+            NATIVE.force_direct_conv_tile(pass_name, -1)
+    # no input channel: the bias alone (0 + bias, as adding it to the zeros)
+    empty = NATIVE.conv2d_direct(np.ones((2, 0, 4, 4), dtype), np.ones((3, 0, 3, 3), dtype),
+                                 (1, 1), (1, 1), (1, 1), np.array([-0.0, 1.5, -2], dtype))
+    np.testing.assert_array_equal(empty, np.zeros((2, 3, 4, 4), dtype)
+                                  + np.array([-0.0, 1.5, -2], dtype).reshape(1, 3, 1, 1))
+    assert not np.signbit(empty[:, 0]).any()
+
+
+def test_bias_is_checked():
+    x, w = np.ones((2, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32)
+    geometry = ((1, 1), (0, 0), (1, 1))
+    with pytest.raises(ValueError, match="conv2d_direct: bias has 5 elements but w has 4 output "
+                                         "channels"):
+        NATIVE.conv2d_direct(x, w, *geometry, np.ones(5, np.float32))
+    with pytest.raises(TypeError, match="conv2d_direct: x is float32 but bias is float64"):
+        NATIVE.conv2d_direct(x, w, *geometry, np.ones(4, np.float64))
+    with pytest.raises(ValueError, match="conv2d_direct: bias must be 1-dimensional"):
+        NATIVE.conv2d_direct(x, w, *geometry, np.ones((4, 1), np.float32))
+    assert NATIVE.conv2d_direct(x, w, *geometry, np.ones(4, np.float32)).shape == (2, 4, 3, 3)
+
+
 # ---- threads ----------------------------------------------------------------------------------
 
 def test_results_do_not_depend_on_the_thread_count(restore_native_settings):

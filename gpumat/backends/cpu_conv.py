@@ -78,14 +78,16 @@ def _portable(kernels):
     return FORCE is None and kernels.direct_conv_isa() == "portable"
 
 
-def _conv2d_direct(self, x, w, stride, padding, dilation, out_hw):
+def _conv2d_direct(self, x, w, stride, padding, dilation, out_hw, bias=None):
+    """The convolution, with ``bias`` (O values, or None) added as the kernel stores its
+    results: the bits of adding it afterwards, without that pass over the output."""
     kernels = _runs_direct("forward", x.shape[0], x.shape[1], w.shape[0], w.shape[2:], stride,
                            padding, out_hw)
     if kernels is None:
         return None
     shape = (x.shape[0], w.shape[0]) + tuple(out_hw)
-    return self._run(lambda: kernels.conv2d_direct(x, w, stride, padding, dilation), shape,
-                     x.dtype)
+    return self._run(lambda: kernels.conv2d_direct(x, w, stride, padding, dilation, bias),
+                     shape, x.dtype)
 
 
 def _conv2d_direct_backward_input(self, grad_out, w, input_shape, stride, padding, dilation):

@@ -140,6 +140,8 @@ struct ForwardJob {
     int64_t tiles;
     const Segment *segments;
     const int64_t *segment_begin;   // tiles + 1 entries
+    const T *bias;                  // per output channel, added as the tiles are copied out;
+                                    // or null
 };
 
 template <class T>
@@ -497,13 +499,19 @@ struct ForwardChoice {
 };
 
 // y (N x O x OH x OW) = conv2d(x (N x C x H x W), w (O x C x kh x kw))
+// y = conv2d(x, w) (+ bias[o] on output channel o where bias is not null: one add per value
+// as the results are copied out, the same rounding as adding it afterwards).
 template <class T>
-void forward(const Geometry &g, const T *x, const T *w, T *y) {
+void forward(const Geometry &g, const T *x, const T *w, T *y, const T *bias = nullptr) {
     const int64_t pixels = g.out_h * g.out_w;
     if (g.batch == 0 || g.out_channels == 0 || pixels == 0)
         return;
     if (g.taps() == 0) {
-        std::fill(y, y + g.batch * g.out_channels * pixels, T(0));
+        for (int64_t n = 0; n < g.batch; ++n)
+            for (int64_t o = 0; o < g.out_channels; ++o) {
+                T *plane = y + (n * g.out_channels + o) * pixels;
+                std::fill(plane, plane + pixels, bias != nullptr ? T(0) + bias[o] : T(0));
+            }
         return;
     }
     prepare_threads(g);
@@ -552,7 +560,7 @@ void forward(const Geometry &g, const T *x, const T *w, T *y) {
         entry = isa.forward.entries[pixel_choice];
     }
     const ForwardJob<T> job{&p, x, packed.data(), y, p.offsets.data(), tiles,
-                            segments.data(), segment_begin.data()};
+                            segments.data(), segment_begin.data(), bias};
     for_image_chunks<T>(g, chunk_count(g, 32), [&](int64_t, int64_t first, int64_t last) {
         entry(job, first, last);
     });

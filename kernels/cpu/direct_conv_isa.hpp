@@ -369,9 +369,17 @@ GPUMAT_ISA_TARGET void forward_images(const ForwardJob<T> &job, int64_t first, i
                 forward_tile<T, MR, NV>(panel, planes + t * NR, job.offsets, taps, tile);
                 for (int64_t s = job.segment_begin[t]; s < job.segment_begin[t + 1]; ++s) {
                     const Segment &seg = job.segments[s];
-                    for (int m = 0; m < rows; ++m)
-                        std::memcpy(y_block + m * pixels + seg.pixel, tile + m * NR + seg.lane,
-                                    sizeof(T) * (size_t) seg.count);
+                    for (int m = 0; m < rows; ++m) {
+                        T *to = y_block + m * pixels + seg.pixel;
+                        const T *from = tile + m * NR + seg.lane;
+                        if (job.bias == nullptr) {
+                            std::memcpy(to, from, sizeof(T) * (size_t) seg.count);
+                            continue;
+                        }
+                        const T b = job.bias[block * MR + m];
+                        for (int64_t j = 0; j < seg.count; ++j)
+                            to[j] = from[j] + b;
+                    }
                 }
             }
     }
@@ -450,9 +458,16 @@ GPUMAT_ISA_TARGET void forward_channel_images(const ForwardJob<T> &job, int64_t 
                                                     job.offsets, taps, tile);
                     const int64_t channels = std::min<int64_t>(NR, g.out_channels - block * NR);
                     T *out = y + block * NR * pixels + oh * g.out_w + ow;
-                    for (int64_t o = 0; o < channels; ++o)
-                        for (int64_t m = 0; m < count; ++m)
-                            out[o * pixels + m] = tile[m * NR + o];
+                    for (int64_t o = 0; o < channels; ++o) {
+                        const T b = job.bias != nullptr ? job.bias[block * NR + o] : T(0);
+                        if (job.bias == nullptr) {
+                            for (int64_t m = 0; m < count; ++m)
+                                out[o * pixels + m] = tile[m * NR + o];
+                        } else {
+                            for (int64_t m = 0; m < count; ++m)
+                                out[o * pixels + m] = tile[m * NR + o] + b;
+                        }
+                    }
                 }
             }
     }

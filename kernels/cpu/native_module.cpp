@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "activations.hpp"
@@ -505,15 +506,24 @@ nb::object direct_result(bool is_double, const std::vector<size_t> &shape, const
 }
 
 nb::object conv2d_direct(const AnyCpuArray &x, const AnyCpuArray &w, Pair stride, Pair padding,
-                         Pair dilation) {
+                         Pair dilation, std::optional<AnyCpuArray> bias) {
     const char *what = "conv2d_direct";
     const bool is_double = require_operands(what, x, "x", w, "w");
     const auto g = direct_geometry(what, shape4(x), extent(w, 0), extent(w, 1),
                                    {extent(w, 2), extent(w, 3)}, stride, padding, dilation);
+    if (bias) {
+        require_same_dtype(x, *bias, what, "x", "bias");
+        require_layout(*bias, what, "bias", 1);
+        if (extent(*bias, 0) != g.out_channels)
+            fail_value(what, "bias has " + std::to_string(extent(*bias, 0)) + " elements but w "
+                             "has " + std::to_string(g.out_channels) + " output channels");
+    }
     const std::vector<size_t> shape{(size_t) g.batch, (size_t) g.out_channels,
                                     (size_t) g.out_h, (size_t) g.out_w};
     return direct_result(is_double, shape, x, w, [&](auto x_data, auto w_data, auto y) {
-        gpumat::direct::forward(g, x_data, w_data, y);
+        using T = std::remove_const_t<std::remove_pointer_t<decltype(x_data)>>;
+        gpumat::direct::forward(g, x_data, w_data, y,
+                                bias ? static_cast<const T *>(bias->data()) : nullptr);
     });
 }
 
@@ -1241,10 +1251,11 @@ NB_MODULE(_native, module) {
                "asked for.");
 
     module.def("conv2d_direct", &conv2d_direct, "x"_a.noconvert(), "w"_a.noconvert(),
-               "stride"_a, "padding"_a, "dilation"_a,
+               "stride"_a, "padding"_a, "dilation"_a, "bias"_a.noconvert().none() = nb::none(),
                "conv2d (groups 1) of C-contiguous float NCHW x and O x C x kh x kw w by\n"
                "the direct kernels: no im2col columns, vectorised for the CPU's\n"
-               "instruction set, images split over the native threads.");
+               "instruction set, images split over the native threads.  bias (O values of\n"
+               "x's dtype) is added as the results are stored (the bits of adding it after).");
     module.def("conv2d_direct_backward_input", &conv2d_direct_backward_input,
                "grad_out"_a.noconvert(), "w"_a.noconvert(), "input_shape"_a, "stride"_a,
                "padding"_a, "dilation"_a,
