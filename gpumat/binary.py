@@ -133,9 +133,15 @@ def pack_conv_input(x, mean_abs=False, *, batch_norm=None):
     if batch_norm is not None:
         *arrays, eps = _batch_norm_operands(what, backend, batch_norm, x.shape[1])
         bn = tuple(None if a is None else a._live for a in arrays) + (eps,)
+    return _packed_input(backend, x._live, mean_abs, bn)
+
+
+def _packed_input(backend, x, mean_abs, bn):
+    """pack_conv_input's backend call on checked operands (``bn``: natives and eps, or None),
+    as Arrays: packed, or (packed, mean) with ``mean_abs``."""
     if not mean_abs:
-        return Array._wrap(backend, backend.pack_conv_input(x._live, bn=bn))
-    packed, mean = backend.pack_conv_input(x._live, mean_abs=True, bn=bn)
+        return Array._wrap(backend, backend.pack_conv_input(x, bn=bn))
+    packed, mean = backend.pack_conv_input(x, mean_abs=True, bn=bn)
     return Array._wrap(backend, packed), Array._wrap(backend, mean)
 
 
@@ -154,19 +160,24 @@ def _pack_conv_input_fast(x, mean_abs, batch_norm):
     backend = x._storage.backend
     bn = None
     if batch_norm is not None:
-        if type(batch_norm) is not tuple or len(batch_norm) != 5:
+        bn = _batch_norm_natives(batch_norm, backend, xn.shape[1])
+        if bn is None:
             return None
-        mean, var, weight, shift, eps = batch_norm
-        operands = _exact_natives((mean, var, weight, shift), backend, _FLOAT32,
-                                  (xn.shape[1],))
-        if (operands is None or mean is None or var is None or type(eps) is not float
-                or not 0.0 <= eps < float("inf")):
-            return None
-        bn = (*operands, eps)
-    if not mean_abs:
-        return Array._wrap(backend, backend.pack_conv_input(xn, bn=bn))
-    packed, mean = backend.pack_conv_input(xn, mean_abs=True, bn=bn)
-    return Array._wrap(backend, packed), Array._wrap(backend, mean)
+    return _packed_input(backend, xn, mean_abs, bn)
+
+
+def _batch_norm_natives(batch_norm, backend, channels):
+    """A short path's check of ``batch_norm``: (mean, var, weight, bias, eps) as the natives
+    of C-element float32 Arrays on ``backend`` (weight and bias may be None) and a float
+    eps >= 0, or None for anything else (then the full checks take the call)."""
+    if type(batch_norm) is not tuple or len(batch_norm) != 5:
+        return None
+    mean, var, weight, shift, eps = batch_norm
+    operands = _exact_natives((mean, var, weight, shift), backend, _FLOAT32, (channels,))
+    if (operands is None or mean is None or var is None or type(eps) is not float
+            or not 0.0 <= eps < float("inf")):
+        return None
+    return (*operands, eps)
 
 
 def pack_conv_weight(w):
@@ -512,15 +523,10 @@ def _xnor_conv2d_fast(x, w, stride, padding, channels, dtype, pixel_scale, filte
     if natives and (out_dtype != _FLOAT32 or any(v is None for v in natives.values())):
         return None
     if batch_norm is not None:
-        if not x_float or type(batch_norm) is not tuple or len(batch_norm) != 5:
+        operands = _batch_norm_natives(batch_norm, backend, c) if x_float else None
+        if operands is None:
             return None
-        mean, var, weight, shift, eps = batch_norm
-        operands = _exact_natives((mean, var, weight, shift), backend, _FLOAT32, (c,))
-        if (operands is None or mean is None or var is None or type(eps) is not float
-                or not 0.0 <= eps < float("inf")):
-            return None
-        natives.update(bn_mean=operands[0], bn_var=operands[1], bn_weight=operands[2],
-                       bn_bias=operands[3], bn_eps=eps)
+        natives.update(zip(("bn_mean", "bn_var", "bn_weight", "bn_bias", "bn_eps"), operands))
     return Array._wrap(backend, backend.xnor_conv2d(xn, wn, c, stride, padding, out_hw,
                                                     out_dtype, **natives))
 
