@@ -18,7 +18,8 @@ networks.)
 
 End to end (``*-eval`` cases): a binary network in eval mode (every conv but the first, and
 every linear but the last, in XNOR mode) against its float twin, thousands of images per
-second.  Each model runs as the library runs it: the XNOR blocks fold the batch norm in
+second, at a throughput batch and at batch 1 (one image at a time: latency, where the Python
+around each kernel counts most).  Each model runs as the library runs it: the XNOR blocks fold the batch norm in
 front of each binary convolution into its packing and add the residual in its stores (cpu in
 one native pass, OpenCL in three launches), while the float model runs its batch norms,
 activations and additions as layers of their own (bench/binary_profile.py shows the split).
@@ -39,7 +40,8 @@ LAYERS = {
               ("resnet20", "stage3", 32), ("resnet18", "conv4_x", 8)],
 }
 LAYERS["full"] = LAYERS["quick"] + [("resnet20", "stage1", 128), ("resnet18", "conv4_x", 32)]
-MODELS = {"quick": [("lenet5", 256, (1, 32, 32)), ("resnet20", 32, (1, 32, 32))]}
+MODELS = {"quick": [("lenet5", 256, (1, 32, 32)), ("resnet20", 32, (1, 32, 32)),
+                   ("lenet5", 1, (1, 32, 32)), ("resnet20", 1, (1, 32, 32))]}
 MODELS["full"] = MODELS["quick"] + [("resnet20", 128, (1, 32, 32))]
 
 

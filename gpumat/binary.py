@@ -464,6 +464,19 @@ def _xnor_conv2d_fast(x, w, stride, padding, channels, dtype, pixel_scale, filte
     layer of ResNet-20 runs in tens of microseconds, so the general checks' ~6 us were a
     tenth of it).  Returns None for anything else, which the general path then checks in
     full (and names what is wrong): both hand the backend the same arguments."""
+    call = _xnor_conv2d_call(x, w, stride, padding, channels, dtype, pixel_scale, filter_scale,
+                             bias, batch_norm, residual)
+    if call is None:
+        return None
+    backend, arguments, natives = call
+    return Array._wrap(backend, backend.xnor_conv2d(*arguments, **natives))
+
+
+def _xnor_conv2d_call(x, w, stride, padding, channels, dtype, pixel_scale, filter_scale, bias,
+                      batch_norm, residual):
+    """_xnor_conv2d_fast's checks: (backend, positional arguments, keyword natives) of the
+    backend's xnor_conv2d call, or None.  (A binary layer keeps them as its inference plan:
+    nn.BinaryConv2d.)"""
     if type(x) is not Array or type(w) is not Array:
         return None
     xn, wn = x._native, w._native
@@ -527,8 +540,7 @@ def _xnor_conv2d_fast(x, w, stride, padding, channels, dtype, pixel_scale, filte
         if operands is None:
             return None
         natives.update(zip(("bn_mean", "bn_var", "bn_weight", "bn_bias", "bn_eps"), operands))
-    return Array._wrap(backend, backend.xnor_conv2d(xn, wn, c, stride, padding, out_hw,
-                                                    out_dtype, **natives))
+    return backend, (xn, wn, c, stride, padding, out_hw, out_dtype), natives
 
 
 def _batch_norm_operands(what, backend, batch_norm, channels):

@@ -415,6 +415,142 @@ def test_inference_cache_follows_the_weights(backend):
     assert layer.weight.grad is not None
 
 
+class PlanSpy:
+    """Counts the gm-level calls (the layers' full inference path) and the backend-level
+    calls (every inference call, the plans' included) of a binary layer's kernels."""
+
+    def __init__(self, monkeypatch, backend, gm_name, backend_name):
+        self.full = self.kernel = 0
+        original = getattr(gm, gm_name)
+        monkeypatch.setattr(gm, gm_name, lambda *a, **k: self._count("full") or original(*a, **k))
+        instance = gm.backends.get(backend)
+        method = getattr(instance, backend_name)
+        monkeypatch.setattr(instance, backend_name,
+                            lambda *a, **k: self._count("kernel") or method(*a, **k))
+
+    def _count(self, name):
+        setattr(self, name, getattr(self, name) + 1)
+
+    def calls(self):
+        return self.full, self.kernel
+
+
+def fresh(layer, *args, **kwargs):
+    """layer's output by its full inference path (the plan dropped with the cache first)."""
+    layer.clear_cache()
+    return layer(*args, **kwargs).gather()
+
+
+def test_conv_inference_plan_repeats_the_full_path(backend, monkeypatch):
+    """A BinaryConv2d makes its last fused inference call again (_ConvPlan) without the
+    Python checks, bit for bit the full path, and falls back to the full path -- which makes
+    a new plan -- whenever anything the call was made from changed."""
+    spy = PlanSpy(monkeypatch, backend, "xnor_conv2d", "xnor_conv2d")
+    conv = conv_layer(backend, "xnor", (3, 3), 1, 1, cin=20, cout=5).eval()
+    bn = trained_batch_norm(backend, 20, 3).eval()
+    x = on(backend, rng(4).standard_normal((2, 20, 7, 6)).astype(np.float32))
+    r = on(backend, rng(5).standard_normal((2, 5, 7, 6)).astype(np.float32))
+    with nn.no_grad():
+        want = fresh(conv, x, batch_norm=bn, residual=r)
+        assert spy.calls() == (1, 1) and conv._plan is not None
+        for _ in range(2):                                      # the plan: no full path
+            np.testing.assert_array_equal(conv(x, batch_norm=bn, residual=r).gather(), want)
+        assert spy.calls() == (1, 3)
+
+        def changed(expect_full, **kwargs):
+            """The call after a change: full path or plan as expected, the full path's bits
+            either way, and a plan that the next identical call uses."""
+            before = spy.calls()
+            got = conv(**kwargs).gather()
+            assert spy.calls() == (before[0] + expect_full, before[1] + 1)
+            np.testing.assert_array_equal(got, fresh(conv, **kwargs))
+            again = spy.calls()
+            np.testing.assert_array_equal(conv(**kwargs).gather(), got)
+            assert spy.calls() == (again[0], again[1] + 1)
+            return got
+
+        changed(True, x=x, batch_norm=bn)                       # no residual now
+        changed(True, x=x)                                      # no batch norm
+        changed(True, x=x[:1], batch_norm=bn, residual=r[:1])   # another batch size
+        call = dict(x=x, batch_norm=bn, residual=r)
+        changed(True, **call)
+        bn.running_mean = gm.array(rng(6).standard_normal(20).astype(np.float32),
+                                   backend=backend)            # a new Array
+        changed(True, **call)
+        bn.running_var[:] = 2.5                                 # in place: read at the call
+        assert not np.array_equal(changed(False, **call), want)
+        bn.eps = 0.25
+        changed(True, **call)
+        conv.load_state_dict({"weight": -conv.weight.gather(), "bias": conv.bias.gather()})
+        changed(True, **call)
+        conv.stride = (2, 1)
+        conv.padding = (0, 1)
+        changed(True, x=x, batch_norm=bn)
+        other = trained_batch_norm(backend, 20, 8).eval()       # another module
+        changed(True, x=x, batch_norm=other)
+    # recording a graph: the training path (no packed kernels, no plan)
+    before = spy.calls()
+    out = conv(x, batch_norm=other)
+    assert out.requires_grad and spy.calls() == before
+    # batch norm in training mode: not folded, applied first (no plan for that call)
+    other.train()
+    with nn.no_grad():
+        conv(x, batch_norm=other)
+    assert spy.calls() == (before[0] + 1, before[1] + 1)
+    # training mode drops the plan with the cache
+    conv.train()
+    conv(x)
+    assert conv._plan is None
+
+
+def test_linear_inference_plan_repeats_the_full_path(backend, monkeypatch):
+    """A BinaryLinear makes its last inference calls (packing, product) again (_LinearPlan),
+    bit for bit the full path, and takes the full path again after a change."""
+    spy = PlanSpy(monkeypatch, backend, "pack_conv_input", "pack_conv_input")
+    layer = linear_layer(backend, "xnor", fin=45, fout=6).eval()
+    bn = trained_batch_norm(backend, 45, 3, nn.BatchNorm1d).eval()
+    x = on(backend, rng(4).standard_normal((3, 45)).astype(np.float32))
+    with nn.no_grad():
+        separate = layer(bn(x)).gather()
+        want = fresh(layer, x, batch_norm=bn)
+        np.testing.assert_array_equal(want, separate)
+        before = spy.calls()
+        for _ in range(2):
+            np.testing.assert_array_equal(layer(x, batch_norm=bn).gather(), want)
+        assert spy.calls() == (before[0], before[1] + 2)
+        bn.running_mean[:] = 0.5                               # in place: read at the call
+        got = layer(x, batch_norm=bn).gather()
+        assert spy.calls() == (before[0], before[1] + 3)
+        np.testing.assert_array_equal(got, fresh(layer, x, batch_norm=bn))
+        for kwargs in (dict(x=x[1:]), dict(x=x), dict(x=x, batch_norm=bn)):
+            before = spy.calls()
+            got = layer(**kwargs).gather()
+            assert spy.calls() == (before[0] + 1, before[1] + 1)     # the full path
+            np.testing.assert_array_equal(got, fresh(layer, **kwargs))
+        layer.bias.data = gm.array(np.ones(6, np.float32), backend=backend)
+        before = spy.calls()
+        got = layer(x, batch_norm=bn).gather()
+        assert spy.calls() == (before[0] + 1, before[1] + 1)
+        np.testing.assert_array_equal(got, fresh(layer, x, batch_norm=bn))
+
+
+def test_plans_stay_out_of_summaries_and_double_data(backend):
+    """nn.summary traces a model whose layers hold plans with every batch norm listed, and
+    float64 layers (no packed kernels) make none."""
+    model = models.lenet5(binary="xnor").to(backend).eval()
+    x = gm.array(rng(1).standard_normal((2, 1, 32, 32)).astype(np.float32), backend=backend)
+    with nn.no_grad():
+        first = model(x).gather()
+        assert model.conv2._plan is not None and model.fc1._plan is not None
+        np.testing.assert_array_equal(model(x).gather(), first)
+    text = str(nn.summary(model, (1, 32, 32)))
+    assert all(name in text for name in ("bn2", "bn3", "bn4"))
+    layer = conv_layer(backend, "xnor", (3, 3), 1, 1, cin=4, cout=3, dtype="float64").eval()
+    with nn.no_grad():
+        layer(on(backend, rng(2).standard_normal((1, 4, 5, 5)), "float64"))
+    assert layer._plan is None
+
+
 # ---- serialization ------------------------------------------------------------------------------
 
 def test_sign_bits_layout_matches_pack_signs():
