@@ -37,6 +37,7 @@ __all__ = ["pack_signs", "pack_conv_input", "pack_conv_weight", "xnor_gemm", "xn
 _WORD_BITS = 32
 _UINT32 = np.dtype(np.uint32)
 _FLOAT32 = np.dtype(np.float32)
+_INT32_MAX = 2**31 - 1       # every backend's kernels index their geometry in 32 bits
 _CONV_LAYOUTS = {"x": ("N, C, H, W", "N, H, W, ceil(C/32)"),
                  "w": ("O, C, kh, kw", "O, kh, kw, ceil(C/32)")}
 _RESULT_DTYPES = {"int32": np.dtype(np.int32), "float32": np.dtype(np.float32),
@@ -48,9 +49,12 @@ def words(n):
     return (n + _WORD_BITS - 1) // _WORD_BITS
 
 
-def _array(value, what, name):
+def _array(value, what, name, backend=None):
+    """``value`` as an Array; array-likes (NumPy arrays, lists, numbers) are placed on
+    ``backend`` where given (the operands' backend: an operand given as NumPy goes with x),
+    else on the default backend."""
     try:
-        return _as_array(value)
+        return _as_array(value, backend.name if backend is not None else None)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what}: {name} must be an Array or array-like, got "
                         f"{type(value).__name__} ({exc})") from None
@@ -272,7 +276,10 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
     ``x`` is float32 N x C x H x W (binarized and packed here, in one pass) or packed
     N x H x W x ceil(C/32) uint32 from ``pack_conv_input``; ``w`` is float32 O x C x kh x kw
     or packed O x kh x kw x ceil(C/32) uint32 from ``pack_conv_weight``.  ``channels`` (C)
-    is needed only when both are packed, and is checked against the float one otherwise.
+    is needed only when both are packed, and is checked against the float one otherwise: a
+    packed operand keeps only its ceil(C/32) words a pixel or tap, so with one of each, pass
+    the packed one's C as ``channels`` to have x's checked against it (nn.BinaryConv2d
+    checks its in_channels).
     Returns N x O x OH x OW as ``dtype``, 'float32' (default) or 'int32'.
 
     XNOR-Net's scaling runs fused into the kernel's stores (float32 only): each result v
@@ -378,6 +385,10 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
         raise ShapeError(f"{what}: the kernel {tuple(kernel)} is empty")
     out_hw = []
     for axis, size, k, s, p in zip(("height", "width"), in_hw, kernel, stride, padding):
+        if max(s, size + 2 * p) > _INT32_MAX:
+            raise ShapeError(f"{what}: the {axis} geometry (stride {s}, padded input {size} + "
+                             f"2*{p}) is beyond the kernels' 32-bit indices (at most "
+                             f"2**31 - 1)")
         if size + 2 * p < k:
             raise ShapeError(f"{what}: the kernel {axis} {k} is larger than the padded input "
                              f"{axis} {size} + 2*{p} = {size + 2 * p}; the output would be "
@@ -413,9 +424,10 @@ def _int_pair(value, minimum):
     """stride / padding as (h, w) where it is a plain int or a 2-tuple of them >= minimum, else
     None (then xnor_conv2d's full checks take it, and name what is wrong)."""
     if type(value) is int:
-        return (value, value) if value >= minimum else None
+        return (value, value) if minimum <= value <= _INT32_MAX else None
     if (type(value) is tuple and len(value) == 2 and type(value[0]) is int
-            and type(value[1]) is int and value[0] >= minimum and value[1] >= minimum):
+            and type(value[1]) is int and minimum <= value[0] <= _INT32_MAX
+            and minimum <= value[1] <= _INT32_MAX):
         return value
     return None
 
@@ -513,7 +525,7 @@ def _xnor_conv2d_call(x, w, stride, padding, channels, dtype, pixel_scale, filte
     if ws[3] != words(c) or kh < 1 or kw < 1:
         return None
     span_h, span_w = in_h + 2 * padding[0], in_w + 2 * padding[1]
-    if span_h < kh or span_w < kw:
+    if span_h < kh or span_w < kw or span_h > _INT32_MAX or span_w > _INT32_MAX:
         return None
     out_hw = ((span_h - kh) // stride[0] + 1, (span_w - kw) // stride[1] + 1)
     n, o = xs[0], ws[0]
@@ -556,7 +568,7 @@ def _batch_norm_operands(what, backend, batch_norm, channels):
         if value is None and name in ("weight", "bias"):
             checked.append(None)
             continue
-        a = _array(value, what, f"batch_norm's {name}")
+        a = _array(value, what, f"batch_norm's {name}", backend)
         if a._backend is not backend:
             from .errors import BackendMismatchError
             raise BackendMismatchError(f"{what}: batch_norm's {name} is on "
@@ -602,7 +614,7 @@ def _float_factor(what, backend, out_dtype, name, value):
     """An epilogue operand as a float32 Array on ``backend`` (float32 results only)."""
     if out_dtype != _FLOAT32:
         raise DtypeError(f"{what}: {name} needs dtype='float32' results, got {out_dtype}")
-    a = _array(value, what, name)
+    a = _array(value, what, name, backend)
     if a._backend is not backend:
         from .errors import BackendMismatchError
         raise BackendMismatchError(f"{what}: {name} is on {a._backend.name!r} but the "

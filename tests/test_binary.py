@@ -322,7 +322,9 @@ def test_window_mean_scale_is_xnor_nets_k(backend, case):
 @pytest.mark.parametrize("case", [(1, 1, 4, 4, 1, (3, 3), 1, 0), (2, 16, 9, 7, 17, (3, 3), 2, 1),
                                   (1, 33, 6, 5, 5, (2, 3), (1, 2), (0, 2)),
                                   (2, 5, 11, 9, 16, (5, 5), (2, 1), 2),
-                                  (1, 7, 3, 3, 4, (1, 1), 1, 0)])
+                                  (1, 7, 3, 3, 4, (1, 1), 1, 0),
+                                  # rows mostly padding (the cpu kernel reads them in place)
+                                  (2, 13, 5, 4, 3, (3, 3), (2, 5000), (1, 4500))])
 def test_window_mean_has_the_same_bits_on_every_backend(backend, case):
     """pixel_scale='window_mean' on any backend: K exactly as native.window_mean_numpy makes
     it from the backend's own channel means (window sums in tap order over the taps inside
@@ -562,6 +564,10 @@ def test_bad_input_is_named(backend):
         gm.xnor_conv2d(gm.pack_conv_input(x), gm.pack_conv_weight(w))
     with pytest.raises(ValueError, match="33 channels need 2"):
         gm.xnor_conv2d(gm.pack_conv_input(x), gm.pack_conv_weight(w), channels=33)
+    # a packed operand keeps ceil(C / 32) words: channels= checks the float one against it
+    with pytest.raises(ValueError, match="channel counts disagree .x says 4, channels says 3"):
+        gm.xnor_conv2d(x, gm.pack_conv_weight(arr(np.ones((2, 3, 3, 3), np.float32))),
+                       channels=3)
     with pytest.raises(ValueError, match="larger than the padded input"):
         gm.xnor_conv2d(x, arr(np.ones((2, 4, 7, 7), np.float32)))
     with pytest.raises(ValueError, match="4-d"):
@@ -791,6 +797,30 @@ def test_pack_conv_input_short_path(backend, monkeypatch):
             fc(x.reshape(n, c))
             fc(x.reshape(n, c), batch_norm=bn)
     assert count_short_calls(monkeypatch, binary, "_pack_conv_input_fast", infer) == [True] * 2
+
+
+def test_array_like_operands_go_to_xs_backend(backend):
+    """NumPy scale, bias and batch norm operands are placed on x's backend, whatever the
+    default backend is, with the results of the same operands given as Arrays there."""
+    r = np.random.default_rng(3)
+    x = gm.array(r.standard_normal((2, 5, 6, 6)).astype(np.float32), backend=backend)
+    w = gm.pack_conv_weight(gm.array(r.standard_normal((3, 5, 3, 3)).astype(np.float32),
+                                     backend=backend))
+    host = dict(filter_scale=r.random(3).astype(np.float32),
+                bias=r.standard_normal(3).astype(np.float32))
+    stats = (r.standard_normal(5).astype(np.float32), r.random(5).astype(np.float32) + 0.5)
+    want = gm.xnor_conv2d(x, w, padding=1, batch_norm=(
+        *(gm.array(v, backend=backend) for v in stats), None, None, 1e-5),
+        **{k: gm.array(v, backend=backend) for k, v in host.items()})
+    previous = gm.default_backend()
+    try:
+        for default in TESTED:
+            gm.use(default)
+            got = gm.xnor_conv2d(x, w, padding=1, batch_norm=(*stats, None, None, 1e-5), **host)
+            assert got.backend == backend
+            assert_same(got, want.gather())
+    finally:
+        gm.use(previous)
 
 
 def test_operands_on_two_backends_are_refused():

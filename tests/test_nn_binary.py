@@ -604,6 +604,47 @@ def test_bit_packed_model_files(backend, mode, tmp_path):
         np.testing.assert_allclose(fresh(x).gather(), model(x).gather(), rtol=1e-5, atol=1e-5)
 
 
+def test_bit_packed_files_refuse_what_does_not_fit(tmp_path):
+    """The bits alone fit any weight with as many words a filter: the file keeps the weight's
+    shape and loading checks it, and a file that lacks a part or holds an impossible scale is
+    a CheckpointError naming the file and the layer; the model stays loadable after one."""
+    path = tmp_path / "c33.npz"
+    save(nn.Sequential(nn.ReLU(), nn.BinaryConv2d(33, 5, 3)), path)
+    assert load_state(path)["1.weight_shape"].tolist() == [5, 33, 3, 3]
+    for wrong in (nn.BinaryConv2d(34, 5, 3), nn.BinaryConv2d(11, 5, (3, 9))):
+        with pytest.raises(CheckpointError, match=r"c33\.npz: 1: BinaryConv2d: the file's "
+                           r"bit-packed weight is 5x33x3x3 but the layer's is 5x"):
+            load_into(nn.Sequential(nn.ReLU(), wrong), path)
+    save(nn.BinaryLinear(33, 4), tmp_path / "l33.npz")
+    with pytest.raises(CheckpointError, match="is 4x33 but the layer's is 4x40"):
+        load_into(nn.BinaryLinear(40, 4), tmp_path / "l33.npz")
+    # a file written before the shape was stored: the word count is all there is to check
+    model = nn.Sequential(nn.ReLU(), nn.BinaryConv2d(33, 5, 3))
+    stored = load_state(path)
+    old = {k: v for k, v in stored.items() if not k.endswith("weight_shape")}
+    save(old, tmp_path / "old.npz")
+    load_into(model, tmp_path / "old.npz")
+    np.testing.assert_array_equal(np_sign(model[1].weight.gather()).reshape(5, -1),
+                                  B.unpack_sign_bits(stored["1.weight_bits"], 297))
+    with pytest.raises(CheckpointError, match=r"weight_bits of a 5x33x3x5 weight must be "
+                       r"uint32 of shape \(5, 16\)"):
+        load_into(nn.Sequential(nn.ReLU(), nn.BinaryConv2d(33, 5, (3, 5))), tmp_path / "old.npz")
+    # parts missing or impossible
+    for change, message in [(lambda d: d.pop("1.weight_alpha"), "no weight_alpha"),
+                            (lambda d: d.__setitem__("1.weight_alpha", -d["1.weight_alpha"]),
+                             "finite and >= 0"),
+                            (lambda d: d["1.weight_alpha"].__setitem__(2, np.nan),
+                             "finite and >= 0")]:
+        broken = {k: np.array(v) for k, v in stored.items()}
+        change(broken)
+        save(broken, tmp_path / "broken.npz")
+        with pytest.raises(CheckpointError, match=message):
+            load_into(model, tmp_path / "broken.npz")
+    load_into(model, path)
+    np.testing.assert_array_equal(np_sign(model[1].weight.gather()).reshape(5, -1),
+                                  B.unpack_sign_bits(stored["1.weight_bits"], 297))
+
+
 def test_checkpoints_keep_the_latent_weights(tmp_path):
     gm.seed(1)
     model = models.lenet5(binary="xnor")
@@ -724,6 +765,15 @@ def test_summary_counts_binary_weights_as_bits():
                                            "fc2", "act4", "fc3"]
     assert sum(r.params for r in xnor.rows) == xnor.total_params == 61_706 + 2 * (6 + 400 + 120)
     assert xnor.param_bits == sum(r.param_bits for r in xnor.rows)
+    # ... and their layers, called with batch_norm= (and residual= in the ResNets), are
+    # counted as the float layers are
+    for name in ("conv2", "fc1", "fc2"):
+        assert xnor.row(name).flops == full.row(name).flops > 0
+    assert xnor.total_flops == full.total_flops == 416_520
+    resnets = [nn.summary(models.resnet_cifar(1, binary=b), (3, 32, 32), quiet=True)
+               for b in (None, "xnor")]
+    assert resnets[1].total_flops == resnets[0].total_flops
+    assert all(r.flops > 0 for r in resnets[1].rows if r.type == "BinaryConv2d")
 
 
 # ---- a batch norm folded into the binary convolution ----------------------------------------------
@@ -858,6 +908,33 @@ def test_conv_with_residual_equals_the_sum(backend, mode):
     assert out.requires_grad
     F.sum(out).backward()
     np.testing.assert_array_equal(r.grad.gather(), np.ones((2, 4, 5, 5), np.float32))
+
+
+def test_inference_checks_what_the_packed_kernels_cannot(backend):
+    """The packed weight holds ceil(C / 32) words a tap, so the kernels cannot tell 33 or 64
+    input channels from 40: the layer checks its in_channels in inference as in training
+    (a plan present or not), and a residual the kernel cannot add as it stores (broadcast,
+    float64, a number) is added afterwards, as in training."""
+    conv = conv_layer(backend, "xnor", (3, 3), 1, 1, cin=40, cout=4).eval()
+    with nn.no_grad():
+        conv(on(backend, rng(1).standard_normal((2, 40, 5, 5)).astype(np.float32)))
+        assert conv._plan is not None
+        for channels in (33, 64):
+            x = on(backend, rng(2).standard_normal((2, channels, 5, 5)).astype(np.float32))
+            with pytest.raises(gm.ShapeError, match=f"x has {channels} channels but the layer "
+                               "takes 40"):
+                conv(x)
+    conv = conv_layer(backend, "xnor", (3, 3), 1, 1, cin=8, cout=4, seed=3)
+    x = on(backend, rng(4).standard_normal((2, 8, 5, 5)).astype(np.float32))
+    for residual in (on(backend, rng(5).standard_normal((1, 4, 1, 1)).astype(np.float32)),
+                     1.5, on(backend, rng(6).standard_normal((2, 4, 5, 5)), "float64")):
+        with nn.no_grad():
+            conv.train()
+            want = conv(x, residual=residual)
+            conv.eval()
+            got = conv(x, residual=residual)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got.gather(), want.gather(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["resnet_cifar1", "lenet5"])

@@ -77,8 +77,11 @@ Python around each kernel (ResNet-20's binary convolutions: 24 -> 15 us a call o
 Serialization.  ``nn.save`` stores a binary layer's weight bit-packed: ``weight_bits``
 (uint32 words, bit j of word w = [W[o, 32 w + j] >= 0] over each filter's in x kh x kw values
 flattened, the layout of ``gm.pack_signs``) and ``weight_alpha`` (float32, one per filter, or
-one for "dorefa"), about 32 times smaller than float.  ``nn.load_into`` restores the latent
-weight W = b * alpha, whose signs and mean |W| (so whose inference outputs) are those saved.
+one for "dorefa"), about 32 times smaller than float, with ``weight_shape`` (the latent
+weight's shape: the bits alone fit every weight with as many words a filter, 33 x 3 x 3 as
+well as 34 x 3 x 3).  ``nn.load_into`` checks the shape (files without one: the word count)
+and restores the latent weight W = b * alpha, whose signs and mean |W| (so whose inference
+outputs) are those saved; what does not fit is a CheckpointError naming the file and layer.
 Checkpoints (``save_checkpoint``) keep the full-precision latent weights, so resuming
 training is exact.  A file holding a float ``weight`` (a float model's, PyTorch's) loads as
 it is.
@@ -95,6 +98,7 @@ from ..binary import (_batch_norm_natives, _float_operand, _xnor_conv2d_call, wi
 from ..errors import ShapeError
 from ..memory import outlive_scopes
 from . import functional as F
+from .serialization import CheckpointError
 from .autograd import Function, Variable, is_grad_enabled
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Linear
 
@@ -355,26 +359,40 @@ class _Binary:
         flat = np.asarray(weight, np.float64).reshape(weight.shape[0], -1)
         alpha = np.abs(flat).mean(axis=1) if self.per_filter else np.abs(flat).mean().reshape(1)
         out = {"weight_bits": pack_sign_bits(flat),
-               "weight_alpha": alpha.astype(np.float32)}
+               "weight_alpha": alpha.astype(np.float32),
+               "weight_shape": np.asarray(weight.shape, np.int64)}
         out.update(arrays)
         return out
 
     def _load_arrays(self, arrays):
         if "weight_bits" not in arrays:
             return arrays               # a float weight (a float model's file, PyTorch's)
+        name = type(self).__name__
+        if "weight_alpha" not in arrays:
+            raise CheckpointError(f"{name}: the file holds weight_bits but no weight_alpha (a "
+                                  f"bit-packed weight needs its scale)")
         bits = np.asarray(arrays.pop("weight_bits"))
         alpha = np.asarray(arrays.pop("weight_alpha"), np.float32).reshape(-1, 1)
+        saved = arrays.pop("weight_shape", None)
         shape = tuple(self.weight.shape)
+        text = "x".join(map(str, shape))
+        if saved is not None and tuple(int(v) for v in np.asarray(saved).ravel()) != shape:
+            # (the bits alone cannot tell a 33 x 3 x 3 filter from a 34 x 3 x 3 one: both
+            # are 10 words)
+            raise CheckpointError(f"{name}: the file's bit-packed weight is "
+                                  f"{'x'.join(str(int(v)) for v in np.asarray(saved).ravel())} "
+                                  f"but the layer's is {text}")
         count = math.prod(shape[1:])
         words = -(-count // 32)
-        name = type(self).__name__
         if bits.dtype != np.uint32 or bits.shape != (shape[0], words):
-            raise ShapeError(f"{name}: weight_bits of a {'x'.join(map(str, shape))} weight must "
-                             f"be uint32 of shape ({shape[0]}, {words}), got {bits.dtype} "
-                             f"{bits.shape}")
+            raise CheckpointError(f"{name}: weight_bits of a {text} weight must be uint32 of "
+                                  f"shape ({shape[0]}, {words}), got {bits.dtype} {bits.shape}")
         if alpha.shape[0] not in (1, shape[0]):
-            raise ShapeError(f"{name}: weight_alpha must hold 1 or {shape[0]} values, got "
-                             f"{alpha.shape[0]}")
+            raise CheckpointError(f"{name}: weight_alpha must hold 1 or {shape[0]} values, got "
+                                  f"{alpha.shape[0]}")
+        if not np.all(alpha >= 0) or not np.all(np.isfinite(alpha)):
+            raise CheckpointError(f"{name}: weight_alpha (mean |W|) must be finite and >= 0, "
+                                  f"got {alpha.ravel()[:8]}")
         signs = unpack_sign_bits(bits, count)
         weight = (signs * alpha).reshape(shape).astype(self.weight.dtype)
         return dict(arrays, weight=weight)
@@ -576,13 +594,26 @@ class BinaryConv2d(_Binary, Conv2d):
         x, batch_norm, inference = self._fold_or_apply(x, batch_norm)
         if inference:
             data = x.data if isinstance(x, Variable) else x
-            if residual is None or self._records(residual):
+            added = residual.data if isinstance(residual, Variable) else residual
+            if residual is None or self._records(residual) or not self._fits(added, data):
+                # (a residual that broadcasts, of another dtype or a number is added after,
+                # as in training)
                 y = Variable._make(self._infer(data, batch_norm), False)
                 return y if residual is None else y + residual
-            added = residual.data if isinstance(residual, Variable) else residual
             return Variable._make(self._infer(data, batch_norm, added), False)
         y = self._training_forward(x)
         return y if residual is None else y + residual
+
+    def _fits(self, residual, x):
+        """Whether ``residual`` is a float32 Array on x's backend of exactly this layer's
+        output shape for x: the residual its inference call adds as it stores."""
+        if (type(residual) is not Array or type(x) is not Array or x.ndim != 4
+                or residual.dtype != np.float32 or residual._backend is not x._backend):
+            return False
+        n, _, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return residual.shape == (n, self.out_channels, (h + 2 * ph - kh) // sh + 1,
+                                  (w + 2 * pw - kw) // sw + 1)
 
     def _training_forward(self, x):
         if self.mode != "xnor":
@@ -607,6 +638,11 @@ class BinaryConv2d(_Binary, Conv2d):
         with _folds, or None; residual: an Array added to the result, or None)."""
         if x.ndim != 4:
             raise ShapeError(f"BinaryConv2d: the input must be N x C x H x W, got {x.shape}")
+        if x.shape[1] != self.in_channels:
+            # (the packed weight holds ceil(C / 32) words a tap: the kernels cannot tell 33
+            # channels from 40)
+            raise ShapeError(f"BinaryConv2d: x has {x.shape[1]} channels but the layer takes "
+                             f"{self.in_channels} (in_channels)")
         cache = self._cached()
         bias = self.bias
         if bias is not None:

@@ -127,16 +127,22 @@ def _own(arrays, prefix):
             if key.startswith(dot) and "." not in key[len(dot):]}
 
 
-def _apply_hooks(model, arrays, hook_name):
+def _apply_hooks(model, arrays, hook_name, path=None):
     """``arrays`` with each module's entries replaced by what its ``hook_name`` hook returns
-    (the extension point described in the module docstring)."""
+    (the extension point described in the module docstring).  A CheckpointError a hook
+    raises is raised again with the file and the module's name in front."""
     arrays = OrderedDict(arrays)
     for prefix, module in model.named_modules():
         hook = getattr(module, hook_name, None)
         if hook is None:
             continue
         own = _own(arrays, prefix)
-        replaced = hook({name: arrays.pop(key) for name, key in own.items()})
+        try:
+            replaced = hook({name: arrays.pop(key) for name, key in own.items()})
+        except CheckpointError as error:
+            where = f"{path}: " if path is not None else ""
+            inside = f"{prefix}: " if prefix else ""
+            raise CheckpointError(f"{where}{inside}{error}") from error
         for name, value in replaced.items():
             if "." in name:
                 raise ValueError(f"{type(module).__name__}.{hook_name} returned the name "
@@ -236,7 +242,7 @@ def load_into(model, path, strict=True):
     each entry keeps its backend and dtype).  Names and shapes are checked first: with
     ``strict``, a missing or unexpected name is an error; a shape mismatch always is.
     Returns (missing, unexpected) names."""
-    state = _apply_hooks(model, load_state(path), "_load_arrays")
+    state = _apply_hooks(model, load_state(path), "_load_arrays", os.fspath(path))
     _check_fits(model, state, os.fspath(path), strict)
     return model.load_state_dict(state, strict=strict)
 

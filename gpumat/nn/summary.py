@@ -304,11 +304,13 @@ class _Tracer:
         if any(True for _ in module.children()):
             return module.forward(*inputs, **kwargs)
         rule = _rule_for(module)
-        x = inputs[0] if len(inputs) == 1 and not kwargs else None
+        x = inputs[0] if len(inputs) == 1 else None
         out_shape, flops = None, 0
         if rule is not None and isinstance(x, Variable):
             out_shape, flops = rule(module, tuple(x.shape))
-        if out_shape is not None and self.shapes_only:
+        # keyword arguments (a binary layer's batch_norm= / residual=) run the forward even
+        # for shapes only: the batch norm it applies first is a row of its own
+        if out_shape is not None and self.shapes_only and not kwargs:
             output = x if out_shape == x.shape else Variable(
                 gm.zeros(out_shape, dtype=x.dtype, backend=x.backend))
         else:

@@ -235,6 +235,10 @@ struct ConvPlan {
     std::vector<int64_t> column_first_tap, column_last_tap;
 
     int64_t padded_span;        // (OW - 1) sw + kw: the padded input columns a row reads
+    // rows gathered with bounds checks rather than cut from a padded copy: where that copy
+    // would be mostly padding (strides and paddings far larger than the image, whose scratch
+    // grew with them -- 0.8 GB for a 4 x 4 image at stride and padding 10**8)
+    bool clipped;
     bool narrow;                // 16-bit lanes (uint16 plane words, g = 1)
 
     int64_t plane_rows(int64_t rows) const { return rows + (kernel_h - 1) / stride_h; }
@@ -244,8 +248,17 @@ struct ConvPlan {
         return blocks_of(plane_elements() * (narrow ? 2 : 4), 64) * 64;
     }
     // uint32 words of scratch: the planes and one padded input row
-    int64_t scratch_words() const { return padded_offset() / 4 + padded_span + 16; }
+    int64_t scratch_words() const {
+        return padded_offset() / 4 + (clipped ? 0 : padded_span) + 16;
+    }
 };
+
+// Whether a row buffer of `span` columns (the padded copy of an input row of `width` that
+// output rows of `out_w` columns of `kernel_w` taps read) would be mostly padding: then the
+// rows are read with bounds checks instead (the same values: the padding adds nothing).
+inline bool mostly_padding(int64_t span, int64_t width, int64_t out_w, int64_t kernel_w) {
+    return span > 4 * (width + out_w * kernel_w) + 4096;
+}
 
 // The kernel taps [first, last) of one axis inside the image for output position `pos`.
 inline void valid_taps(int64_t pos, int64_t stride, int64_t pad, int64_t kernel, int64_t size,
@@ -776,6 +789,7 @@ inline ConvPlan conv_plan(int64_t batch, int64_t channels, int64_t height, int64
     p.steps = kernel_h * p.column_groups * p.words;
     p.plane_count = p.words * p.phases * p.column_groups;
     p.padded_span = (out_w - 1) * stride_w + kernel_w;
+    p.clipped = mostly_padding(p.padded_span, width, out_w, kernel_w);
 
     // Blocks of output rows: whole images when the batch alone gives the threads enough
     // chunks, else a few blocks per image (each builds its own planes, (kh - 1) / sh rows
@@ -1086,7 +1100,11 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
     // ... and with window_mean, the image's channel means and the K of its output pixels
     const int64_t mean_words = window_mean ? blocks_of(height * width, 16) * 16 : 0;
     const int64_t k_words = window_mean ? blocks_of(pixels, 16) * 16 : 0;
-    const int64_t window_words = window_mean ? height * (width + 2 * pad_w) : 0;
+    // (rows of the means between their padding zeros, unless mostly padding: window_mean_rows)
+    const bool window_clipped =
+        window_mean && mostly_padding(width + 2 * pad_w, width, out_w, kernel_w);
+    const int64_t window_words = window_mean && !window_clipped ? height * (width + 2 * pad_w)
+                                                                : 0;
     ThreadPool::instance().run(batch * row_blocks, threads, [&](int64_t chunk) {
         const int64_t n = chunk / row_blocks, rb = chunk % row_blocks;
         const int64_t oh0 = rb * p.chunk_rows;
@@ -1114,7 +1132,7 @@ inline void xnor_conv2d(const uint32_t *xp, const uint32_t *wp, int64_t batch, i
         float *k = nullptr;
         if (window_mean) {
             k = mean + mean_words;
-            isa.window_mean_rows(p, mean, oh0, rows, k, k + k_words);
+            isa.window_mean_rows(p, mean, oh0, rows, k, window_clipped ? nullptr : k + k_words);
         }
         build_planes(p, image, oh0, rows, planes);
         BlockJob job{};

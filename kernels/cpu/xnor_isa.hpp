@@ -842,6 +842,27 @@ GPUMAT_XNOR_INLINE void padded_row(uint32_t *GPUMAT_RESTRICT padded,
         padded[x] = 0;
 }
 
+// A plane row of every column group straight from the input row `source` (its channel word
+// c, masked), each kernel column's pixel read where it lies inside the image: group_row's
+// values without the padded copy, for plans whose rows are mostly padding (ConvPlan::clipped).
+template <class Word>
+GPUMAT_XNOR_INLINE void clipped_rows(Word *row, const ConvPlan &p, const uint32_t *source,
+                                     uint32_t mask) {
+    const int channels = (int) p.channels;
+    for (int64_t jg = 0; jg < p.column_groups; ++jg, row += p.plane_stride) {
+        const int64_t j0 = jg * p.group, group = std::min(p.group, p.kernel_w - j0);
+        for (int64_t ow = 0; ow < p.out_w; ++ow) {
+            uint32_t word = 0;
+            for (int64_t t = 0; t < group; ++t) {
+                const int64_t column = ow * p.stride_w + j0 + t - p.pad_w;
+                if (column >= 0 && column < p.width)
+                    word |= (source[column * p.words] & mask) << (t * channels);
+            }
+            row[ow] = (Word) word;
+        }
+    }
+}
+
 // Planes for output rows [oh0, oh0 + rows) of one image (see xnor.hpp): plane (c, a, jg) row
 // u, column ow holds the channel word c of input pixel ((oh0 + u) sh + a - ph, ow sw + j - pw)
 // for the g kernel columns j of group jg (bit offset (j - jg g) C each), the tail masked, 0
@@ -868,6 +889,10 @@ GPUMAT_XNOR_TARGET void build_planes(const ConvPlan &p, const uint32_t *image, i
                 if (h < 0 || h >= p.height) {
                     for (int64_t jg = 0; jg < p.column_groups; ++jg)
                         std::memset(row + jg * p.plane_stride, 0, sizeof(Word) * (size_t) out_w);
+                    continue;
+                }
+                if (p.clipped) {
+                    clipped_rows(row, p, image + h * p.width * words + c, mask);
                     continue;
                 }
                 padded_row(padded, image + h * p.width * words + c, span, p.pad_w, p.width,
@@ -946,13 +971,35 @@ GPUMAT_XNOR_TARGET void window_sum_rows(const ConvPlan &p, const float *padded, 
 // side (into `padded`, H x (W + 2 pw) floats), so that every tap of a kernel row is one
 // vectorised pass over the whole output row with no clipping: adding such a zero changes
 // nothing, as each sum is never -0.0 (it starts at +0.0 and adds means, >= 0 or NaN), so the
-// result is the skipping sum's exactly (native.window_mean_numpy skips them).
+// result is the skipping sum's exactly (native.window_mean_numpy skips them).  Where those
+// rows would be mostly padding (padded null: xnor.hpp's mostly_padding) the taps are read in
+// place with bounds checks instead.
 inline GPUMAT_XNOR_TARGET void window_mean_rows(const ConvPlan &p, const float *mean,
                                                 int64_t oh0, int64_t rows, float *k,
                                                 float *padded) {
     const float divisor = (float) (p.kernel_h * p.kernel_w);
     const int64_t out_w = p.out_w, sh = p.stride_h, sw = p.stride_w, width = p.width;
     const int64_t pw = p.pad_w, span = width + 2 * pw;
+    if (padded == nullptr) {
+        // rows that would be mostly padding (xnor.hpp: mostly_padding): the taps inside the
+        // image in the same order, with bounds checks; skipping a padding zero changes no sum
+        for (int64_t oh = oh0; oh < oh0 + rows; ++oh) {
+            const int64_t top = oh * sh - p.pad_h;
+            int64_t i_first, i_last;
+            valid_taps(oh, sh, p.pad_h, p.kernel_h, p.height, i_first, i_last);
+            for (int64_t ow = 0; ow < out_w; ++ow) {
+                float sum = 0.0f;
+                for (int64_t i = i_first; i < i_last; ++i)
+                    for (int64_t j = 0; j < p.kernel_w; ++j) {
+                        const int64_t column = ow * sw + j - pw;
+                        if (column >= 0 && column < width)
+                            sum += mean[(top + i) * width + column];
+                    }
+                k[oh * out_w + ow] = sum / divisor;
+            }
+        }
+        return;
+    }
     const int64_t first = std::max<int64_t>(0, oh0 * sh - p.pad_h);
     const int64_t last = std::min<int64_t>(p.height, (oh0 + rows - 1) * sh - p.pad_h + p.kernel_h);
     for (int64_t r = first; r < last; ++r) {
