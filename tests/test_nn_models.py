@@ -2,6 +2,8 @@
 torchvision's names, and its building blocks (LeNet-5, the ResNet blocks, the option-A
 shortcut, the Inception block) compute what the same network written with torch.nn computes,
 outputs and every gradient, given the same weights."""
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -279,6 +281,15 @@ def test_zero_pad_shortcut_gradient(backend):
     expected = np.zeros((2, 3, 5, 5))
     expected[:, :, ::2, ::2] = g[:, 2:5]
     np.testing.assert_array_equal(x.grad.gather(), expected)
+    # nothing to record (no_grad, or an input without gradient): the same values, no graph
+    for recording in (False, True):
+        with contextlib.nullcontext() if recording else nn.no_grad():
+            for v in (x, nn.Variable(x.data), x.data):
+                if recording and v is x:
+                    continue                    # records a graph: checked above
+                out = shortcut(v)
+                assert not out.requires_grad and out.creator is None
+                np.testing.assert_array_equal(out.gather(), host)
     with pytest.raises(ValueError, match="cannot shrink"):
         models.ZeroPadShortcut(8, 4)
 
