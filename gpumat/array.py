@@ -25,14 +25,17 @@ _PYTHON_SCALARS = (bool, int, float)
 
 
 class _Storage:
-    """A backend buffer and the number of Arrays sharing it."""
+    """A backend buffer, the number of Arrays sharing it, and its version: how many times it
+    was written in place (``Array._make_private`` counts every such write: setitem, the
+    optimizer updates), so that what was made from its values can tell it is stale."""
 
-    __slots__ = ("backend", "native", "refs")
+    __slots__ = ("backend", "native", "refs", "version")
 
     def __init__(self, backend, native):
         self.backend = backend
         self.native = native
         self.refs = 1
+        self.version = 0
 
     def drop(self):
         self.refs -= 1
@@ -101,13 +104,16 @@ class Array:
             pass
 
     def _make_private(self):
-        """Copy-on-write: give this Array its own storage before it is written."""
+        """Copy-on-write: give this Array its own storage before it is written in place (and
+        count the write in the storage's version)."""
         storage = self._storage
         if storage.refs > 1:
             native = storage.backend.copy(self._live)
             storage.refs -= 1
-            self._storage = _Storage(storage.backend, native)
-            self._native = native
+            shared, storage = storage, _Storage(storage.backend, native)
+            storage.version = shared.version
+            self._storage, self._native = storage, native
+        storage.version += 1
 
     def _become(self, other):
         """Take over ``other``'s storage (for in-place operators); ``other`` is spent."""

@@ -551,6 +551,34 @@ def test_plans_stay_out_of_summaries_and_double_data(backend):
     assert layer._plan is None
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_inference_sees_weights_written_in_place(backend, mode):
+    """An optimizer step (or weight.data[...] = v) writes the weight's buffer in place: the
+    inference cache and plan see it (the storage's version), with no training forward in
+    between -- e.g. an evaluation between backward() and step()."""
+    for layer, shape in [(conv_layer(backend, mode, (3, 3), 1, 1, cin=6, cout=4), (2, 6, 5, 5)),
+                         (linear_layer(backend, mode, fin=40, fout=6), (3, 40))]:
+        x = on(backend, rng(7).standard_normal(shape).astype(np.float32))
+        opt = nn.optim.SGD(layer.parameters(), lr=0.5, momentum=0.9)
+        for _ in range(2):
+            layer.train()
+            opt.zero_grad()
+            F.sum(layer(x) ** 2).backward()
+            layer.eval()
+            with nn.no_grad():
+                layer(x)
+                before = layer(x).gather()              # cache and plan made
+            opt.step()
+            with nn.no_grad():
+                after = layer(x).gather()
+                np.testing.assert_array_equal(after, fresh(layer, x))
+            assert not np.array_equal(after, before)
+        with nn.no_grad():
+            layer(x)
+            layer.weight.data[0] = -layer.weight.data[0]
+            np.testing.assert_array_equal(layer(x).gather(), fresh(layer, x))
+
+
 # ---- serialization ------------------------------------------------------------------------------
 
 def test_sign_bits_layout_matches_pack_signs():

@@ -6,6 +6,7 @@ import torch
 import gpumat as gm
 from gpumat import nn
 from gpumat.nn import optim
+from conftest import TESTED
 
 RNG = np.random.default_rng(5)
 
@@ -74,6 +75,37 @@ def test_state_dict_resumes_exactly(backend, kind):
     opt2.load_state_dict(saved)
     train(resumed, opt2, grads[3:])
     np.testing.assert_array_equal(resumed[0].gather(), straight[0].gather())
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_state_follows_a_model_moved_to_another_backend(backend, kind):
+    """model.to(other) between steps: the optimizer moves its state Arrays along and goes on
+    from the same values (the torch trajectory, as without the move); a step a kernel
+    refuses leaves Adam's step count as it was."""
+    others = [b for b in TESTED if b != backend] or [backend]
+    make_ours = (lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9)) if kind == "sgd" else \
+        (lambda ps: optim.Adam(ps, lr=1e-2))
+    make_theirs = (lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)) if kind == "sgd" \
+        else (lambda ps: torch.optim.Adam(ps, lr=1e-2))
+    start = RNG.standard_normal(6).astype(np.float32)
+    grads = [RNG.standard_normal(6).astype(np.float32) for _ in range(5)]
+    p = nn.Parameter(gm.array(start, backend=backend))
+    pt = torch.tensor(start, requires_grad=True)
+    opt, topt = make_ours([p]), make_theirs([pt])
+    for i, g in enumerate(grads):
+        where = others[0] if i in (2, 3) else backend
+        p.data = p.data.to(where)                    # what Module.to does to its Parameters
+        p.grad = gm.array(g, backend=where)
+        pt.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+        assert all(v.backend == where for v in opt.state[p].values() if isinstance(v, gm.Array))
+    np.testing.assert_allclose(p.gather(), pt.detach().numpy(), rtol=1e-5, atol=1e-6)
+    if kind == "adam":
+        p.grad = gm.array(np.ones(5, np.float32), backend=p.backend)     # wrong shape
+        with pytest.raises(gm.ShapeError):
+            opt.step()
+        assert opt.state[p]["step"] == len(grads)
 
 
 def test_zero_grad_and_parameters_without_gradients(backend):

@@ -60,9 +60,10 @@ fine-tune with frozen batch norm, takes the training path, which computes the sa
   with the cached b(W) * alpha (the packed path needs binary activations).
 
 The cache (packed weight, alpha) is built by the first inference call and rebuilt when the
-weight's Array changes (``load_state_dict``, ``to``, an out-of-place update) or after any
-forward that took the training path (every optimizer step follows one).  Only a hand-made
-in-place edit of ``weight.data`` between two inference calls goes unseen: call
+weight's Array changes (``load_state_dict``, ``to``, an out-of-place update), when its
+buffer is written in place (an optimizer step, ``weight.data[...] = v``: the storage's
+version counts such writes), and after any forward that took the training path.  Only a
+write that bypasses gpumat (into the backend's buffer itself) goes unseen: call
 ``clear_cache()`` after one.  Double-precision data have no packed kernels: their inference
 runs the float ops on the cached binarized weight.
 
@@ -70,7 +71,8 @@ Plans.  An "xnor" layer's inference call also leaves a plan: the backend call it
 its arguments checked.  The next call makes that call again directly where nothing it was
 made from changed (eval mode, no graph, no summary trace, the same batch norm module, an
 input of the same shape, dtype and backend, every weight, bias and statistics Array the same
-one with the same buffer -- values written into them in place are read, as the cache's),
+one with the same buffer -- values written into them in place are read, and a weight
+written in place rebuilds the cache),
 and otherwise takes the full path, which makes a new plan.  At batch 1 that halves the
 Python around each kernel (ResNet-20's binary convolutions: 24 -> 15 us a call on cpu).
 
@@ -332,14 +334,16 @@ class _Binary:
         rebuilt when the weight's Array (or its storage) is not the one they were made from."""
         data = self.weight.data
         cache = self.__dict__.get("_cache")
-        if cache is not None and cache["data"] is data and cache["native"] is data._native:
+        if (cache is not None and cache["data"] is data and cache["native"] is data._native
+                and cache["version"] == data._storage.version):
             return cache
         o = data.shape[0]
         flat = data.reshape(o if self.per_filter else 1, -1)
         alpha = gm.abs(flat).mean(axis=1, keepdims=True)                # o x 1 or 1 x 1
         signs = sign(flat)
         packed = self._packed_kernels(data)
-        cache = {"data": data, "native": data._native, "alpha": alpha.reshape(-1),
+        cache = {"data": data, "native": data._native, "version": data._storage.version,
+                 "alpha": alpha.reshape(-1),
                  # bwn/dorefa: b(W) * alpha; xnor: b(W), scaled after the product
                  "weight": signs.reshape(data.shape) if self.mode == "xnor"
                  else (signs * alpha).reshape(data.shape),
@@ -472,9 +476,10 @@ class _Plan:
 
     def input(self, layer, x, batch_norm):
         """x's native where the plan still holds for this call, else None."""
+        cache = self.cache
         if (layer.training or batch_norm is not self.batch_norm or layer.mode != "xnor"
-                or is_grad_enabled() or layer.__dict__["_cache"] is not self.cache
-                or is_tracing()):
+                or is_grad_enabled() or layer.__dict__["_cache"] is not cache
+                or cache["version"] != cache["data"]._storage.version or is_tracing()):
             return None
         if batch_norm is not None and (batch_norm.training or batch_norm.eps != self.eps):
             return None

@@ -8,8 +8,10 @@ same hyper-parameters train the same way.
     sched.step()                                           # per epoch
 
 Each step is one fused kernel per parameter (``gm.sgd_update`` / ``gm.adam_update``) that
-updates the Parameter's Array and its state buffers in place.  ``state_dict`` /
-``load_state_dict`` capture hyper-parameters, step counts and momentum buffers for resuming.
+updates the Parameter's Array and its state buffers in place; the buffers follow their
+Parameter to the backend it lives on at each step (``model.to(...)`` between steps).
+``state_dict`` / ``load_state_dict`` capture hyper-parameters, step counts and momentum
+buffers for resuming.
 """
 import math
 
@@ -64,7 +66,9 @@ class Optimizer:
             for group in self.param_groups:
                 for p in group["params"]:
                     if p.grad is not None:
-                        self._update(p, p.grad, self.state.setdefault(p, {}), group)
+                        state = self.state.setdefault(p, {})
+                        _follow(p, state)
+                        self._update(p, p.grad, state, group)
 
     def _update(self, p, grad, state, group):
         raise NotImplementedError
@@ -161,11 +165,22 @@ class Adam(Optimizer):
             state["exp_avg"], state["exp_avg_sq"] = outlive_scopes(
                 gm.zeros(*p.shape, dtype=p.dtype, backend=p.backend),
                 gm.zeros(*p.shape, dtype=p.dtype, backend=p.backend))
-        state["step"] = state.get("step", 0) + 1
+        step = state.get("step", 0) + 1
         b1, b2 = group["betas"]
-        gm.adam_update(p.data, grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
+        gm.adam_update(p.data, grad, state["exp_avg"], state["exp_avg_sq"], step,
                        group["lr"], b1, b2, group["eps"], group["weight_decay"],
                        group["decoupled"])
+        state["step"] = step          # counted once the update was made (it may be refused)
+
+
+def _follow(p, state):
+    """Move ``p``'s state Arrays (momentum buffers, Adam's moments) to the backend ``p`` lives
+    on now, where the model was moved (``model.to(...)``) after they were made: a step then
+    goes on from the same values there, as it would have on the old backend."""
+    backend = p.data._backend
+    for name, value in state.items():
+        if isinstance(value, gm.Array) and value._backend is not backend:
+            state[name] = outlive_scopes(value.to(backend.name))
 
 
 # ---- learning-rate schedules ------------------------------------------------------------------
