@@ -59,10 +59,25 @@ def build(name, mode, classes, channels):
 
 
 def subset(dataset, limit):
+    """The first ``limit`` images of ``dataset`` (all of them for None).  A limit below 1 is
+    refused: slicing ``[:limit]`` with a negative one would keep almost every image."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"subset: the limit must be at least 1, got {limit}")
     if limit is None or limit >= len(dataset):
         return dataset
     return Dataset(dataset.images[:limit], dataset.labels[:limit], dataset.classes,
                    dataset.name, dataset.split, dataset.mean, dataset.std, dataset.path)
+
+
+def at_least_one(text):
+    """argparse type of the --limit-* options: an integer >= 1 (see :func:`subset`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def loaders(args, dataset_name, train, test, input_shape):
@@ -116,8 +131,9 @@ def run_one(args, dataset_name, data, model_name, mode, lr):
                   info={"model": f"{model_name}-{mode}", "dataset": dataset_name,
                         "backend": args.backend})
     return {"dataset": dataset_name, "model": model_name, "mode": mode, "lr": lr,
-            "optimizer": args.optimizer, "epochs": args.epochs,
-            "train_images": len(train), "test_images": len(test),
+            "optimizer": args.optimizer, "weight_decay": args.weight_decay,
+            "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+            "backend": args.backend, "train_images": len(train), "test_images": len(test),
             "parameters": size.total_params, "param_bits": size.param_bits,
             "test_top1": history[-1]["test_top1"],
             "best_test_top1": max(e["test_top1"] for e in history),
@@ -160,9 +176,24 @@ def markdown(results):
     return "\n".join(lines)
 
 
+def setting(run, report):
+    """What the figures of ``run`` (one record of ``report``) depend on besides its model,
+    learning rate and mode: only runs with the same setting are comparable in one table.
+
+    Records written before runs stored their batch size, seed, weight decay and backend take
+    them from their report's header, which has always held the command's arguments and the
+    backend it ran on (those committed before then all say batch 64, seed 0, no weight decay:
+    the argparse defaults, and backend cpu)."""
+    arguments = report["arguments"]
+    return (run["dataset"], run["epochs"], run["train_images"], run["test_images"],
+            run.get("batch_size", arguments["batch_size"]), run["optimizer"],
+            run.get("weight_decay", arguments["weight_decay"]),
+            run.get("seed", arguments["seed"]), run.get("backend", report["backend"]))
+
+
 def summarize(directory):
     """One markdown file of every experiment in ``directory``'s binary-*.json: a table per
-    setting (dataset, epochs, training images, optimizer), the runs of later files replacing
+    :func:`setting`, headed by everything its runs share, the runs of later files replacing
     earlier ones of the same model, learning rate and mode, each table under the commands
     that produced it.  Returns the text (also written to ``directory``/summary.md)."""
     settings = {}
@@ -170,21 +201,26 @@ def summarize(directory):
         with open(path) as f:
             report = json.load(f)
         for run in report["runs"]:
-            key = (run["dataset"], run["epochs"], run["train_images"], run["optimizer"])
-            setting = settings.setdefault(key, {"runs": {}, "commands": []})
-            setting["runs"][(run["model"], run["lr"], run["mode"])] = run
-            if report["command"] not in setting["commands"]:
-                setting["commands"].append(report["command"])
+            key = setting(run, report)
+            entry = settings.setdefault(key, {"runs": {}, "commands": []})
+            entry["runs"][(run["model"], run["lr"], run["mode"])] = run
+            if report["command"] not in entry["commands"]:
+                entry["commands"].append(report["command"])
     parts = ["# Float vs binary networks (gpumat.nn.binary)", "",
              "Test top-1 (%) after the last epoch (the best epoch's in parentheses where "
-             "higher); every run from seed 0 with a cosine schedule.  Written by "
+             "higher); every run with a cosine schedule, and the runs of a table share "
+             "everything its heading says.  Written by "
              "`python bench/binary_experiments.py --summary` from the JSON files beside it.",
              ""]
-    for (dataset, epochs, images, opt), setting in sorted(settings.items()):
-        runs = sorted(setting["runs"].values(),
+    for key, entry in sorted(settings.items()):
+        dataset, epochs, train_images, test_images, batch, opt, decay, seed, backend = key
+        runs = sorted(entry["runs"].values(),
                       key=lambda r: (MODELS.index(r["model"]), -r["lr"], MODES.index(r["mode"])))
-        parts += [f"## {dataset}, {epochs} epochs, {images:,} training images, {opt}", ""]
-        parts += [f"    {command}" for command in setting["commands"]] + [""]
+        decay_text = f"weight decay {decay:g}" if decay else "no weight decay"
+        parts += [f"## {dataset}, {epochs} epochs, {train_images:,} training and "
+                  f"{test_images:,} test images, batch {batch}, {opt}, {decay_text}, seed {seed}, "
+                  f"backend {backend}", ""]
+        parts += [f"    {command}" for command in entry["commands"]] + [""]
         parts += [markdown(runs), ""]
     text = "\n".join(parts)
     with open(os.path.join(directory, "summary.md"), "w") as f:
@@ -207,9 +243,9 @@ def main(argv=None):
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--limit-train", type=int, metavar="N",
+    parser.add_argument("--limit-train", type=at_least_one, metavar="N",
                         help="use only the first N training images (quick runs)")
-    parser.add_argument("--limit-test", type=int, metavar="N",
+    parser.add_argument("--limit-test", type=at_least_one, metavar="N",
                         help="use only the first N test images")
     parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "opencl", "cuda"))
     parser.add_argument("--data", metavar="DIR", help="where the dataset files are")
@@ -221,9 +257,14 @@ def main(argv=None):
                         help="also keep each run's model, checkpoint and curves under "
                              "OUT/runs/")
     parser.add_argument("--summary", action="store_true",
-                        help="train nothing: gather every experiment in OUT into OUT/summary.md")
+                        help="train nothing: gather every experiment in OUT, an existing "
+                             "directory, into OUT/summary.md")
     args = parser.parse_args(argv)
     if args.summary:
+        # An error, not a new empty directory: a summary of nothing is a mistyped --out.
+        if not os.path.isdir(args.out):
+            parser.error(f"--out {args.out}: no such directory; --summary gathers the "
+                         f"binary-*.json files already in it")
         print(summarize(args.out))
         return 0
     if args.epochs < 1 or args.batch_size < 1:

@@ -12,6 +12,7 @@ import socket
 import struct
 import tarfile
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +175,8 @@ _GOOD = _idx_bytes(np.arange(12, dtype=np.uint8).reshape(3, 4), 0x08)
     (b"\x01\x00\x08\x02" + _GOOD[4:], "not an IDX file.*01 00 08 02"),
     (b"\x00\x00\x0a\x02" + _GOOD[4:], "not an IDX file.*00 00 0a 02"),
     (_GOOD[:10], "truncated IDX header: 2 dimensions need 12 header bytes, the file has 10"),
-    (_GOOD[:-1], r"truncated IDX data: shape \(3, 4\) of uint8 needs 12 bytes.*has 11"),
+    (_GOOD[:-1], r"truncated IDX data or a damaged header: shape \(3, 4\) of uint8 needs 12 "
+                 r"bytes.*has 11"),
     (_GOOD + b"\0\0", r"size mismatch: shape \(3, 4\).*has 14 \(2 too many\)"),
     (gzip.compress(_GOOD)[:-12], "damaged gzip data"),
     (b"\x1f\x8b" + b"not deflate at all", "damaged gzip data"),
@@ -185,6 +187,49 @@ def test_malformed_idx_files_raise_dataset_error_naming_the_file(tmp_path, conte
     with pytest.raises(DatasetError, match=message) as caught:
         read_idx(path)
     assert isinstance(caught.value, ValueError) and str(path) in str(caught.value)
+
+
+def _idx_header(code, shape):
+    return bytes([0, 0, code, len(shape)]) + struct.pack(f">{len(shape)}I", *shape)
+
+
+@pytest.mark.parametrize("content, message", [
+    # more elements than NumPy can index, though none are stored: a zero among the sizes
+    (_idx_header(0x08, (0, 2 ** 32 - 1, 2 ** 32 - 1)),
+     r"dimensions \(0, 4294967295, 4294967295\) of uint8 are too large for any array"),
+    (_idx_header(0x0E, (2 ** 32 - 1,) * 4) + b"x",
+     r"dimensions \(4294967295, 4294967295, 4294967295, 4294967295\) of float64 are too large"),
+    # 2 GiB by the header, 3 bytes in the file
+    (_idx_header(0x08, (2 ** 31,)) + b"abc",
+     r"truncated IDX data or a damaged header: shape \(2147483648,\) of uint8 needs 2147483648 "
+     r"bytes after the header, the file has 3"),
+])
+def test_absurd_idx_dimensions_are_refused_without_allocating(tmp_path, content, message):
+    path = tmp_path / "absurd.idx"
+    path.write_bytes(content)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=message) as caught:
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(caught.value) and peak < 2 ** 20
+
+
+def test_idx_read_as_labels_or_images_reports_the_wrong_header(tmp_path):
+    labels = np.arange(12, dtype=np.uint8) % 10
+    path = tmp_path / "labels.idx"
+    # A labels file whose header says 3 dimensions: the first 8 labels become two sizes.
+    path.write_bytes(b"\0\0\x08\x03" + _idx_bytes(labels, 0x08)[4:])
+    with pytest.raises(DatasetError, match=r"labels.idx: expected IDX data with 1 dimension, but "
+                                           r"the header says 3 dimensions: \(12, 66051, "):
+        read_idx(path, np.uint8, ndim=1)
+    write_idx(path, labels.astype(np.int32))
+    with pytest.raises(DatasetError, match=r"labels.idx: expected IDX elements of uint8, but the "
+                                           r"header says int32 \(shape \(12,\)\)"):
+        read_idx(path, np.uint8, ndim=1)
+    np.testing.assert_array_equal(read_idx(path, np.int32, ndim=1), labels)
 
 
 # ------------------------------------------------------------------ MNIST-like directories
@@ -248,11 +293,39 @@ def test_mnist_files_that_do_not_fit_together(data_env, tmp_path):
     with pytest.raises(DatasetError, match="holds 5 images but .*holds 4 labels"):
         load_dataset("mnist", root=tmp_path, download=False)
     write_idx(directory / "train-labels-idx1-ubyte.gz", np.array([0, 1, 2, 10, 3], np.uint8))
-    with pytest.raises(DatasetError, match="label 10 is not one of the 10 classes"):
+    with pytest.raises(DatasetError, match="train-labels-idx1-ubyte.gz: label 10 of record 3 is "
+                                           "outside 0..9"):
         load_dataset("mnist", root=tmp_path, download=False)
     write_idx(directory / "train-images-idx3-ubyte.gz", np.zeros((5, 28, 28), np.float32))
-    with pytest.raises(DatasetError, match="expected uint8 images N x H x W, found float32"):
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte.gz: expected IDX elements of "
+                                           "uint8, but the header says float32"):
         load_dataset("mnist", root=tmp_path, download=False)
+
+
+def test_mnist_labels_with_a_wrong_header_say_so(data_env, tmp_path):
+    directory = tmp_path / "mnist"
+    _, labels = _write_mnist(directory, "test", 12)
+    # The labels' header claims 3 dimensions (magic 00 00 08 03), the rest of the file unchanged.
+    path = directory / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\0\0\x08\x03" + gzip.decompress(path.read_bytes())[4:]))
+    with pytest.raises(DatasetError, match=r"t10k-labels-idx1-ubyte.gz: expected IDX data with 1 "
+                                           r"dimension, but the header says 3 dimensions"):
+        load_dataset("mnist", root=tmp_path, split="test", download=False)
+    write_idx(path, np.zeros((12, 28, 28), np.uint8))        # the images file, as labels
+    with pytest.raises(DatasetError, match=r"expected IDX data with 1 dimension, but the header "
+                                           r"says 3 dimensions: \(12, 28, 28\)"):
+        load_dataset("mnist", root=tmp_path, split="test", download=False)
+    write_idx(directory / "t10k-images-idx3-ubyte.gz", np.zeros((12, 784), np.uint8))
+    write_idx(path, labels)
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte.gz: expected IDX data with 3 "
+                                           r"dimensions, but the header says 2 dimensions"):
+        load_dataset("mnist", root=tmp_path, split="test", download=False)
+
+
+def test_dataset_refuses_labels_that_are_not_integers():
+    images = np.zeros((2, 1, 2, 2), np.uint8)
+    with pytest.raises(DatasetError, match="dataset 'custom': labels must be integers, got float64"):
+        Dataset(images, np.array([1.0, 6.9]), CIFAR_CLASSES)
 
 
 def test_unknown_dataset_and_split(data_env):
@@ -421,6 +494,27 @@ def test_malformed_cifar10_files(tmp_path):
     (py_dir / "test_batch").write_bytes(b"definitely not a pickle")
     with pytest.raises(DatasetError, match="test_batch: not a CIFAR-10 pickle file"):
         load_dataset("cifar10", root=tmp_path / "p", split="test", download=False)
+
+
+@pytest.mark.parametrize("labels, bad", [
+    ([3, 6.9, 1], "label 6.9 of record 1"),        # was truncated to 6
+    ([3, 4.0, 1], "label 4.0 of record 1"),
+    ([2 ** 70, 1, 2], "label 1180591620717411303424 of record 0"),   # was an OverflowError
+    ([1, 2, -1], "label -1 of record 2"),
+    ([1, 10, 2], "label 10 of record 1"),
+    ([True, 1, 2], "label True of record 0"),
+    ([1, "2", 3], "label '2' of record 1"),
+])
+def test_cifar10_pickle_labels_must_be_integers_in_the_class_range(tmp_path, labels, bad):
+    py_dir = _write_cifar_python(tmp_path, _cifar_content())
+    batch = {b"data": np.zeros((3, 3072), np.uint8), b"labels": labels}
+    (py_dir / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DatasetError, match=f"test_batch: {bad} is not an integer in 0..9"):
+        load_dataset("cifar10", root=tmp_path, split="test", download=False)
+    batch[b"labels"] = np.array([9, 0, 5], np.uint8)        # integers of any width are fine
+    (py_dir / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    data = load_dataset("cifar10", root=tmp_path, split="test", download=False)
+    assert data.labels.dtype == np.int64 and data.labels.tolist() == [9, 0, 5]
 
 
 # ------------------------------------------------------------------ downloads

@@ -50,6 +50,22 @@ def read_cifar_binary(path):
     return images, labels
 
 
+def _check_pickle_labels(path, values, count):
+    """The ``count`` labels of a pickle batch as int64, each checked to be an integer in
+    0..9 before any conversion: casting to int64 first would truncate a float such as 6.9 to
+    the valid label 6, and fail with a bare OverflowError on an integer past int64."""
+    labels = np.asarray(values, dtype=object)     # each label as pickled (int, float, ...)
+    if labels.shape != (count,):
+        raise DatasetError(f"{path}: {count} images but b'labels' has shape {labels.shape}")
+    for index, label in enumerate(labels):
+        # bool is an int subclass, but True is no label.
+        if (isinstance(label, bool) or not isinstance(label, (int, np.integer))
+                or not 0 <= label < len(CLASSES)):
+            raise DatasetError(f"{path}: label {label!r} of record {index} is not an integer in "
+                               f"0..{len(CLASSES) - 1}")
+    return labels.astype(np.int64)
+
+
 def _unpickle(path):
     try:
         with open(path, "rb") as file:
@@ -64,7 +80,8 @@ def _unpickle(path):
 
 def read_cifar_pickle(path):
     """``(images, labels)`` of one pickle batch file (``data_batch_1``, ``test_batch``): a dict
-    with ``b"data"``, uint8 N x 3072, and ``b"labels"``, N integers.  Trusted files only."""
+    with ``b"data"``, uint8 N x 3072, and ``b"labels"``, N integers in 0..9.  Trusted files
+    only."""
     batch = _unpickle(path)
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         found = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
@@ -74,10 +91,8 @@ def read_cifar_pickle(path):
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
         raise DatasetError(f"{path}: b'data' should be uint8 N x {PIXELS}, "
                            f"found {data.dtype} of shape {data.shape}")
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    if labels.shape != (len(data),):
-        raise DatasetError(f"{path}: {len(data)} images but b'labels' has shape {labels.shape}")
-    return np.ascontiguousarray(data).reshape(-1, *IMAGE_SHAPE), _check_labels(path, labels)
+    labels = _check_pickle_labels(path, batch[b"labels"], len(data))
+    return np.ascontiguousarray(data).reshape(-1, *IMAGE_SHAPE), labels
 
 
 def _read_binary_names(path):

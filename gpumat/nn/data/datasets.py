@@ -61,6 +61,9 @@ class Dataset:
         if labels.shape != (len(images),):
             raise DatasetError(f"dataset {name!r}: {len(images)} images need labels of shape "
                                f"({len(images)},), got {labels.shape}")
+        if labels.dtype.kind not in "iu":
+            # astype(int64) would truncate a label such as 6.9 to a valid 6 without a word.
+            raise DatasetError(f"dataset {name!r}: labels must be integers, got {labels.dtype}")
         labels = labels.astype(np.int64, copy=False)
         outside = (labels < 0) | (labels >= len(classes))
         if outside.any():

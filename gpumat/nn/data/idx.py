@@ -43,11 +43,20 @@ def _read_bytes(path):
             raise DatasetError(f"{path}: damaged gzip data ({error})") from error
 
 
-def read_idx(path):
+def _dimensions(count):
+    return f"{count} dimension{'' if count == 1 else 's'}"
+
+
+def read_idx(path, dtype=None, ndim=None):
     """The array stored in the IDX file ``path`` (gzip or raw), in native byte order.
 
-    Raises :class:`DatasetError` naming the file for a wrong magic number, a truncated header
-    or data, and data longer than its dimensions say.
+    ``dtype`` and ``ndim``, when given, are what the caller needs (uint8 and 1 for labels):
+    a header that says otherwise is reported as such, rather than read on and misreported as
+    truncated data once its extra "dimensions" have swallowed the first elements.
+
+    Raises :class:`DatasetError` naming the file for a wrong magic number, element type or
+    number of dimensions, a truncated header, dimensions no array can have, truncated data,
+    and data longer than its dimensions say; nothing is allocated from the header's sizes.
     """
     data = _read_bytes(path)
     magic = data[:4]
@@ -56,24 +65,35 @@ def read_idx(path):
         raise DatasetError(f"{path}: not an IDX file: its magic number is "
                            f"{magic.hex(' ') or 'empty'}, expected 00 00 <dtype code> <ndim> "
                            f"with a dtype code in {codes}")
-    dtype, ndim = DTYPES[magic[2]], magic[3]
-    header_size = 4 + 4 * ndim
+    found_dtype, found_ndim = DTYPES[magic[2]], magic[3]
+    header_size = 4 + 4 * found_ndim
     if len(data) < header_size:
-        raise DatasetError(f"{path}: truncated IDX header: {ndim} dimensions need {header_size} "
-                           f"header bytes, the file has {len(data)}")
-    shape = struct.unpack(f">{ndim}I", data[4:header_size])
+        raise DatasetError(f"{path}: truncated IDX header: {found_ndim} dimensions need "
+                           f"{header_size} header bytes, the file has {len(data)}")
+    shape = struct.unpack(f">{found_ndim}I", data[4:header_size])
+    if ndim is not None and found_ndim != ndim:
+        raise DatasetError(f"{path}: expected IDX data with {_dimensions(ndim)}, but the header "
+                           f"says {_dimensions(found_ndim)}: {shape}")
+    if dtype is not None and found_dtype.newbyteorder("=") != np.dtype(dtype):
+        raise DatasetError(f"{path}: expected IDX elements of {np.dtype(dtype).name}, but the "
+                           f"header says {found_dtype.name} (shape {shape})")
+    # NumPy refuses such a shape even with a zero among the sizes; say why here instead.
+    if math.prod(size for size in shape if size) * found_dtype.itemsize > np.iinfo(np.intp).max:
+        raise DatasetError(f"{path}: IDX header dimensions {shape} of {found_dtype.name} are "
+                           f"too large for any array: a damaged header")
     count = math.prod(shape)
-    expected, found = count * dtype.itemsize, len(data) - header_size
+    expected, found = count * found_dtype.itemsize, len(data) - header_size
     if found < expected:
-        raise DatasetError(f"{path}: truncated IDX data: shape {shape} of {dtype.name} needs "
-                           f"{expected} bytes after the header, the file has {found}")
+        raise DatasetError(f"{path}: truncated IDX data or a damaged header: shape {shape} of "
+                           f"{found_dtype.name} needs {expected} bytes after the header, the "
+                           f"file has {found}")
     if found > expected:
-        raise DatasetError(f"{path}: IDX size mismatch: shape {shape} of {dtype.name} needs "
-                           f"{expected} bytes after the header, the file has {found} "
+        raise DatasetError(f"{path}: IDX size mismatch: shape {shape} of {found_dtype.name} "
+                           f"needs {expected} bytes after the header, the file has {found} "
                            f"({found - expected} too many)")
-    elements = np.frombuffer(data, dtype, count=count, offset=header_size)
+    elements = np.frombuffer(data, found_dtype, count=count, offset=header_size)
     # astype copies: the result is writable and native-endian, not a view of the bytes.
-    return elements.astype(dtype.newbyteorder("=")).reshape(shape)
+    return elements.astype(found_dtype.newbyteorder("=")).reshape(shape)
 
 
 def write_idx(path, array, compress=None):

@@ -11,6 +11,7 @@ from .errors import DatasetError
 from .idx import read_idx
 
 _PREFIX = {"train": "train", "test": "t10k"}
+CLASS_COUNT = 10     # in both datasets: labels are 0..9
 
 
 def file_names(split):
@@ -33,15 +34,15 @@ def find_mnist(directory, split):
 
 
 def read_mnist(images_path, labels_path):
-    """uint8 images N x 1 x H x W and int64 labels N from an IDX pair, checked to fit together."""
-    images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise DatasetError(f"{images_path}: expected uint8 images N x H x W, "
-                           f"found {images.dtype} of shape {images.shape}")
-    if labels.ndim != 1 or labels.dtype != np.uint8:
-        raise DatasetError(f"{labels_path}: expected uint8 labels N, "
-                           f"found {labels.dtype} of shape {labels.shape}")
+    """uint8 images N x 1 x H x W and int64 labels N from an IDX pair, checked to fit together
+    and the labels to be classes 0..9 (MNIST's and Fashion-MNIST's ten)."""
+    images = read_idx(images_path, np.uint8, ndim=3)
+    labels = read_idx(labels_path, np.uint8, ndim=1)
     if len(images) != len(labels):
         raise DatasetError(f"{images_path} holds {len(images)} images but {labels_path} holds "
                            f"{len(labels)} labels")
+    bad = np.flatnonzero(labels >= CLASS_COUNT)
+    if bad.size:
+        raise DatasetError(f"{labels_path}: label {labels[bad[0]]} of record {bad[0]} is outside "
+                           f"0..{CLASS_COUNT - 1}")
     return images[:, None], labels.astype(np.int64)
