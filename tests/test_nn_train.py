@@ -2,14 +2,18 @@
 memory across epochs, and argument errors, on every backend and on real Fashion-MNIST."""
 import json
 import os
+import subprocess
+import sys
 
+import gpumat as gm  # before NumPy (gpumat/_openblas.py)
 import numpy as np
 import pytest
 
-import gpumat as gm
 from gpumat import nn
 from gpumat.__main__ import main
-from gpumat.nn.data import DataLoader, Dataset
+from gpumat.nn import cli
+from gpumat.nn import train as train_module
+from gpumat.nn.data import DataLoader, Dataset, write_idx
 from gpumat.nn.train import Progress, TrainingInterrupted, fit
 
 
@@ -187,3 +191,195 @@ def test_cli_reports_bad_files(tmp_path, capsys):
     assert "none.npz" in capsys.readouterr().err
     assert main(["train", "lenet5", "--data", str(tmp_path), "--no-download"] + common) == 2
     assert "fashion-mnist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ resuming with new values
+
+def stepped(backend="cpu", seed=0):
+    """setup() with StepLR(1, 0.1): each epoch's lr is a tenth of the one before."""
+    model, opt, _, train, test = setup(backend, seed=seed)
+    return model, opt, nn.optim.StepLR(opt, 1, 0.1), train, test
+
+
+def test_resume_with_a_new_lr_rescales_the_schedule(tmp_path):
+    checkpoint = tmp_path / "checkpoint.npz"
+    model, opt, sched, train, test = stepped()
+    fit(model, opt, train, test, 1, sched, out_dir=tmp_path)
+    model, opt, sched, train, test = stepped()
+    history = fit(model, opt, train, test, 2, sched, out_dir=tmp_path, resume=checkpoint,
+                  lr=0.02)
+    # epoch 2 is the schedule's step 1, from the new base
+    assert [e["lr"] for e in history] == pytest.approx([0.1, 0.002])
+    model, opt, sched, train, test = stepped()
+    history = fit(model, opt, train, test, 3, sched, resume=checkpoint)   # the new base stays
+    assert [e["lr"] for e in history] == pytest.approx([0.1, 0.002, 0.0002])
+    with pytest.raises(ValueError, match="lr and seed replace a resumed checkpoint's"):
+        fit(model, opt, train, test, 1, lr=0.1)
+
+
+def test_resume_with_a_seed(tmp_path):
+    checkpoint = tmp_path / "checkpoint.npz"
+    model, opt, sched, train, test = setup("cpu")
+    straight = [e["train_loss"] for e in fit(model, opt, train, test, 2, sched)]
+    model, opt, sched, train, test = setup("cpu")
+    fit(model, opt, train, test, 1, sched, out_dir=tmp_path)
+    model, opt, sched, train, test = setup("cpu", seed=99)
+    same = fit(model, opt, train, test, 2, sched, resume=checkpoint, seed=0)
+    assert [e["train_loss"] for e in same] == straight      # the checkpoint's seed: exact
+    model, opt, sched, train, test = setup("cpu", seed=99)
+    other = fit(model, opt, train, test, 2, sched, resume=checkpoint, seed=7)
+    assert train.state_dict()["seed"] == 7
+    assert other[0]["train_loss"] == straight[0] and other[1]["train_loss"] != straight[1]
+
+
+# ------------------------------------------------------------------ Ctrl-C between epochs
+
+def test_ctrl_c_in_the_evaluation_replays_the_epoch_with_its_schedule(tmp_path):
+    checkpoint = tmp_path / "checkpoint.npz"
+    model, opt, sched, train, test = stepped()
+    with pytest.raises(TrainingInterrupted):
+        fit(model, opt, train, Interrupting(test, 2, 0), 3, sched, out_dir=tmp_path)
+    state = nn.load_checkpoint(checkpoint, tiny_model())
+    assert state["epoch"] == 1 and [e["epoch"] for e in state["extra"]["history"]] == [1]
+    model, opt, sched, train, test = stepped()
+    history = fit(model, opt, train, test, 3, sched, out_dir=tmp_path, resume=checkpoint)
+    assert [e["epoch"] for e in history] == [1, 2, 3]
+    assert [e["lr"] for e in history] == pytest.approx([0.1, 0.01, 0.001])
+
+
+def test_ctrl_c_in_an_epochs_save_keeps_that_epoch(tmp_path, monkeypatch, capsys):
+    model, opt, sched, train, test = stepped()
+    straight = fit(model, opt, train, test, 3, sched)
+    saves = []
+
+    def interrupt_the_second(*args):
+        saves.append(args)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        real_save_epoch(*args)
+
+    real_save_epoch = train_module._save_epoch
+    monkeypatch.setattr(train_module, "_save_epoch", interrupt_the_second)
+    model, opt, sched, train, test = stepped()
+    with pytest.raises(TrainingInterrupted):
+        fit(model, opt, train, test, 3, sched, out_dir=tmp_path)
+    assert "interrupted after epoch 2" in capsys.readouterr().out
+    monkeypatch.undo()
+    model, opt, sched, train, test = stepped()
+    history = fit(model, opt, train, test, 3, sched, out_dir=tmp_path,
+                  resume=tmp_path / "checkpoint.npz")
+    assert [e["epoch"] for e in history] == [1, 2, 3]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    for a, b in zip(straight, history):                 # as if never interrupted
+        for key in ("train_loss", "test_loss", "lr"):
+            assert a[key] == b[key], (a["epoch"], key)
+
+
+# ------------------------------------------------------------------ the command line
+
+QUICK = ["train", "lenet5", "--dataset", "fashion-mnist", "--limit-train", "128",
+         "--limit-test", "64", "--backend", "cpu", "--schedule", "none"]
+
+
+def test_cli_resume_trains_at_the_lr_and_seed_given(tmp_path, capsys):
+    out = tmp_path / "run"
+    checkpoint = str(out / "checkpoint.npz")
+    assert main(QUICK + ["--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(QUICK + ["--epochs", "2", "--lr", "0.0001", "--resume", checkpoint,
+                         "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "sgd base lr 0.0001," in text and "continuing at learning rate 0.0001" in text
+    assert main(QUICK + ["--epochs", "3", "--seed", "3", "--resume", checkpoint,
+                         "--out", str(out)]) == 0
+    assert "sgd the checkpoint's lr," in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [e["lr"] for e in metrics["epochs"]] == [0.02, 0.0001, 0.0001]
+    assert metrics["arguments"]["lr"] is None and metrics["arguments"]["seed"] == 3
+    loader = DataLoader(blobs(8, 0), 4)
+    nn.load_checkpoint(checkpoint, nn.models.get("lenet5", num_classes=10), loader=loader)
+    assert loader.seed == 3
+
+
+def test_cli_resume_with_nothing_left_to_train(tmp_path, capsys):
+    run, again = tmp_path / "run", tmp_path / "r3"
+    assert main(QUICK + ["--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(QUICK + ["--epochs", "1", "--resume", str(run / "checkpoint.npz"),
+                         "--out", str(again)]) == 0
+    text = capsys.readouterr().out
+    assert "nothing left to train: the checkpoint holds 1 epoch(s) of the 1 asked for" in text
+    assert "epoch 1/1" not in text                              # no training
+    assert {p.name for p in again.iterdir()} == {"metrics.json", "model.npz", "checkpoint.npz",
+                                                  "curves.png"}
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert json.loads((again / "metrics.json").read_text())["epochs"] == epochs
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--limit-train", "-5", "--limit-train must be at least 1, got -5"),
+    ("--limit-test", "-5", "--limit-test must be at least 1, got -5"),
+    ("--warmup", "-2", "--warmup must be at least 0, got -2"),
+    ("--seed", "-1", "--seed must be at least 0, got -1"),
+    ("--label-smoothing", "2", "--label-smoothing must be in [0, 1], got 2.0"),
+    ("--momentum", "-1", "--momentum must be finite and at least 0, got -1.0"),
+    ("--weight-decay", "nan", "--weight-decay must be finite and at least 0, got nan"),
+    ("--lr", "nan", "--lr must be positive and finite, got nan"),
+    ("--lr", "inf", "--lr must be positive and finite, got inf"),
+])
+def test_cli_refuses_bad_values_before_loading_data(option, value, message, monkeypatch,
+                                                    capsys):
+    monkeypatch.setattr(cli, "load_dataset", lambda *args: pytest.fail("the data was loaded"))
+    with pytest.raises(SystemExit) as caught:
+        main(["train", "lenet5", "--backend", "cpu", option, value])
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_an_out_that_is_a_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load_dataset", lambda *args: pytest.fail("the data was loaded"))
+    existing = tmp_path / "metrics.json"
+    existing.write_text("{}")
+    for out, message in ((existing, f"--out {existing} is a file, not a directory"),
+                         (existing / "run", f"--out {existing / 'run'}: {existing} is a file")):
+        with pytest.raises(SystemExit) as caught:
+            main(["train", "lenet5", "--backend", "cpu", "--out", str(out)])
+        assert caught.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_cli_module_runs_as_the_train_command():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    done = subprocess.run([sys.executable, "-m", "gpumat.nn.cli", "--help"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m gpumat train") and "--resume" in done.stdout
+
+
+def write_mnist(directory, split, count, size):
+    """MNIST-format IDX files of ``count`` images of ``size`` (height, width)."""
+    images = np.random.default_rng(0).integers(0, 256, (count,) + size, dtype=np.uint8)
+    prefix = "train" if split == "train" else "t10k"
+    directory.mkdir(parents=True, exist_ok=True)
+    write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+    write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz",
+              (np.arange(count) % 10).astype(np.uint8))
+
+
+@pytest.mark.parametrize("train_size,test_size,message", [
+    ((32, 32), (28, 28), "the mnist training images are 32x32 but its test images are 28x28"),
+    ((0, 0), (0, 0), "the mnist train images in .* are 0x0: there is nothing to train on"),
+    ((28, 28), (0, 0), "the mnist test images in .* are 0x0: there is nothing to train on"),
+])
+def test_cli_refuses_images_it_cannot_train_on(tmp_path, capsys, train_size, test_size,
+                                               message):
+    write_mnist(tmp_path / "mnist", "train", 8, train_size)
+    write_mnist(tmp_path / "mnist", "test", 4, test_size)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=message):
+        main(["train", "lenet5", "--dataset", "mnist", "--data", str(tmp_path), "--no-download",
+              "--epochs", "1", "--backend", "cpu", "--out", str(out)])
+    assert "epoch 1/1" not in capsys.readouterr().out and not out.exists()

@@ -12,7 +12,11 @@ variant of LeNet-5, lenet_tf or a CIFAR ResNet (every layer binary but the first
 convolution and the last linear layer); the run is named ``<model>-<mode>``.  A ``--netdef``
 file names its binary layers itself (``binary_conv2d``, ``binary_linear``; the shipped
 ``lenet5_xnor.json`` is LeNet-5's XNOR-Net).  Resuming checks that the model is the one
-the checkpoint was written by, binary mode included.
+the checkpoint was written by, binary mode included.  A resumed run continues with the
+checkpoint's learning rate and seed unless ``--lr`` or ``--seed`` is given: ``--lr`` becomes the
+schedule's base from the step the checkpoint reached (e.g. lower after a divergence), and a
+``--seed`` other than the checkpoint's draws the remaining epochs' shuffles, augmentation and
+dropout from it (the same seed continues exactly as the uninterrupted run would have).
 
 Images are scaled to [0, 1] and normalised with the dataset's mean and std, and zero-padded
 to the model's input size (28 x 28 digits become 32 x 32 for LeNet-5 and the CIFAR ResNets).
@@ -20,6 +24,7 @@ CIFAR-10 trains with random 4-pixel crops and horizontal flips unless ``--no-aug
 (``--augment`` turns them on for the others, with 2-pixel crops for 28 x 28 images).
 """
 import argparse
+import math
 import os
 import platform
 import sys
@@ -52,7 +57,9 @@ def add_arguments(parser):
                         help="fail instead of downloading missing dataset files")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, help="learning rate (default: sgd 0.02, adam 1e-3)")
+    parser.add_argument("--lr", type=float,
+                        help="learning rate (default: sgd 0.02, adam 1e-3; with --resume, the "
+                             "checkpoint's)")
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     parser.add_argument("--weight-decay", type=float, default=0.0)
@@ -68,7 +75,9 @@ def add_arguments(parser):
     augment.add_argument("--no-augment", dest="augment", action="store_false",
                          help="no random crops and flips")
     parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "opencl", "cuda"))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int,
+                        help="seed of the weights, shuffles, augmentation and dropout (default: "
+                             "0; with --resume, the checkpoint's)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="where metrics.json, model.npz, checkpoint.npz and curves.png go "
                              "(default: runs/<model>-<dataset>)")
@@ -93,11 +102,54 @@ def _check(args, parser):
         if args.model not in models.binary_names():
             parser.error(f"--binary: {args.model!r} has no binarized variant; choose from "
                          f"{', '.join(models.binary_names())}")
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.lr is not None and args.lr <= 0:
-        parser.error("--lr must be positive")
+    for name in ("epochs", "batch_size", "limit_train", "limit_test"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in ("warmup", "seed"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            parser.error(f"--{name} must be at least 0, got {value}")
+    # the optimizer would refuse these only after the data loaded, and NaN not at all
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be positive and finite, got {args.lr}")
+    for name in ("momentum", "weight_decay"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):
+            parser.error(f"--{name.replace('_', '-')} must be finite and at least 0, "
+                         f"got {value}")
+    if not 0 <= args.label_smoothing <= 1:
+        parser.error(f"--label-smoothing must be in [0, 1], got {args.label_smoothing}")
+
+
+def _check_out(out, parser):
+    """``--out`` (or the default run directory) must be creatable: a regular file at it or
+    above it would fail only after the data loaded and the model was built."""
+    existing = out
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing and not os.path.isdir(existing):
+        where = "" if existing == out else f": {existing}"
+        parser.error(f"--out {out}{where} is a file, not a directory")
+
+
+def _check_images(args, train, test):
+    """Refuse images with no pixels, and test images of another size than the training ones:
+    the padding and the model's input check are derived from the training split, so a
+    different test split would fail only after a whole epoch, with nothing saved."""
+    for data in (train, test):
+        if 0 in data.images.shape[1:]:
+            raise SystemExit(f"error: the {args.dataset} {data.split} images in {data.path} "
+                             f"are {_size(data)}: there is nothing to train on")
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise SystemExit(f"error: the {args.dataset} training images are {_size(train)} but its "
+                         f"test images are {_size(test)} ({train.path}, {test.path}); both "
+                         f"splits must have one size")
+
+
+def _size(dataset):
+    channels, height, width = dataset.images.shape[1:]
+    return f"{height}x{width}" + ("" if channels == 1 else f" with {channels} channels")
 
 
 def _build_model(args, dataset):
@@ -126,7 +178,7 @@ def _loaders(args, train, test, input_shape):
     augment = args.dataset == "cifar10" if args.augment is None else args.augment
     crop = (4 if h >= 32 else 2) if augment else None
     common = dict(batch_size=args.batch_size, normalize=True, pad_to=pad, backend=args.backend)
-    train_loader = DataLoader(train, shuffle=True, drop_last=False, seed=args.seed,
+    train_loader = DataLoader(train, shuffle=True, drop_last=False, seed=args.seed or 0,
                               random_crop=crop, hflip=augment, **common)
     test_loader = DataLoader(test, **common)
     return train_loader, test_loader
@@ -141,7 +193,8 @@ def _subset(dataset, limit):
 
 
 def _optimizer(args, model, epochs):
-    lr = args.lr
+    # when resuming without --lr, the checkpoint's lr replaces this default
+    lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
     if args.optimizer == "sgd":
         opt = optim.SGD(model.parameters(), lr=lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, nesterov=args.momentum > 0)
@@ -163,24 +216,29 @@ def _command_line():
     argv = list(sys.argv)
     if argv and os.path.basename(argv[0]) == "__main__.py":
         argv[0:1] = ["python", "-m", "gpumat"]
+    elif argv and os.path.basename(argv[0]) == "cli.py":
+        argv[0:1] = ["python", "-m", "gpumat.nn.cli"]
     return " ".join(argv)
 
 
 def run(args, parser=None):
     parser = parser or argparse.ArgumentParser()
     _check(args, parser)
-    backend = gm.use(args.backend)
-    args.backend = backend
-    if args.lr is None:
-        args.lr = DEFAULT_LR[args.optimizer]
-    gm.seed(args.seed)
     name = args.model or os.path.splitext(os.path.basename(args.netdef))[0]
     if getattr(args, "binary", None):
         name = f"{name}-{args.binary}"
     out = args.out or os.path.join("runs", f"{name}-{args.dataset}")
+    _check_out(out, parser)
+    backend = gm.use(args.backend)
+    args.backend = backend
+    if args.resume is None:     # resuming, an lr or seed not given stays None: the checkpoint's
+        args.lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+        args.seed = args.seed or 0
+    gm.seed(args.seed or 0)
     download = not args.no_download
     train = _subset(load_dataset(args.dataset, args.data, "train", download), args.limit_train)
     test = _subset(load_dataset(args.dataset, args.data, "test", download), args.limit_test)
+    _check_images(args, train, test)
     model, input_shape = _build_model(args, train)
     model.to(backend)
     train_loader, test_loader = _loaders(args, train, test, input_shape)
@@ -190,14 +248,19 @@ def run(args, parser=None):
     print(f"gpumat {gm.__version__}: training {name} ({params:,} parameters) on "
           f"{args.dataset} ({len(train):,} train / {len(test):,} test images, input "
           f"{'x'.join(map(str, input_shape))}) on backend {backend!r}: {device}")
-    print(f"{args.optimizer} lr {optimizer.param_groups[0]['lr']:g}, batch {args.batch_size}, "
-          f"{args.epochs} epochs, schedule {args.schedule}; writing to {out}/")
+    if args.resume is None:
+        lr = f"lr {optimizer.param_groups[0]['lr']:g}"
+    else:
+        lr = "the checkpoint's lr" if args.lr is None else f"base lr {args.lr:g}"
+    print(f"{args.optimizer} {lr}, batch {args.batch_size}, {args.epochs} epochs, schedule "
+          f"{args.schedule}; writing to {out}/")
     info = {"model": name, "dataset": args.dataset, "backend": backend, "device": device,
             "parameters": params, "gpumat": gm.__version__, "host": platform.node(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": _command_line(),
             "arguments": {k: v for k, v in vars(args).items() if k != "func"}}
+    replace = {"lr": args.lr, "seed": args.seed} if args.resume is not None else {}
     history = fit(model, optimizer, train_loader, test_loader, args.epochs, scheduler, out,
-                  resume=args.resume, label_smoothing=args.label_smoothing, info=info)
+                  resume=args.resume, label_smoothing=args.label_smoothing, info=info, **replace)
     if history:
         best = max(e["test_top1"] for e in history)
         model_file = os.path.join(out, MODEL)
@@ -206,3 +269,8 @@ def run(args, parser=None):
         print(f"done: final test top-1 {100 * history[-1]['test_top1']:.2f}% (best "
               f"{100 * best:.2f}%); metrics, model{size} and curves in {out}/")
     return 0
+
+
+if __name__ == "__main__":      # python -m gpumat.nn.cli ... is python -m gpumat train ...
+    from gpumat.__main__ import main
+    sys.exit(main(["train"] + sys.argv[1:]))

@@ -7,7 +7,8 @@ set after each epoch, metrics.json, curves.png, model.npz and resumable checkpoi
 command line and calls ``fit``.  Loss and accuracy are summed on the device and read back
 only when the progress bar is redrawn, so a GPU backend is not stalled every step.
 Ctrl-C saves a checkpoint of the current weights before exiting; resuming from it restarts
-the interrupted epoch from its beginning with those weights.
+the interrupted epoch from its beginning with those weights (an epoch counts as done, with its
+scheduler step and history entry, only once it has been evaluated).
 """
 import json
 import math
@@ -181,60 +182,116 @@ def plot_curves(history, path, title=None):
 
 
 def fit(model, optimizer, train_loader, test_loader, epochs, scheduler=None, out_dir=None,
-        resume=None, label_smoothing=0.0, info=None, stream=None):
+        resume=None, label_smoothing=0.0, info=None, stream=None, lr=None, seed=None):
     """Train for ``epochs`` epochs (counting those a resumed checkpoint already did) and
     evaluate after each.  With ``out_dir``: metrics.json (``info`` plus one entry per epoch),
     model.npz, checkpoint.npz and curves.png are rewritten after every epoch.  ``resume`` is
-    a checkpoint path to continue from.  Returns the per-epoch history."""
+    a checkpoint path to continue from; it brings back the learning rate and seed it was
+    trained with, which ``lr`` and ``seed`` (only with ``resume``) replace: lr becomes the
+    schedule's base, which goes on from the step it reached; a seed other than the
+    checkpoint's reseeds the loader and gpumat's generator.  A checkpoint that already holds
+    ``epochs`` epochs trains nothing and rewrites out_dir's files from it.  Returns the
+    per-epoch history."""
+    if resume is None and (lr is not None or seed is not None):
+        raise ValueError("fit: lr and seed replace a resumed checkpoint's; without resume, "
+                         "give them to the optimizer and the loader")
     stream = stream or sys.stdout
     history, start = [], 0
     if resume is not None:
         state = load_checkpoint(resume, model, optimizer, scheduler, loader=train_loader)
         start = int(state["epoch"])
         history = list(state["extra"].get("history", []))
-        print(f"resumed from {resume}: {start} epoch(s) done", file=stream)
+        _continue_with(optimizer, scheduler, train_loader, lr, seed)
+        print(f"resumed from {resume}: {start} epoch(s) done, continuing at learning rate "
+              f"{optimizer.param_groups[0]['lr']:g}", file=stream)
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
+    if resume is not None and start >= epochs:
+        written = out_dir is not None and bool(history)
+        if written:
+            _save_epoch(out_dir, model, optimizer, scheduler, train_loader, start, history, info)
+        print(f"nothing left to train: the checkpoint holds {start} epoch(s) of the {epochs} "
+              f"asked for (ask for more to train on)"
+              + (f"; its model, metrics and curves written to {out_dir}/" if written else ""),
+              file=stream)
+        return history
     checkpoint = os.path.join(out_dir, CHECKPOINT) if out_dir is not None else None
-    epoch = start
-    loader_state = _loader_state(train_loader)
+    # What an unfinished epoch undoes on Ctrl-C, so that the checkpoint is consistent: the
+    # loader's state (the epoch replays), the scheduler's and the history's length.
+    done = epoch = start
+    rollback = None
     try:
         for epoch in range(start, epochs):
-            loader_state = _loader_state(train_loader)      # an interrupted epoch replays
-            lr = optimizer.param_groups[0]["lr"]
+            rollback = (_loader_state(train_loader), _scheduler_state(scheduler), len(history))
             progress = Progress(len(train_loader), f"epoch {epoch + 1}/{epochs}", stream)
-            record = {"epoch": epoch + 1, "lr": lr}
+            record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             record.update(_train_epoch(model, optimizer, train_loader, progress,
                                        label_smoothing))
-            if scheduler is not None:
-                scheduler.step()
             test = evaluate(model, test_loader)
             record.update(test_loss=test["loss"], test_top1=test["top1"],
                           test_top5=test["top5"],
                           device_bytes_in_use=gm.memory_info(model_backend(model))[
                               "bytes_in_use"])
+            if scheduler is not None:
+                scheduler.step()
             history.append(record)
+            done = epoch + 1                # the epoch is done: a Ctrl-C from here keeps it
             print(f"epoch {epoch + 1}/{epochs}: train loss {record['train_loss']:.4f}, "
                   f"test loss {test['loss']:.4f}, test top-1 {100 * test['top1']:.2f}% "
                   f"(top-5 {100 * test['top5']:.2f}%), "
                   f"{record['images_per_second']:,.0f} img/s", file=stream)
             if out_dir is not None:
-                _save_epoch(out_dir, model, optimizer, scheduler, train_loader, epoch + 1,
+                _save_epoch(out_dir, model, optimizer, scheduler, train_loader, done,
                             history, info)
     except KeyboardInterrupt:
-        saved = None
-        if checkpoint is not None:
+        finished = done > epoch
+        if not finished and rollback is not None:
+            loader_state, scheduler_state, kept = rollback
             if loader_state is not None:
                 train_loader.load_state_dict(loader_state)
-            save_checkpoint(checkpoint, model, optimizer, scheduler, epoch=epoch,
+            if scheduler_state is not None:
+                scheduler.load_state_dict(scheduler_state)
+            del history[kept:]
+        saved = None
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, epoch=done,
                             extra={"history": history, "interrupted": True},
                             loader=train_loader)
             saved = checkpoint
-        print(f"\ninterrupted in epoch {epoch + 1}"
-              + (f"; checkpoint saved to {saved} (--resume {saved} restarts epoch {epoch + 1})"
-                 if saved else ""), file=stream)
+        then = f"continues after epoch {done}" if finished else f"restarts epoch {done + 1}"
+        print(f"\ninterrupted {'after' if finished else 'in'} epoch {epoch + 1}"
+              + (f"; checkpoint saved to {saved} (--resume {saved} {then})" if saved else ""),
+              file=stream)
         raise TrainingInterrupted(saved) from None
     return history
+
+
+def _continue_with(optimizer, scheduler, loader, lr, seed):
+    """Replace a restored checkpoint's learning rate and seed with the caller's (None keeps
+    the checkpoint's).  ``lr`` becomes every group's lr and the schedule's base: the schedule
+    goes on from the step it reached, scaled to the new base (a lower lr after a divergence
+    stays lower).  A ``seed`` other than the loader's reseeds the loader (the shuffles and
+    augmentation of the remaining epochs) and gpumat's generator; the same seed changes
+    nothing, so the run continues exactly as it would have."""
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            if "initial_lr" in group:           # a scheduler's base, saved with the groups
+                group["initial_lr"] = lr
+        if scheduler is not None:
+            state = scheduler.state_dict()
+            state["base_lrs"] = [lr] * len(state["base_lrs"])
+            scheduler.load_state_dict(state)    # which sets the groups' lr for its step
+    if seed is not None:
+        state = loader.state_dict()
+        if state["seed"] != seed:
+            state["seed"] = seed
+            loader.load_state_dict(state)
+            gm.seed(seed)
+
+
+def _scheduler_state(scheduler):
+    return scheduler.state_dict() if scheduler is not None else None
 
 
 def _loader_state(loader):
