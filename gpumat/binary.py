@@ -30,6 +30,7 @@ from .conv import _is_int, _pair, conv2d
 from .creation import full
 from .errors import DtypeError, ShapeError
 from .memory import outlive_scopes
+from .native import MAX_XNOR_BITS
 from .normalization import batch_norm_forward
 
 __all__ = ["pack_signs", "pack_conv_input", "pack_conv_weight", "xnor_gemm", "xnor_conv2d"]
@@ -203,6 +204,9 @@ def _check_k(k, what):
     if not _is_int(k) or k < 1:
         raise ShapeError(f"{what}: k (the length of the +-1 vectors) must be a positive int, "
                          f"got {k!r}")
+    if k > MAX_XNOR_BITS:
+        raise ShapeError(f"{what}: k={k:,} is more than the kernels' {MAX_XNOR_BITS:,} (2**28) "
+                         f"signs per product")
     return int(k)
 
 
@@ -383,6 +387,9 @@ def xnor_conv2d(x, w, stride=1, padding=0, *, channels=None, dtype="float32", pi
     padding = _pair(padding, "padding", what, 0)
     if min(kernel) < 1:
         raise ShapeError(f"{what}: the kernel {tuple(kernel)} is empty")
+    if kernel[0] * kernel[1] * words(c) * 32 > MAX_XNOR_BITS:
+        raise ShapeError(f"{what}: a {kernel[0]} x {kernel[1]} kernel of {c:,} channels is more "
+                         f"than the kernels' {MAX_XNOR_BITS:,} (2**28) signs per output")
     out_hw = []
     for axis, size, k, s, p in zip(("height", "width"), in_hw, kernel, stride, padding):
         if max(s, size + 2 * p) > _INT32_MAX:
@@ -444,7 +451,8 @@ def _xnor_gemm_fast(a, b, k, dtype, row_scale, col_scale, bias):
     one value per row -- with as few Python operations as that takes (the full checks were
     twice the kernel's time at batch 1).  Returns None for anything else, which the full
     checks then take (and name what is wrong): both hand the backend the same arguments."""
-    if type(a) is not Array or type(b) is not Array or type(k) is not int or k < 1:
+    if (type(a) is not Array or type(b) is not Array or type(k) is not int or k < 1
+            or k > MAX_XNOR_BITS):
         return None
     an, bn = a._native, b._native
     if an is None or bn is None or type(dtype) is not str:
@@ -522,7 +530,7 @@ def _xnor_conv2d_call(x, w, stride, padding, channels, dtype, pixel_scale, filte
     else:
         return None
     kh, kw = ws[1], ws[2]
-    if ws[3] != words(c) or kh < 1 or kw < 1:
+    if ws[3] != words(c) or kh < 1 or kw < 1 or kh * kw * ws[3] * 32 > MAX_XNOR_BITS:
         return None
     span_h, span_w = in_h + 2 * padding[0], in_w + 2 * padding[1]
     if span_h < kh or span_w < kw or span_h > _INT32_MAX or span_w > _INT32_MAX:

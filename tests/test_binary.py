@@ -348,6 +348,26 @@ def test_window_mean_has_the_same_bits_on_every_backend(backend, case):
     np.testing.assert_array_equal(got.gather(), want.gather())
 
 
+@pytest.mark.parametrize("padding", [(0, 2), (1, 1000)])
+def test_strides_near_two_to_the_31(backend, padding):
+    """Geometry at the edge of the kernels' 32-bit indices: K's window sums stay inside the
+    image (OpenCL's window-mean kernel computed pw - j + sw - 1 in 32 bits, wrapped, and read
+    and wrote outside its buffers) and the results are the float64 reference's."""
+    rng = np.random.default_rng(31)
+    x, weight = rand(rng, 2, 3, 3, 4), rand(rng, 2, 3, 2, 3)
+    stride = (1, 2**31 - 1)
+    got = gm.xnor_conv2d(gm.array(x, backend=backend), gm.array(weight, backend=backend),
+                         stride=stride, padding=padding, pixel_scale="window_mean")
+    # one output column (the window at input columns -pw .. -pw + 2): the same as stride 1
+    want = reference_conv(x, weight, (1, 1), padding)[..., :1]
+    mean = np.abs(x.astype(np.float64)).mean(axis=1)
+    padded = np.pad(mean, ((0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    k = np.lib.stride_tricks.sliding_window_view(padded, (2, 3), axis=(1, 2))[..., :1, :, :]
+    want = want * k.mean(axis=(3, 4))[:, None]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got.gather(), want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("case", [(2, 16, 9, 7, 5, 1, 1), (1, 40, 6, 6, 3, 2, 1),
                                   (2, 3, 5, 5, 17, 1, 0)])
 def test_batch_norm_in_front_equals_normalizing_first(backend, case):
@@ -600,6 +620,15 @@ def test_bad_input_is_named(backend):
     a = gm.pack_signs(arr(np.ones((3, 40), np.float32)))
     with pytest.raises(ValueError, match="k=70 needs 3 words"):
         gm.xnor_gemm(a, a, 70)
+    # past the kernels' 2**28 signs per product: the same error on every backend
+    huge = arr(np.zeros((1, 2**23 + 1), np.uint32))
+    with pytest.raises(ValueError, match=r"k=268,435,457 is more than the kernels' "
+                       r"268,435,456 \(2\*\*28\)"):
+        gm.xnor_gemm(huge, huge, 2**28 + 1)
+    wide = arr(np.zeros((1, 2049, 2048, 2), np.uint32))
+    with pytest.raises(ValueError, match="a 2049 x 2048 kernel of 33 channels is more than"):
+        gm.xnor_conv2d(arr(np.ones((1, 33, 1, 1), np.float32)), wide, padding=1025)
+    del huge, wide
     with pytest.raises(ValueError, match="k .* is needed"):
         gm.xnor_gemm(a, a)
     with pytest.raises(TypeError, match="int32"):

@@ -44,15 +44,40 @@ def nvcc() -> str:
     return path
 
 
+def _xnor_builds():
+    """The defines the cuda backend builds xnor.cu with (cuda_xnor.conv_defines: one build per
+    power of two of filters a launch keeps), so that CI compiles what would run."""
+    from gpumat.backends import cuda_xnor
+    builds, filters = [], 1
+    while filters <= cuda_xnor.DEFINES["XNOR_NV"]:
+        builds.append(cuda_xnor.conv_defines(filters))
+        filters *= 2
+    return builds
+
+
+XNOR_BUILDS = _xnor_builds()
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda path: path.name)
 def test_cuda_source_compiles(nvcc, source, architecture, tmp_path):
+    _compile(nvcc, source, architecture, tmp_path, {})
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("defines", XNOR_BUILDS, ids=lambda d: f"NV{d['XNOR_NV']}")
+def test_xnor_compiles_as_the_backend_builds_it(nvcc, defines, architecture, tmp_path):
+    _compile(nvcc, CUDA_DIR / "xnor.cu", architecture, tmp_path, defines)
+
+
+def _compile(nvcc, source, architecture, tmp_path, defines):
     # -cubin runs ptxas too, which catches what -ptx alone would not
     # (shared memory over the limit, register-file misuse).
     output = tmp_path / f"{source.stem}.{architecture}.cubin"
     command = [nvcc, "-cubin", f"-arch={architecture}", "-std=c++17"]
     for directory in include_dirs("cuda"):
         command += ["-I", directory]
+    command += [f"-D{name}={value}" for name, value in sorted(defines.items())]
     command += [str(source), "-o", str(output)]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=NVCC_TIMEOUT_S, cwd=tmp_path

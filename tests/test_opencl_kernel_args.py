@@ -65,3 +65,15 @@ def test_typed_launch_packs_python_and_numpy_scalars(ocl):
         got = gm.Array._wrap(ocl, out).gather()
         np.testing.assert_array_equal(got, np.where(x_host >= 0, x_host, x_host * 0.25))
         np.testing.assert_array_equal(got, gm.leaky_relu(x, 0.25).gather())
+
+
+def test_programs_build_with_exact_division_where_the_device_has_it(ocl):
+    """float32 / and sqrt correctly rounded wherever the device supports it (OpenCL's default
+    allows 2.5 and 3 ulp), so that inv_std, the channel means and K have the cpu backend's
+    bits on a GPU as on PoCL."""
+    supported = bool(ocl.cl_device.single_fp_config
+                     & cl.device_fp_config.CORRECTLY_ROUNDED_DIVIDE_SQRT)
+    assert ocl.exact_divide_sqrt == supported
+    program = ocl.build("__kernel void nothing(void) {}")
+    options = program.get_build_info(ocl.cl_device, cl.program_build_info.OPTIONS)
+    assert ("-cl-fp32-correctly-rounded-divide-sqrt" in options) == supported

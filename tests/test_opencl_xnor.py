@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("pyopencl")
 
 from gpumat.backends import cuda_xnor, opencl_xnor  # noqa: E402
-from gpumat.errors import KernelBuildError  # noqa: E402
+from gpumat.errors import KernelBuildError, ShapeError  # noqa: E402
 
 
 @pytest.fixture
@@ -317,6 +317,18 @@ def test_non_default_tunables(ocl, params, name):
                    garbage=True)
     for m, n, k in [(5, 40, 200), (33, 7, 65), (1, 1, 31)]:
         check_gemm(ocl, rng, m, n, k, garbage=True)
+
+
+def test_cuda_scaled_gemm_rows_are_bounded_by_its_grid():
+    """A scaled xnor_gemm on cuda makes b's rows the filter blocks of grid y: up to
+    65535 * XNOR_NV rows pass, more are a ShapeError naming xnor_gemm (not the convolution
+    it launches)."""
+    most = 65535 * cuda_xnor.DEFINES["XNOR_NV"]
+    for rows in (1, 7, 9, most):
+        cuda_xnor.check_scaled_gemm_rows(rows)
+    with pytest.raises(ShapeError, match=f"xnor_gemm: .* at most {most:,} rows; b has "
+                       f"{most + 1:,}"):
+        cuda_xnor.check_scaled_gemm_rows(most + 1)
 
 
 def test_cuda_launch_geometry_on_opencl(ocl):

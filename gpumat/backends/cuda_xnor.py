@@ -23,8 +23,11 @@ _INT_MAX = 2**31 - 1
 #: The kernel's tunables (xnor.cu fixes XNOR_VW = XNOR_PACK_VW = 1): a thread keeps
 #: XNOR_PB pixels x XNOR_NV filters, blocks of XNOR_WG threads interleave their pixels so
 #: loads coalesce, and popcounts are the __popc instruction.  XNOR_NV is the most; a layer
-#: with fewer filters uses a smaller power of two.
-DEFINES = {"XNOR_NV": 8, "XNOR_PB": 4, "XNOR_WG": 128, "XNOR_FLAT_STAGE": 1,
+#: with fewer filters uses a smaller power of two.  Blocks of 64, as OpenCL's GPU
+#: parameters: with 128, ptxas (CUDA 13, sm_80 and sm_90) held the 8-filter build to 64-80
+#: registers and spilled (52 B of stores, 304 B of loads on sm_90), where 64 compiles to
+#: 111-115 registers without spilling.  Not yet timed on a GPU.
+DEFINES = {"XNOR_NV": 8, "XNOR_PB": 4, "XNOR_WG": 64, "XNOR_FLAT_STAGE": 1,
            "XNOR_LOCAL_WORDS": 4096, "XNOR_CSA": 0, "XNOR_CONTIGUOUS": 0}
 _PACK_BLOCK = 256
 _MAX_BLOCKS = 65535 * 32      # pack's grid-stride loop covers the rest
@@ -37,6 +40,18 @@ def conv_defines(filters):
     while nv < filters and nv < DEFINES["XNOR_NV"]:
         nv *= 2
     return dict(DEFINES, XNOR_NV=min(nv, DEFINES["XNOR_NV"]))
+
+
+def check_scaled_gemm_rows(rows):
+    """xnor_gemm with row_scale, col_scale or bias makes b's rows the filters, whose blocks
+    span grid y (at most 65535 of XNOR_NV rows): more rows are a ShapeError naming the
+    call (OpenCL and cpu have no such limit)."""
+    nv = conv_defines(rows)["XNOR_NV"]
+    if cdiv(rows, nv) > _MAX_GRID_Y:
+        raise errors.ShapeError(
+            f"xnor_gemm: with row_scale, col_scale or bias the cuda backend takes b's rows as "
+            f"its grid's filter blocks, at most {_MAX_GRID_Y * nv:,} rows; b has {rows:,} "
+            f"(multiply unscaled, or in slices of b's rows)")
 
 
 def conv_launches(images, image_pixels, filters, defines):
@@ -175,6 +190,8 @@ def _xnor_gemm(self, a, b, k, out_dtype, row_scale=None, col_scale=None, bias=No
     # with an epilogue a's rows are the pixels (row_scale) and b's the filters (col_scale,
     # bias), as opencl_xnor does
     scaled = any(f is not None for f in (row_scale, col_scale, bias))
+    if scaled:
+        check_scaled_gemm_rows(n)
     roles = "b" if scaled else gemm_roles(m, n)
     x, w, pixels, filters, strides = xnor_launch.gemm_operands(a, b, m, n, roles)
     _launch_conv(self, x, w, out, 1, 1, pixels, a.shape[1], k, filters, (1, 1), (1, 1),

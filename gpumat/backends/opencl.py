@@ -123,6 +123,11 @@ class OpenCLBackend(Backend):
         self.queue = cl.CommandQueue(self.context)
         self.pool = cl_tools.MemoryPool(cl_tools.ImmediateAllocator(self.queue))
         self.supports_float64 = bool(device.double_fp_config)
+        #: float32 / and sqrt correctly rounded (OpenCL's default allows 2.5 and 3 ulp): the
+        #: batch norm's inv_std, the channel means and XNOR-Net's K then have the cpu
+        #: backend's bits on a GPU too, not only on PoCL, whose default is already exact
+        self.exact_divide_sqrt = bool(
+            device.single_fp_config & cl.device_fp_config.CORRECTLY_ROUNDED_DIVIDE_SQRT)
         self.max_alloc = int(device.max_mem_alloc_size)
         self.max_work_group_size = int(device.max_work_group_size)
         self._bytes_in_use = 0
@@ -209,6 +214,8 @@ class OpenCLBackend(Backend):
         """Compile OpenCL C ``source``; a failure raises KernelBuildError with the build log."""
         # the argument info lets typed_kernel declare each kernel's scalar argument types
         options = [f"-I{d}" for d in _kernels.include_dirs("opencl")] + ["-cl-kernel-arg-info"]
+        if self.exact_divide_sqrt:
+            options.append("-cl-fp32-correctly-rounded-divide-sqrt")
         if self.supports_float64:
             options.append("-DGPUMAT_ENABLE_FP64")
         for k, v in (defines or {}).items():

@@ -450,8 +450,9 @@ KERNEL void xnor_window_mean(GLOBAL const float* RESTRICT mean, GLOBAL float* RE
                 continue;
             GLOBAL const float* src = mean + (n * H + ih) * W;
             for (int j = 0; j < kw; ++j) {
-                /* output columns whose input column ow sw - pw + j lies in [0, W) */
-                const int first = pw - j > 0 ? (pw - j + sw - 1) / sw : 0;
+                /* output columns whose input column ow sw - pw + j lies in [0, W) (in
+                 * 64 bits: pw - j + sw - 1 passes INT_MAX for strides near 2**31) */
+                const int first = pw - j > 0 ? (int)(((i64)pw - j + sw - 1) / sw) : 0;
                 const int end = W - 1 + pw - j >= 0 ? (W - 1 + pw - j) / sw + 1 : 0;
                 const int last = end < Wo ? end : Wo;
                 for (int ow = first; ow < last; ++ow)
