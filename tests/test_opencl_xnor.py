@@ -574,9 +574,10 @@ def check_fused_layer(ocl, rng, n, c, h, w, o, kh, kw, stride, padding):
 
 @pytest.mark.parametrize("name", [None] + list(TUNABLES))
 def test_fused_layer_equals_the_separate_operations(ocl, params, name):
-    """The three launches of a fused layer (packing with the batch norm folded in and the
-    channel means, K, the convolution with its epilogue) give the separate operations' bits,
-    with the shipped parameters (None) and every other set, the CUDA build's included."""
+    """The two launches of a fused layer (packing with the batch norm folded in and the
+    channel means, the convolution making K from them, with its epilogue) give the separate
+    operations' bits, with the shipped parameters (None) and every other set, the CUDA
+    build's included."""
     params(None if name is None else TUNABLES[name])
     rng = np.random.default_rng(37)
     for case in LAYER_CASES:

@@ -205,7 +205,7 @@ class Backend:
     #: native.window_mean_numpy's bits), ``bn_mean`` / ``bn_var`` / ``bn_weight`` /
     #: ``bn_bias`` / ``bn_eps`` (an evaluation batch norm applied to that input first, bit
     #: for bit as its batch_norm_forward computes it) and ``residual``; cpu in one parallel
-    #: pass, OpenCL and CUDA in three launches.  gm.xnor_conv2d hands those over as they are
+    #: pass, OpenCL and CUDA in two launches.  gm.xnor_conv2d hands those over as they are
     #: there, and elsewhere runs batch_norm_forward, pack_conv_input (with a box-filter
     #: conv2d for K) and the residual addition around the kernel
     xnor_conv2d_fuses_layer = False

@@ -8,8 +8,9 @@ gpumat/backends/opencl_xnor.py (GPU parameters), including the fused inference p
 ``pack_conv_input(x, mean_abs=True)`` (the channel mean of |x| from the packing reads),
 ``xnor_conv2d``'s ``pixel_scale`` / ``filter_scale`` / ``bias`` / ``residual`` epilogue
 (rounded with __fmul_rn / __fadd_rn, never contracted into FMAs), and a whole XNOR-Net
-layer's inference from the float input in three launches (``xnor_conv2d_fuses_layer``: the
-packing with the batch norm folded in and the channel means, K, the convolution).
+layer's inference from the float input in two launches (``xnor_conv2d_fuses_layer``: the
+packing with the batch norm folded in and the channel means, then the convolution, which
+makes K from the means itself).
 """
 import numpy as np
 
@@ -96,7 +97,7 @@ def epilogue_arguments(out, pixel_scale, filter_scale, bias, residual=None):
 
 def _launch_conv(self, x, w, out, images, height, width, words, channels, filters, kernel,
                  stride, padding, out_hw, out_strides, pixel_scale=None, filter_scale=None,
-                 bias=None, residual=None):
+                 bias=None, residual=None, window_mean=False):
     defines = conv_defines(filters)
     function = self.module(_SOURCE, defines).get_function("xnor_conv2d")
     geometry = tuple(np.int32(v) for v in (
@@ -107,6 +108,8 @@ def _launch_conv(self, x, w, out, images, height, width, words, channels, filter
     factors, epilogue = epilogue_arguments(out, pixel_scale, filter_scale, bias, residual)
     if epilogue and not out_float:
         raise errors.DtypeError("xnor_conv2d: scale and bias factors need float32 results")
+    if window_mean and epilogue & 1:     # pixel_scale holds the means: the kernel makes K
+        epilogue = np.int32(epilogue | xnor_launch.WINDOW_MEAN)
     x, w = cupy.ascontiguousarray(x), cupy.ascontiguousarray(w)
     with self.cuda_device:
         for first, count, grid, block in conv_launches(images, out_hw[0] * out_hw[1],
@@ -210,17 +213,18 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
     out = self.empty((n, o, oh, ow), out_dtype)
     if out.size == 0:
         return out
-    temporaries = []                             # (counted in bytes_in_use: freed below)
-    if np.dtype(xp.dtype) == np.float32:         # a whole layer: pack (and K) here first
+    temporaries, means = [], None                # (counted in bytes_in_use: freed below)
+    if np.dtype(xp.dtype) == np.float32:         # a whole layer: pack (and the means) first
         bn = None if bn_mean is None else (bn_mean, bn_var, bn_weight, bn_bias, bn_eps)
-        xp, k, temporaries = xnor_launch.layer_input(
-            self, xp, window_mean, bn, (kh, kw), stride, padding, out_hw,
-            lambda x, out, mean_abs, folded: _pack_fused(self, x, out, mean_abs, folded),
-            lambda *args: _window_mean(self, *args))
-        pixel_scale = k if window_mean else pixel_scale
+        xp, means, temporaries = xnor_launch.layer_input(
+            self, xp, window_mean, bn,
+            lambda x, out, mean_abs, folded: _pack_fused(self, x, out, mean_abs, folded))
     try:
         h, w, words = xp.shape[1:]
         if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside
+            if means is not None:
+                pixel_scale = _window_mean(self, means, (kh, kw), stride, padding, out_hw)
+                temporaries.append(pixel_scale)
             out.fill(0)    # every v is 0; the epilogue in the kernel's order, as cupy float32
             if pixel_scale is not None:
                 out *= pixel_scale.reshape(n, 1, oh, ow)
@@ -232,8 +236,10 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
                 out += residual.reshape(n, o, oh, ow)
             return out
         _launch_conv(self, xp, wp, out, n, h, w, words, channels, o, (kh, kw), stride,
-                     padding, out_hw, (o * oh * ow, oh * ow, 1), pixel_scale=pixel_scale,
-                     filter_scale=filter_scale, bias=bias, residual=residual)
+                     padding, out_hw, (o * oh * ow, oh * ow, 1),
+                     pixel_scale=pixel_scale if means is None else means,
+                     filter_scale=filter_scale, bias=bias, residual=residual,
+                     window_mean=means is not None)
         return out
     finally:
         for t in temporaries:

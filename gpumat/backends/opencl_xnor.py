@@ -7,12 +7,14 @@ Fused for inference: ``pack_conv_input(x, mean_abs=True)`` also returns the chan
 ``xnor_conv2d``'s optional ``pixel_scale`` / ``filter_scale`` / ``bias`` / ``residual`` are
 applied as the results are stored (runtime flags: without them the kernel stores exactly as
 before).  Given the float input, ``xnor_conv2d`` runs a whole XNOR-Net layer's inference
-(``xnor_conv2d_fuses_layer``) in three launches, however many of its parts are asked for:
+(``xnor_conv2d_fuses_layer``) in two launches, however many of its parts are asked for:
 the packing (which batch-normalizes the values first with ``bn_*``, by the batch norm
-kernels' own arithmetic, and takes the channel means of |x| for ``window_mean``), K from
-those means (xnor_window_mean: the cpu backend's bits), and the convolution with its
-epilogue -- where the separate operations took six to eight (a batch norm, its inv_std, the
-packing, K's box-filter convolution, the convolution, the residual addition).
+kernels' own arithmetic, and takes the channel means of |x| for ``window_mean``), and the
+convolution, which makes K from those means itself (XNOR_WINDOW_MEAN: xnor_window_mean's
+sums, the cpu backend's bits) and applies its epilogue -- where the separate operations
+took six to eight (a batch norm, its inv_std, the packing, K's box-filter convolution, the
+convolution, the residual addition).  (xnor_window_mean's own launch, K on its own, was a
+third launch until 2026-12-02: 25-30 us a layer on PoCL at batch 1.)
 
 Importing this module adds the three methods to ``OpenCLBackend``.  gpumat/binary.py checks
 shapes and dtypes first, so these only plan and launch.  The kernels' tunables are
@@ -106,12 +108,13 @@ def images_per_launch(image_pixels, defines):
 
 def launch_conv(self, x, w, out, images, height, width, words, channels, filters, kernel,
                 stride, padding, out_hw, out_strides, params=None, pixel_scale=None,
-                filter_scale=None, bias=None, residual=None):
+                filter_scale=None, bias=None, residual=None, window_mean=False):
     """Run xnor_conv2d over ``images`` packed (height, width, words) images ``x`` and
     ``filters`` packed (kernel, words) filters ``w`` into ``out`` (int32 or float32) at
     element strides ``out_strides`` = (image, filter, output pixel).  The optional float32
-    natives ``pixel_scale`` (images x output pixels), ``filter_scale`` and ``bias``
-    (filters) and ``residual`` (laid out as ``out``) need a float32 ``out``: see
+    natives ``pixel_scale`` (images x output pixels; with ``window_mean``, the channel means
+    images x 1 x height x width, from which the kernel makes K), ``filter_scale`` and
+    ``bias`` (filters) and ``residual`` (laid out as ``out``) need a float32 ``out``: see
     kernels/common/xnor.h's epilogue."""
     params = parameters(self) if params is None else params
     defines = kernel_defines(params, filters)
@@ -124,6 +127,8 @@ def launch_conv(self, x, w, out, images, height, width, words, channels, filters
     factors, epilogue = epilogue_arguments(pixel_scale, filter_scale, bias, residual)
     if epilogue and not out_float:
         raise errors.DtypeError("xnor_conv2d: scale and bias factors need float32 results")
+    if window_mean and epilogue & 1:
+        epilogue |= xnor_launch.WINDOW_MEAN
     for first in range(0, images, step):
         count = min(step, images - first)
         grid = (cdiv(count * image_pixels, wg * pb) * wg, cdiv(filters, ob))
@@ -247,19 +252,20 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
     out = self.empty((n, o, oh, ow), out_dtype)
     if out.size == 0:
         return out
-    temporaries = []
-    if np.dtype(xp.dtype) == np.float32:         # a whole layer: pack (and K) here first
+    temporaries, means = [], None
+    if np.dtype(xp.dtype) == np.float32:         # a whole layer: pack (and the means) first
         params = parameters(self)
         bn = None if bn_mean is None else (bn_mean, bn_var, bn_weight, bn_bias, bn_eps)
-        xp, k, temporaries = xnor_launch.layer_input(
-            self, xp, window_mean, bn, (kh, kw), stride, padding, out_hw,
+        xp, means, temporaries = xnor_launch.layer_input(
+            self, xp, window_mean, bn,
             lambda x, out, mean_abs, folded: _pack_fused(self, x, out, params, mean_abs,
-                                                         folded),
-            lambda *args: _window_mean(self, *args))
-        pixel_scale = k if window_mean else pixel_scale
+                                                         folded))
     try:
         h, w, words = xp.shape[1:]
         if channels == 0 or kh * kw == 0 or xp.size == 0:   # no taps, or every tap outside
+            if means is not None:
+                pixel_scale = _window_mean(self, means, (kh, kw), stride, padding, out_hw)
+                temporaries.append(pixel_scale)
             self.free(out)
             # every v is 0: the epilogue still runs, on the zeros (on the host: a 1 x 1
             # "convolution" would be costlier to set up than this rare case)
@@ -268,8 +274,10 @@ def _xnor_conv2d(self, xp, wp, channels, stride, padding, out_hw, out_dtype,
                 return out
             return _epilogue_on_host(self, out, pixel_scale, filter_scale, bias, residual)
         launch_conv(self, xp, wp, out, n, h, w, words, channels, o, (kh, kw), stride, padding,
-                    out_hw, (o * oh * ow, oh * ow, 1), pixel_scale=pixel_scale,
-                    filter_scale=filter_scale, bias=bias, residual=residual)
+                    out_hw, (o * oh * ow, oh * ow, 1),
+                    pixel_scale=pixel_scale if means is None else means,
+                    filter_scale=filter_scale, bias=bias, residual=residual,
+                    window_mean=means is not None)
         return out
     finally:
         for t in temporaries:

@@ -67,21 +67,25 @@ def fold_batch_norm(backend, bn):
     return (mean, inv_std, weight, bias), [inv_std]
 
 
-def layer_input(backend, x, window_mean, bn, kernel, stride, padding, out_hw, pack, window):
+#: xnor_conv2d's epilogue flag (kernels/common/xnor.h) that, with the pixel-scale flag,
+#: makes K inside the convolution from the channel means given as its pixel_scale
+WINDOW_MEAN = 16
+
+
+def layer_input(backend, x, window_mean, bn, pack):
     """The launches before the convolution in a whole XNOR-Net layer's call
     (``xnor_conv2d_fuses_layer``) from float32 ``x`` (N, C, H, W): inv_std for the batch
-    norm ``bn`` = (mean, var, weight, bias, eps) or None, the packing with that batch norm
-    folded in and the channel means, and with ``window_mean`` K from them.  ``pack(x, out,
-    mean_abs, (mean, inv_std, weight, bias) or None)`` returns the means (or None) and
-    ``window(mean, kernel, stride, padding, out_hw)`` returns K: the backend's launchers.
-    Returns (packed input, K or None, the temporaries for the caller to free)."""
+    norm ``bn`` = (mean, var, weight, bias, eps) or None, and the packing with that batch
+    norm folded in and, with ``window_mean``, the channel means -- from which the
+    convolution makes K itself (:data:`WINDOW_MEAN`): two launches a layer.  ``pack(x, out,
+    mean_abs, (mean, inv_std, weight, bias) or None)`` is the backend's packing launcher and
+    returns the means (or None).  Returns (packed input, the means or None, the temporaries
+    for the caller to free)."""
     n, c, h, w = x.shape
     packed = backend.empty((n, h, w, cdiv(c, 32)), np.uint32)
     folded, temporaries = fold_batch_norm(backend, bn)
     temporaries.append(packed)
     means = pack(x, packed, window_mean, folded)
-    k = None
     if window_mean:
-        k = window(means, kernel, stride, padding, out_hw)
-        temporaries += [means, k]
-    return packed, k, temporaries
+        temporaries.append(means)
+    return packed, means if window_mean else None, temporaries

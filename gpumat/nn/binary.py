@@ -48,7 +48,7 @@ fine-tune with frozen batch norm, takes the training path, which computes the sa
   its order): a linear layer is two calls, packing and the product.
   The convolution layer is one call (``gm.xnor_conv2d(x, ..., pixel_scale="window_mean")``:
   packing, the channel means, K and the products; on cpu in one native parallel pass, on
-  OpenCL and CUDA in three launches); K there sums the window in tap order where training's
+  OpenCL and CUDA in two launches); K there sums the window in tap order where training's
   box-filter convolution has its own order, so the two agree to float32 rounding of K.
   ``conv(x, batch_norm=bn, residual=r)`` (= conv(bn(x)) + r; the XNOR ResNet blocks and
   LeNets call their layers so) also folds the batch norm in front into that call's packing
@@ -657,7 +657,7 @@ class BinaryConv2d(_Binary, Conv2d):
             # norm's output where one is folded in), K made from that, and the kernel scaling
             # by K and alpha, adding the bias and the residual as it stores (the training
             # path's order of operations): one call (cpu: one native pass; OpenCL, CUDA:
-            # three launches)
+            # two launches)
             statistics = None if batch_norm is None else self._statistics(batch_norm)
             y = gm.xnor_conv2d(x, cache["packed"], stride=self.stride, padding=self.padding,
                                pixel_scale="window_mean", filter_scale=cache["alpha"],

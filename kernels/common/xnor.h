@@ -43,7 +43,11 @@
  *     filter_scale[o]) + bias[o]) + residual[i] instead, i the result's own index in out,
  *     each operation rounded to float32 on its own (no fused multiply-add), so it is
  *     bit-identical to NumPy's float32 (((y * K) * alpha) + bias) + r on the plain result:
- *     a residual block's addition made as the results are stored.
+ *     a residual block's addition made as the results are stored.  With XNOR_WINDOW_MEAN
+ *     as well as XNOR_PIXEL_SCALE, pixel_scale is the channel mean of |x| (N, 1, H, W) and
+ *     each pixel's scale is its K, summed over the taps inside the image in tap order and
+ *     divided by kh kw exactly as xnor_window_mean does (the same bits), so a whole
+ *     XNOR-Net layer is two launches: the packing with the means, and this one.
  *     Skipping the out-of-image taps is exact, not an approximation: the binarised
  *     convolution with ordinary zero padding, conv2d(b(x), b(w)) with b(v) = +1 if v >= 0
  *     else -1, multiplies the padding zeros by weights, so those taps add exactly 0.
@@ -156,6 +160,9 @@
 #define XNOR_FILTER_SCALE 2
 #define XNOR_BIAS 4
 #define XNOR_RESIDUAL 8
+#define XNOR_WINDOW_MEAN 16   /* with XNOR_PIXEL_SCALE: pixel_scale holds the channel means
+                               * (N, 1, H, W) and the pixel scale is K, made here as
+                               * xnor_window_mean makes it (one launch fewer a layer) */
 
 /* xnor_pack_conv_input_fused's flags */
 #define XNOR_PACK_MEAN 1      /* write the channel mean of |x| */
@@ -784,7 +791,8 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
         do {                                                                        \
             xnor_floats f_ = XNOR_FLOATS(y);                                        \
             if (epilogue & XNOR_PIXEL_SCALE)                                        \
-                f_ = XNOR_MUL_RN(f_, live[q] ? pixel_scale[pixel_first +            \
+                f_ = XNOR_MUL_RN(f_, (epilogue & XNOR_WINDOW_MEAN) ? window_k[q]    \
+                                 : live[q] ? pixel_scale[pixel_first +              \
                                      (i64)(q) * XNOR_PIXEL_STEP] : 0.0f);           \
             if (epilogue & XNOR_FILTER_SCALE)                                       \
                 f_ = XNOR_MUL_RN(f_, fs_);                                          \
@@ -817,6 +825,27 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
         const int rows = rhi > rlo ? rhi - rlo : 0;
         const int cols = chi > clo ? chi - clo : 0;
         base[q] = rows * cols * C;
+    }
+    /* K of each pixel (XNOR_WINDOW_MEAN): the channel means over its taps inside the image,
+     * kernel row by kernel row from 0.0f, divided by kh kw -- xnor_window_mean's order and
+     * bits; 0 for the pixels past the batch, as a given pixel_scale's */
+    float window_k[XNOR_PB];
+    if (epilogue & XNOR_WINDOW_MEAN) {
+        const float taps = (float)(kh * kw);
+        for (int q = 0; q < XNOR_PB; ++q) {
+            float sum = 0.0f;
+            if (live[q]) {
+                const int rlo = ih0[q] < 0 ? -ih0[q] : 0;
+                const int rhi = H - ih0[q] < kh ? H - ih0[q] : kh;
+                const int clo = iw0[q] < 0 ? -iw0[q] : 0;
+                const int chi = W - iw0[q] < kw ? W - iw0[q] : kw;
+                GLOBAL const float* corner = pixel_scale + x_corner[q] / Wc;
+                for (int i = rlo; i < rhi; ++i)
+                    for (int j = clo; j < chi; ++j)
+                        sum += corner[(i64)i * W + j];
+            }
+            window_k[q] = live[q] ? sum / taps : 0.0f;
+        }
     }
 #if XNOR_TRANSPOSED_STORE
     /* 16 consecutive pixels x 16 filters at a time: transposed in registers, so each
