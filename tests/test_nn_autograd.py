@@ -142,3 +142,51 @@ def test_variable_basics(backend):
     with pytest.raises(RuntimeError, match="leaf"):
         y.requires_grad_(False)
     assert float(F.sum(x)) == 10.0
+
+
+def test_each_leaf_gets_a_gradient_of_its_own(backend):
+    """An addition hands one gradient Array to both operands, and backward(g) hands g itself
+    to a leaf: each leaf's .grad is still its own (sharing the buffer copy-on-write), so an
+    in-place edit of one (clipping, scaling) changes no other, nor the caller's g."""
+    w1, w2 = var([1.0, 2.0, 3.0], backend), var([4.0, 5.0, 6.0], backend)
+    F.sum(w1 + w2).backward()
+    w1.grad *= 0.5
+    w2.grad[0] = 7.0
+    np.testing.assert_array_equal(w1.grad.gather(), [0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(w2.grad.gather(), [7.0, 1.0, 1.0])
+    a, b = var([1.0, 2.0], backend), var([3.0, 4.0], backend)
+    g = gm.array(np.array([1.0, 2.0], np.float32), backend=backend)
+    (a + b).backward(g)
+    g *= 7
+    np.testing.assert_array_equal(a.grad.gather(), [1.0, 2.0])
+    np.testing.assert_array_equal(b.grad.gather(), [1.0, 2.0])
+    leaf = var([1.0, 1.0], backend)
+    leaf.backward(g)
+    g[0] = 0.0
+    np.testing.assert_array_equal(leaf.grad.gather(), [7.0, 14.0])
+
+
+def test_writing_what_backward_needs_in_place_is_an_error(backend):
+    """An Array a Function saw in its forward (an input Variable's data, its output) written
+    in place before backward would give a wrong gradient silently: backward raises instead,
+    and the next graph trains normally."""
+    x, w = var([1.0, 2.0], backend), var([2.0, 3.0], backend)
+    y = F.sum(x * w)
+    x.data *= 10
+    with pytest.raises(RuntimeError, match="modified in place after the forward pass"):
+        y.backward()
+    layer = nn.Linear(3, 2).to(backend)
+    opt = nn.optim.SGD(layer.parameters(), lr=0.1)
+    inputs = nn.Variable(gm.ones(4, 3, backend=backend), requires_grad=True)
+    loss = F.sum(layer(inputs))
+    F.sum(layer(inputs)).backward()
+    opt.step()                                   # the weight, written in place
+    with pytest.raises(RuntimeError, match="Linear: the data of one of its inputs"):
+        loss.backward()
+    out = F.relu(var([-1.0, 2.0], backend))
+    out.data[1] = 5.0
+    with pytest.raises(RuntimeError, match="ReLU.*its output was modified"):
+        F.sum(out).backward()
+    x, w = var([1.0, 2.0], backend), var([2.0, 3.0], backend)
+    F.sum(x * w).backward()
+    np.testing.assert_array_equal(w.grad.gather(), [1.0, 2.0])

@@ -88,7 +88,25 @@ class Function:
         if record:
             fn.inputs = inputs
             result.creator = fn
+            # what backward reads (the Variables' data, the output) as it is now: a write
+            # in place before backward would make it compute a wrong gradient silently
+            fn._seen = tuple((a, a._storage, a._storage.version) for a, v in
+                             zip(arrays, inputs) if isinstance(v, Variable)) + \
+                ((out, out._storage, out._storage.version),)
         return result
+
+    def _check_unchanged(self):
+        """Raise where an Array this Function saw in its forward (an input Variable's data,
+        its output) was written in place since (torch raises too)."""
+        for position, (array, storage, version) in enumerate(getattr(self, "_seen", ())):
+            if array._storage is not storage or storage.version != version:
+                what = ("its output" if position == len(self._seen) - 1
+                        else "the data of one of its inputs")
+                raise RuntimeError(
+                    f"backward() through {self.name}: {what} was modified in place after the "
+                    f"forward pass (by an in-place operator, an assignment into it or an "
+                    f"optimizer step), so its gradient would be wrong; modify a copy, or "
+                    f"call backward() first")
 
     def forward(self, *arrays):
         raise NotImplementedError
@@ -287,9 +305,17 @@ def _accumulate(existing, grad):
     return grad if existing is None else existing + grad
 
 
+def _leaf_grad(existing, grad):
+    """A leaf's .grad plus ``grad``: the first as an Array of its own sharing grad's buffer
+    (copy-on-write), since an addition passes one gradient Array to both its operands (and
+    backward(g) would hand the caller's g itself): an in-place edit of one leaf's .grad
+    (clipping, scaling) must not change another's."""
+    return grad._share(grad._live) if existing is None else existing + grad
+
+
 def _run_backward(root, grad, retain_graph):
     if root.creator is None:                       # a leaf: its gradient is grad itself
-        root.grad = _accumulate(root.grad, grad)
+        root.grad = _leaf_grad(root.grad, grad)
         return
     pending = {id(root.creator): grad}
     for fn in _graph_order(root):
@@ -302,6 +328,7 @@ def _run_backward(root, grad, retain_graph):
             if not retain_graph:
                 fn._release()
             continue
+        fn._check_unchanged()
         grads = fn.backward(grad_out)
         if not isinstance(grads, tuple):
             grads = (grads,)
@@ -313,7 +340,7 @@ def _run_backward(root, grad, retain_graph):
                                    f"{g.shape} for an input of shape {v.data.shape}")
             creator = v.creator
             if creator is None:
-                v.grad = _accumulate(v.grad, g)
+                v.grad = _leaf_grad(v.grad, g)
             else:
                 key = id(creator)
                 pending[key] = _accumulate(pending.get(key), g)
