@@ -212,6 +212,21 @@ def test_dropout(backend):
     assert F.dropout(x, 0.3, training=False) is x
     gm.seed(7)
     np.testing.assert_array_equal(F.dropout(x, 0.3).gather(), values)   # reproducible
+    # p = 1 drops everything (torch: zeros, and zero gradients)
+    x.grad = None
+    y = nn.Dropout(1.0)(x)
+    np.testing.assert_array_equal(y.gather(), np.zeros((200, 50)))
+    y.backward(gm.ones(200, 50, backend=backend))
+    np.testing.assert_array_equal(x.grad.gather(), np.zeros((200, 50)))
+
+
+def test_losses_of_an_empty_batch(backend):
+    """The mean over no samples is NaN, as torch's; the sum 0."""
+    logits = var(np.zeros((0, 4)), backend, dtype="single")
+    target = gm.array(np.zeros(0, np.int64), backend=backend)
+    for loss in (F.cross_entropy, F.nll_loss):
+        assert np.isnan(loss(logits, target).item())
+        assert loss(logits, target, reduction="sum").item() == 0.0
 
 
 @pytest.mark.parametrize("axis", [1, 0])

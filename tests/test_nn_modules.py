@@ -163,6 +163,13 @@ def test_module_to_moves_parameters_and_buffers(backend):
     assert all(b.backend == backend for b in model.buffers())
 
 
+def test_module_list_slices_are_module_lists():
+    layers = nn.ModuleList([nn.ReLU(), nn.Linear(2, 3), nn.Tanh()])
+    part = layers[1:]
+    assert isinstance(part, nn.ModuleList) and len(part) == 2 and part[0] is layers[1]
+    assert [n for n, _ in part.named_parameters()] == ["0.weight", "0.bias"]
+
+
 def test_layer_argument_errors():
     with pytest.raises(ValueError, match="divisible by groups"):
         nn.Conv2d(3, 4, 3, groups=2)
@@ -173,7 +180,23 @@ def test_layer_argument_errors():
     with pytest.raises(ValueError, match=r"BatchNorm2d\(3\): expected an input of 4-d"):
         nn.BatchNorm2d(3)(gm.zeros(2, 3))
     with pytest.raises(ValueError, match="p must be"):
-        nn.Dropout(1.0)
+        nn.Dropout(1.5)
+    # geometry refused when the layer is made (a 0 kernel divided by zero in its initializer)
+    for kwargs, message in [(dict(kernel_size=0), "kernel_size must be at least 1, got 0"),
+                            (dict(kernel_size=(3, 0)), r"kernel_size must be at least 1"),
+                            (dict(kernel_size=-1), "kernel_size must be at least 1"),
+                            (dict(kernel_size=3, stride=0), "stride must be at least 1"),
+                            (dict(kernel_size=3, padding=-1), "padding must be at least 0"),
+                            (dict(kernel_size=3, dilation=(1, 0)), "dilation must be at least")]:
+        with pytest.raises(ValueError, match=f"Conv2d: {message}"):
+            nn.Conv2d(3, 3, **kwargs)
+    x = gm.ones(2, 3, 4, 5)
+    with pytest.raises(gm.ShapeError, match="start_dim 4 is out of range for a 4-d input"):
+        nn.Flatten(4)(x)
+    with pytest.raises(gm.ShapeError, match="start_dim -5 is out of range"):
+        nn.functional.flatten(x, -5)
+    assert nn.functional.flatten(x, -1).shape == (2, 3, 4, 5)
+    assert nn.functional.flatten(x, -4).shape == (120,)
 
 
 def test_default_initialisation_matches_torch_bounds():

@@ -14,13 +14,20 @@ __all__ = ["Identity", "Linear", "Conv2d", "ReLU", "LeakyReLU", "ReLU6", "ELU", 
            "LocalResponseNorm", "CrossEntropyLoss", "NLLLoss", "MSELoss"]
 
 
-def _pair(value, name):
+def _pair(value, name, minimum=None, owner=None):
+    """``value`` as (h, w) ints; with ``minimum``, each at least that (kernel sizes, strides
+    and dilations 1, paddings 0), refused here rather than deep in a first forward or an
+    initializer (a 0 kernel divided by zero in kaiming_uniform_)."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return tuple(value)
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        pair = tuple(value)
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if minimum is not None and min(pair) < minimum:
+        raise ValueError(f"{owner}: {name} must be at least {minimum}, got {value!r}")
+    return pair
 
 
 def _positive(value, name, owner):
@@ -87,9 +94,10 @@ class Conv2d(_Weighted):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must both be divisible by groups ({groups})")
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1, "Conv2d")
+        self.stride = _pair(stride, "stride", 1, "Conv2d")
+        self.padding = _pair(padding, "padding", 0, "Conv2d")
+        self.dilation = _pair(dilation, "dilation", 1, "Conv2d")
         self.weight = _new_parameter(out_channels, in_channels // groups, *self.kernel_size)
         self._optional_bias(bias, out_channels)
 
@@ -277,8 +285,8 @@ class BatchNorm2d(_BatchNorm):
 class Dropout(Module):
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        if not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
         self.p = p
 
     def forward(self, x):

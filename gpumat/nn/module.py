@@ -316,7 +316,8 @@ class ModuleList(Module):
         return self
 
     def __getitem__(self, index):
-        return list(self._modules.values())[index]
+        items = list(self._modules.values())
+        return ModuleList(items[index]) if isinstance(index, slice) else items[index]
 
     def __len__(self):
         return len(self._modules)

@@ -226,7 +226,10 @@ def _batch_norm_rule(layer, shape):
 
 
 def _flatten_rule(layer, shape):
-    start = layer.start_dim % max(len(shape), 1)
+    ndim = max(len(shape), 1)
+    if not -ndim <= layer.start_dim < ndim:
+        return None, 0          # the forward runs, and names the problem (F.flatten)
+    start = layer.start_dim % ndim
     return shape[:start] + (math.prod(shape[start:]),), 0
 
 

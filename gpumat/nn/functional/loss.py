@@ -57,7 +57,10 @@ class CrossEntropy(Function):
         if self.reduction == "none":
             return per_sample
         total = per_sample.sum()
-        return total if self.reduction == "sum" else total / max(n, 1)
+        if self.reduction == "sum":
+            return total
+        # the mean of no samples is NaN, as torch's (0 / 0)
+        return total / n if n else total * float("nan")
 
     def backward(self, grad):
         delta = gm.exp(self.log_p) - self.q
@@ -95,7 +98,10 @@ class NLLLoss(Function):
         if self.reduction == "none":
             return per_sample
         total = per_sample.sum()
-        return total if self.reduction == "sum" else total / max(log_p.shape[0], 1)
+        n = log_p.shape[0]
+        if self.reduction == "sum":
+            return total
+        return total / n if n else total * float("nan")     # no samples: NaN, as torch
 
     def backward(self, grad):
         if self.reduction == "none":

@@ -321,7 +321,12 @@ def reshape(a, *shape):
 def flatten(a, start_dim=1):
     """Merge the axes from ``start_dim`` on (torch.flatten; 1 keeps the batch axis)."""
     shape = a.shape
-    start = start_dim % max(len(shape), 1)
+    ndim = max(len(shape), 1)
+    if isinstance(start_dim, bool) or not isinstance(start_dim, int) \
+            or not -ndim <= start_dim < ndim:
+        raise ShapeError(f"flatten: start_dim {start_dim!r} is out of range for a {len(shape)}-d "
+                         f"input of shape {shape} (from {-ndim} to {ndim - 1})")
+    start = start_dim % ndim
     return reshape(a, shape[:start] + (-1,)) if shape[start:] else reshape(a, shape + (1,))
 
 

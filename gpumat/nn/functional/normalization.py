@@ -134,8 +134,10 @@ def dropout(x, p=0.5, training=True):
     """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p) while
     training (inverted dropout); the identity otherwise.  Draws from gpumat's generator, so
     ``gm.seed`` makes the masks reproducible on every backend."""
-    if not 0 <= p < 1:
-        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
     if not training or p == 0:
         return x
+    if p == 1:                  # every element dropped: zeros (and zero gradients), as torch
+        return x * 0.0
     return Dropout.apply(x, p=p)
