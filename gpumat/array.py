@@ -119,8 +119,10 @@ class Array:
         """Take over ``other``'s storage (for in-place operators); ``other`` is spent."""
         self._live
         native = other._live
+        written = self._storage.version + 1     # an in-place write: the version still grows
         self._storage.drop()
         self._storage, self._native = other._storage, native
+        self._storage.version = max(self._storage.version, written)
         other._native = None        # ownership moved: other's release must not drop it
 
     # ---- properties -------------------------------------------------------------------------
@@ -580,6 +582,16 @@ def _map_dtypes(op, kinds):
     return out_dtype, compute
 
 
+def _negative_exponent(exponent):
+    """Whether an integer power's exponent (a number or a signed-integer Array) has a value
+    below 0: NumPy refuses those, and a device kernel would give 0 without a word (one
+    reduction, for Array exponents only)."""
+    if isinstance(exponent, Array):
+        return (exponent.dtype.kind == "i" and exponent.size > 0
+                and reduce_op("min", exponent).item() < 0)
+    return isinstance(exponent, int) and exponent < 0
+
+
 def map_op(op, *values):
     """Apply elementwise ``op`` (a name in backends.base.MAP_OPS) with NumPy broadcasting."""
     arrays, backend = _operands(values, op)
@@ -590,7 +602,7 @@ def map_op(op, *values):
             shapes.append(v.shape)
         else:
             _check_scalar_fits(v, compute, op)
-    if op == "power" and compute.kind in "iu" and isinstance(arrays[1], int) and arrays[1] < 0:
+    if op == "power" and compute.kind in "iu" and _negative_exponent(arrays[1]):
         raise ValueError("Integers to negative integer powers are not allowed (as in NumPy); "
                          "use a float base")
     if out_dtype == _FLOAT64 or compute == _FLOAT64:

@@ -201,8 +201,10 @@ def allclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False):
     x = a.astype(np.float64) if a.dtype.kind != "f" else a
     y = b.astype(x.dtype) if b.dtype != x.dtype else b
     diff = abs(x - y)
-    ok = diff <= atol + rtol * abs(y)
-    ok = ok | (x == y)                       # equal infinities
+    # finite pairs within the tolerance (a finite value is never close to an infinity, whose
+    # tolerance would be infinite too), or equal (infinities of one sign), as NumPy
+    ok = isfinite(x) & isfinite(y) & (diff <= atol + rtol * abs(y))
+    ok = ok | (x == y)
     if equal_nan:
         ok = ok | (isnan(x) & isnan(y))
     return bool(all(ok))

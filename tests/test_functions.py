@@ -112,6 +112,24 @@ def test_isequal_and_allclose(backend):
     assert gm.allclose(nan, nan, equal_nan=True) and not gm.allclose(nan, nan)
     inf = gm.array([np.inf, -np.inf], backend=backend)
     assert gm.allclose(inf, inf)
+    # a finite value is never close to an infinity (its tolerance would be infinite), as NumPy
+    one = gm.array(np.array([1.0]), backend=backend)
+    minus_inf = gm.array(np.array([-np.inf]), backend=backend)
+    assert not gm.allclose(one, inf) and not gm.allclose(inf, one)
+    assert not gm.allclose(inf, minus_inf) and not gm.allclose(one, minus_inf)
+
+
+def test_integer_arrays_to_negative_powers_are_refused(backend):
+    """NumPy refuses integers to negative integer powers; an Array exponent is checked too
+    (a device kernel gave 0 without a word), and the non-negative ones still compute."""
+    base = gm.array(np.array([2, 3], np.int32), backend=backend)
+    for exponent in (gm.array(np.array([-1, 2], np.int32), backend=backend), -1):
+        with pytest.raises(ValueError, match="negative integer powers"):
+            base ** exponent
+    with pytest.raises(ValueError, match="negative integer powers"):
+        2 ** gm.array(np.array([3, -2], np.int64), backend=backend)
+    assert_same(base ** gm.array(np.array([0, 3], np.int32), backend=backend),
+                np.array([1, 27], np.int32))
 
 
 def test_sub2ind_ind2sub(backend):

@@ -674,3 +674,34 @@ def test_pack_signs(backend, n, lead):
 def test_pack_signs_large(backend):
     x = np.random.default_rng(0).standard_normal((1000, 1003)).astype(np.float32)
     assert_same(down(backend, backend.pack_signs(up(backend, x))), np_pack_signs(x))
+
+
+def test_launches_from_several_threads_keep_their_own_arguments(ocl):
+    """pyopencl sets a kernel's arguments on the shared kernel object, then enqueues it:
+    without OpenCLBackend's LaunchKernel, threads launching one cached kernel took each
+    other's scalars and buffers (wrong values, no error)."""
+    import sys
+    import threading
+
+    import gpumat as gm
+    bad, interval = [], sys.getswitchinterval()
+
+    def work(tid):
+        a = gm.array(np.full(1000 + tid, tid + 1, np.float32), backend="opencl")
+        b = gm.array(np.full(1000 + tid, 10 * (tid + 1), np.float32), backend="opencl")
+        for step in range(150):
+            s = float(tid * 1000 + step)
+            if not np.all((a + s).gather() == tid + 1 + s):
+                bad.append(("add", tid, step))
+            if not np.all((a * b).gather() == 10 * (tid + 1) ** 2):
+                bad.append(("mul", tid, step))
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert bad == []

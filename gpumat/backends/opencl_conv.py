@@ -9,7 +9,7 @@ lookup and one enqueue.
 import numpy as np
 
 from . import opencl_gemm
-from .opencl import OpenCLBackend
+from .opencl import LaunchKernel, OpenCLBackend
 from .opencl_elementwise import LOCAL_SIZE, _live
 
 _SOURCE = "opencl/im2col.cl"
@@ -40,7 +40,7 @@ def _kernel(self, name, dtype):
     knl = cache.get(key)
     if knl is None:
         program = self.program(_SOURCE, dict(DEFINES, CONV_F64=int(f64)))
-        knl = getattr(program, name + ("_f64" if f64 else "_f32"))
+        knl = LaunchKernel(program, name + ("_f64" if f64 else "_f32"))
         knl.set_scalar_arg_dtypes(_SIGNATURES[name])
         cache[key] = knl
     return knl

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import errors
 from .base import MAP_OPS
-from .opencl import CLBuffer, OpenCLBackend, cl
+from .opencl import CLBuffer, LaunchKernel, OpenCLBackend, cl
 
 #: Most iteration dimensions one launch handles (one long8 of strides per operand); arrays
 #: that stay wider after collapsing are split into several launches over the leading dims.
@@ -204,7 +204,7 @@ def _kernel(self, key, op, out_dtype, tc, inputs, ndim, index32, mode):
     knl = cache.get(build_key)
     if knl is None:
         program = self.program(_SOURCE, defines)
-        knl = cl.Kernel(program, "ew_" + op)
+        knl = LaunchKernel(program, "ew_" + op)
         knl.set_scalar_arg_dtypes(arg_types)
         cache[build_key] = knl
     cache[key] = knl

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import tuning
 from .base import gemm_dims
-from .opencl import OpenCLBackend, cl
+from .opencl import LaunchKernel, OpenCLBackend, cl
 
 _I64 = np.int64
 _FLOAT_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -73,10 +73,10 @@ def kernels(backend, dtype, params):
     entry = cache.get(key)
     if entry is None:
         program = backend.program("opencl/sgemm.cl", defines)
-        sgemm = cl.Kernel(program, "sgemm")
+        sgemm = LaunchKernel(program, "sgemm")
         sgemm.set_scalar_arg_dtypes([None] * 3 + [_I64] * 3 + [np.dtype(dtype).type] * 2
                                     + [_I64] * 12)
-        pack = cl.Kernel(program, "gemm_pack_b")
+        pack = LaunchKernel(program, "gemm_pack_b")
         pack.set_scalar_arg_dtypes([None] * 2 + [_I64] * 7)
         entry = cache[key] = (sgemm, pack)
     return entry

@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from .. import dtypes as _dtypes
-from .opencl import OpenCLBackend, cl
+from .opencl import LaunchKernel, OpenCLBackend, cl
 
 _I32 = np.int32
 _I64 = np.int64
@@ -136,7 +136,7 @@ def _kernels(backend, relpath, defines, signatures, wg):
     kernels = {}
     limit = wg
     for name, signature in signatures.items():
-        kernel = cl.Kernel(program, name)
+        kernel = LaunchKernel(program, name)
         kernel.set_scalar_arg_dtypes(signature)
         kernels[name] = kernel
         limit = min(limit, kernel.get_work_group_info(
@@ -517,7 +517,7 @@ def _gemm_kernel(backend, a_dtype, b_dtype, out_dtype, small):
             continue
         defines = dict(tiles, A_T=_ctype(a_dtype), B_T=_ctype(b_dtype), C_T=c_t, ACC_T=acc,
                        OUT_IS_BOOL=int(kind == "b"))
-        kernel = cl.Kernel(backend.program("opencl/matmul.cl", defines), "gemm_tiled")
+        kernel = LaunchKernel(backend.program("opencl/matmul.cl", defines), "gemm_tiled")
         kernel.set_scalar_arg_dtypes(_GEMM_SIG)
         limit = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
                                            backend.cl_device)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import errors, native
 from . import xnor_launch
-from .opencl import OpenCLBackend, cl
+from .opencl import LaunchKernel, OpenCLBackend, cl
 from .opencl_elementwise import _live
 from .xnor_launch import cdiv
 
@@ -82,7 +82,7 @@ def _kernel(self, name, defines):
     key = (name, tuple(sorted(defines.items())))
     knl = cache.get(key)
     if knl is None:
-        knl = cl.Kernel(self.program(_SOURCE, defines), name)
+        knl = LaunchKernel(self.program(_SOURCE, defines), name)
         if name == "xnor_conv2d":
             knl.set_scalar_arg_dtypes([None] * 3 + [_I32] * 15 + [_I64] * 3 + [_I32]
                                       + [None] * 4 + [_I32])
