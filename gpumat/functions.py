@@ -58,9 +58,18 @@ def clip(a, lo, hi):
     return map_op("clip", a, lo, hi)
 
 
+def _backend_of(*values):
+    """The backend of the first Array among ``values`` (None: the default): where array-likes
+    (NumPy arrays, lists, numbers) go when they meet Arrays, as the operators place them."""
+    for v in values:
+        if isinstance(v, Array):
+            return v._backend
+    return None
+
+
 def where(cond, a, b):
     """Elements of ``a`` where ``cond`` is true, else of ``b`` (broadcasting)."""
-    cond = _as_array(cond) if not isinstance(cond, Array) else cond
+    cond = _as_array(cond, _backend_of(a, b)) if not isinstance(cond, Array) else cond
     if not _dtypes.is_bool(cond.dtype):
         cond = cond != 0
     return map_op("where", cond, a, b)
@@ -144,13 +153,15 @@ def cat(axis, *arrays):
 
 def horzcat(*arrays):
     """Side by side (numpy.hstack: axis 1, or axis 0 for vectors)."""
-    arrays = [_as_array(x) if not isinstance(x, Array) else x for x in arrays]
+    backend = _backend_of(*arrays)
+    arrays = [_as_array(x, backend) if not isinstance(x, Array) else x for x in arrays]
     return cat(0 if arrays and arrays[0].ndim == 1 else 1, *arrays)
 
 
 def vertcat(*arrays):
     """Stacked (numpy.vstack: vectors become rows)."""
-    arrays = [_as_array(x) if not isinstance(x, Array) else x for x in arrays]
+    backend = _backend_of(*arrays)
+    arrays = [_as_array(x, backend) if not isinstance(x, Array) else x for x in arrays]
     return cat(0, *[x.reshape(1, -1) if x.ndim <= 1 else x for x in arrays])
 
 
@@ -184,7 +195,7 @@ def sort(a, axis=-1, descending=False, return_indices=False):
 
 def isequal(a, *others):
     """True when every Array has the same shape and the same values (NaN != NaN, as MATLAB)."""
-    a = _as_array(a)
+    a = _as_array(a, _backend_of(a, *others))
     for b in others:
         b = _as_array(b, a._backend)
         if a.shape != b.shape:
@@ -196,7 +207,7 @@ def isequal(a, *others):
 
 def allclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False):
     """numpy.allclose: |a - b| <= atol + rtol * |b| everywhere (broadcasting)."""
-    a = _as_array(a)
+    a = _as_array(a, _backend_of(a, b))
     b = _as_array(b, a._backend)
     x = a.astype(np.float64) if a.dtype.kind != "f" else a
     y = b.astype(x.dtype) if b.dtype != x.dtype else b
@@ -216,13 +227,14 @@ def sub2ind(shape, *subs):
     if len(subs) != len(shape):
         raise ValueError(f"sub2ind: {len(subs)} subscripts given for a {len(shape)}-d shape {shape}")
     flat = 0
+    backend = _backend_of(*subs)
     for axis, (s, n) in enumerate(zip(subs, shape)):
         if isinstance(s, numbers.Integral):
             if not 0 <= s < n:
                 raise IndexError(f"sub2ind: subscript {s} is out of range for axis {axis} of size {n}")
             flat = flat * n + int(s)
             continue
-        s = _as_array(s)
+        s = _as_array(s, backend)
         if s.size and (int(min(s).item()) < 0 or int(max(s).item()) >= n):
             raise IndexError(f"sub2ind: subscripts out of range for axis {axis} of size {n}")
         s = s.astype("int64") if s.dtype != np.int64 else s

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import gpumat as gm
-from conftest import assert_same
+from conftest import TESTED, assert_same
 
 X = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
 
@@ -165,3 +165,25 @@ def test_pack_signs(backend):
     assert_same(got, ref)
     with pytest.raises(TypeError, match="float64"):
         gm.pack_signs(gm.array(x.astype(np.float64), backend=backend))
+
+
+def test_array_likes_go_to_the_arrays_backend(backend):
+    """NumPy arrays, lists and numbers meeting an Array in where, isequal, allclose, horzcat,
+    vertcat and sub2ind are placed on that Array's backend, whatever the default is (they
+    went to the default and raised BackendMismatchError), as the operators place them."""
+    previous = gm.default_backend()
+    a = gm.array(np.array([1.0, 2.0], np.float32), backend=backend)
+    try:
+        for default in TESTED:
+            gm.use(default)
+            assert gm.where(np.array([True, False]), a, 0).backend == backend
+            assert_same(gm.where(True, a, 0), np.array([1.0, 2.0], np.float32))
+            assert gm.isequal(np.array([1.0, 2.0], np.float32), a)
+            assert gm.allclose([1.0, 2.0], a)
+            assert_same(gm.horzcat(a, np.array([3.0], np.float32)),
+                        np.array([1.0, 2.0, 3.0], np.float32))
+            assert gm.vertcat(np.array([0.0, 0.0], np.float32), a).backend == backend
+            rows = gm.array(np.array([1, 2]), backend=backend)
+            assert_same(gm.sub2ind((3, 4), rows, np.array([0, 3])), np.array([4, 11]))
+    finally:
+        gm.use(previous)
