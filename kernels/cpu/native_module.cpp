@@ -477,6 +477,14 @@ void require_grad_out(const char *what, const AnyCpuArray &grad_out,
                          ", " + std::to_string(g.out_w) + ")");
 }
 
+// Fails naming both shapes unless `a` and `b` have one shape (elementwise pairs).
+void require_same_shape(const AnyCpuArray &a, const AnyCpuArray &b, const char *what,
+                        const char *name_a, const char *name_b) {
+    if (shape_of(a) != shape_of(b))
+        fail_value(what, std::string(name_a) + " has shape " + gpumat::shape_text(a) + " but " +
+                             name_b + " has shape " + gpumat::shape_text(b));
+}
+
 // Checks the two operands of a direct convolution pass: 4-d, C-contiguous, one float dtype
 // (returned: whether float64).
 bool require_operands(const char *what, const AnyCpuArray &a, const char *name_a,
@@ -728,9 +736,7 @@ nb::object act_backward(const AnyCpuArray &grad, const AnyCpuArray &x, int act,
     require_layout(grad, what, "grad", -1);
     require_layout(x, what, "x", -1);
     require_activation(act, what);
-    if (shape_of(grad) != shape_of(x))
-        fail_value(what, "grad has shape " + gpumat::shape_text(grad) + " but x has shape " +
-                             gpumat::shape_text(x));
+    require_same_shape(grad, x, what, "grad", "x");
     return with_float(is_double, [&](auto zero) {
         using T = decltype(zero);
         gpumat::Result<T> out(shape_of(grad), false);
@@ -754,9 +760,7 @@ nb::object arith(const AnyCpuArray &a, const AnyCpuArray &b, int op) {
     if (!gpumat::is_arith(op))
         fail_value(what, "unknown operation code " + std::to_string(op) +
                              " (0 add, 1 subtract, 2 multiply, 3 divide)");
-    if (shape_of(a) != shape_of(b))
-        fail_value(what, "a has shape " + gpumat::shape_text(a) + " but b has shape " +
-                             gpumat::shape_text(b));
+    require_same_shape(a, b, what, "a", "b");
     return with_float(is_double, [&](auto zero) {
         using T = decltype(zero);
         gpumat::Result<T> out(shape_of(a), false);
@@ -873,9 +877,7 @@ nb::tuple batch_norm_backward(const AnyCpuArray &grad, const AnyCpuArray &x,
     require_same_dtype(grad, x, what, "grad", "x");
     const auto shape = batch_norm_shape(x, what, "x");
     require_layout(grad, what, "grad", -1);
-    if (shape_of(grad) != shape_of(x))
-        fail_value(what, "grad has shape " + gpumat::shape_text(grad) + " but x has shape " +
-                             gpumat::shape_text(x));
+    require_same_shape(grad, x, what, "grad", "x");
     if (training && shape.per_channel() == 0 && shape.channels > 0)
         fail_value(what, "training needs at least one value per channel, got x of shape " +
                              gpumat::shape_text(x));
