@@ -477,6 +477,18 @@ void require_grad_out(const char *what, const AnyCpuArray &grad_out,
                          ", " + std::to_string(g.out_w) + ")");
 }
 
+// Checks an elementwise pair's operands: each float, one dtype, C-contiguous (returned:
+// whether float64).
+bool require_float_pair(const AnyCpuArray &a, const AnyCpuArray &b, const char *what,
+                        const char *name_a, const char *name_b) {
+    const bool is_double = require_float(a, what, name_a);
+    require_float(b, what, name_b);
+    require_same_dtype(a, b, what, name_a, name_b);
+    require_layout(a, what, name_a, -1);
+    require_layout(b, what, name_b, -1);
+    return is_double;
+}
+
 // Fails naming both shapes unless `a` and `b` have one shape (elementwise pairs).
 void require_same_shape(const AnyCpuArray &a, const AnyCpuArray &b, const char *what,
                         const char *name_a, const char *name_b) {
@@ -497,7 +509,7 @@ bool require_operands(const char *what, const AnyCpuArray &a, const char *name_a
 }
 
 // A fresh result of `shape` that kernel(a, b, out) fills without the GIL, with T the float
-// type `is_double` says.
+// type `is_double` says (the direct convolutions' passes, and the elementwise pairs).
 template <class Kernel>
 nb::object direct_result(bool is_double, const std::vector<size_t> &shape, const AnyCpuArray &a,
                          const AnyCpuArray &b, Kernel &&kernel) {
@@ -730,46 +742,26 @@ nb::object bias_act(const AnyCpuArray &x, std::optional<AnyCpuArray> bias, int64
 nb::object act_backward(const AnyCpuArray &grad, const AnyCpuArray &x, int act,
                         double param) {
     const char *what = "act_backward";
-    const bool is_double = require_float(grad, what, "grad");
-    require_float(x, what, "x");
-    require_same_dtype(grad, x, what, "grad", "x");
-    require_layout(grad, what, "grad", -1);
-    require_layout(x, what, "x", -1);
+    const bool is_double = require_float_pair(grad, x, what, "grad", "x");
     require_activation(act, what);
     require_same_shape(grad, x, what, "grad", "x");
-    return with_float(is_double, [&](auto zero) {
-        using T = decltype(zero);
-        gpumat::Result<T> out(shape_of(grad), false);
-        {
-            nb::gil_scoped_release release;
-            gpumat::act_backward(static_cast<const T *>(grad.data()),
-                                 static_cast<const T *>(x.data()), out.data(),
-                                 (int64_t) grad.size(), act, (T) param);
-        }
-        return out.release();
+    const int64_t n = (int64_t) grad.size();
+    return direct_result(is_double, shape_of(grad), grad, x, [&](auto g, auto v, auto out) {
+        using T = std::remove_pointer_t<decltype(out)>;
+        gpumat::act_backward(g, v, out, n, act, (T) param);
     });
 }
 
 nb::object arith(const AnyCpuArray &a, const AnyCpuArray &b, int op) {
     const char *what = "arith";
-    const bool is_double = require_float(a, what, "a");
-    require_float(b, what, "b");
-    require_same_dtype(a, b, what, "a", "b");
-    require_layout(a, what, "a", -1);
-    require_layout(b, what, "b", -1);
+    const bool is_double = require_float_pair(a, b, what, "a", "b");
     if (!gpumat::is_arith(op))
         fail_value(what, "unknown operation code " + std::to_string(op) +
                              " (0 add, 1 subtract, 2 multiply, 3 divide)");
     require_same_shape(a, b, what, "a", "b");
-    return with_float(is_double, [&](auto zero) {
-        using T = decltype(zero);
-        gpumat::Result<T> out(shape_of(a), false);
-        {
-            nb::gil_scoped_release release;
-            gpumat::arith(static_cast<const T *>(a.data()), static_cast<const T *>(b.data()),
-                          out.data(), (int64_t) a.size(), op);
-        }
-        return out.release();
+    const int64_t n = (int64_t) a.size();
+    return direct_result(is_double, shape_of(a), a, b, [&](auto x, auto y, auto out) {
+        gpumat::arith(x, y, out, n, op);
     });
 }
 
