@@ -55,7 +55,7 @@ def _array(value, what, name, backend=None):
     ``backend`` where given (the operands' backend: an operand given as NumPy goes with x),
     else on the default backend."""
     try:
-        return _as_array(value, backend.name if backend is not None else None)
+        return _as_array(value, backend)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what}: {name} must be an Array or array-like, got "
                         f"{type(value).__name__} ({exc})") from None

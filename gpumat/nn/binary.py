@@ -467,11 +467,7 @@ class _Plan:
         bias = parameters.get("bias")
         arrays = [parameters["weight"].data, None if bias is None else bias.data]
         if batch_norm is not None:
-            buffers, parameters = batch_norm._buffers, batch_norm._parameters
-            weight, shift = parameters["weight"], parameters["bias"]
-            arrays += (buffers["running_mean"], buffers["running_var"],
-                       None if weight is None else weight.data,
-                       None if shift is None else shift.data)
+            arrays += _Binary._statistics(batch_norm)[:4]
         return arrays
 
     def input(self, layer, x, batch_norm):

@@ -20,21 +20,13 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DatasetError
+from .errors import DatasetError, check_labels
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")
 IMAGE_SHAPE = (3, 32, 32)
 PIXELS = 3 * 32 * 32
 RECORD_SIZE = 1 + PIXELS     # the binary format: one label byte, then the R, G and B planes
-
-
-def _check_labels(path, labels):
-    bad = np.flatnonzero((labels < 0) | (labels >= len(CLASSES)))
-    if bad.size:
-        raise DatasetError(f"{path}: label {labels[bad[0]]} of record {bad[0]} is outside "
-                           f"0..{len(CLASSES) - 1}")
-    return labels
 
 
 def read_cifar_binary(path):
@@ -45,7 +37,7 @@ def read_cifar_binary(path):
                            f"bytes (1 label byte + {PIXELS} pixel bytes), but the file has "
                            f"{len(raw)} bytes")
     records = np.frombuffer(raw, np.uint8).reshape(-1, RECORD_SIZE)
-    labels = _check_labels(path, records[:, 0].astype(np.int64))
+    labels = check_labels(path, records[:, 0].astype(np.int64), len(CLASSES))
     images = np.ascontiguousarray(records[:, 1:]).reshape(-1, *IMAGE_SHAPE)
     return images, labels
 

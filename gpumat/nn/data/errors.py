@@ -1,4 +1,7 @@
-"""The two errors of gpumat.nn.data: malformed data files, and datasets that cannot be found."""
+"""The errors of gpumat.nn.data (malformed data files, datasets that cannot be found,
+failed downloads), and the label check every reader makes before it returns a file's labels."""
+import numpy as np
+
 from ...errors import GpumatError
 
 
@@ -23,3 +26,13 @@ class DownloadError(GpumatError, OSError):
         # Not passed to OSError as its filename: that would turn the message into "[Errno None]".
         super().__init__(f"could not download {filename}: {reasons}")
         self.attempts = list(attempts)
+
+
+def check_labels(path, labels, classes):
+    """``labels`` (integers), unless one lies outside 0 .. classes - 1: then a DatasetError
+    naming the file, the first such label and its record."""
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if bad.size:
+        raise DatasetError(f"{path}: label {labels[bad[0]]} of record {bad[0]} is outside "
+                           f"0..{classes - 1}")
+    return labels

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
+from .errors import DatasetError, check_labels
 from .idx import read_idx
 
 _PREFIX = {"train": "train", "test": "t10k"}
@@ -41,8 +41,4 @@ def read_mnist(images_path, labels_path):
     if len(images) != len(labels):
         raise DatasetError(f"{images_path} holds {len(images)} images but {labels_path} holds "
                            f"{len(labels)} labels")
-    bad = np.flatnonzero(labels >= CLASS_COUNT)
-    if bad.size:
-        raise DatasetError(f"{labels_path}: label {labels[bad[0]]} of record {bad[0]} is outside "
-                           f"0..{CLASS_COUNT - 1}")
-    return images[:, None], labels.astype(np.int64)
+    return images[:, None], check_labels(labels_path, labels.astype(np.int64), CLASS_COUNT)
