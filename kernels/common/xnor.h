@@ -817,6 +817,11 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
      * turn: on a CPU the VW filters of a vector lie a whole plane apart (4 KiB for 32 x 32
      * images, one cache set), so lane-by-lane stores of each pixel would thrash L1. */
     int base[XNOR_PB];
+    /* and K of each pixel (XNOR_WINDOW_MEAN) over the same taps inside the image: the
+     * channel means kernel row by kernel row from 0.0f, divided by kh kw -- xnor_window_mean's
+     * order and bits; 0 for the pixels past the batch, as a given pixel_scale's */
+    float window_k[XNOR_PB];
+    const float window_taps = (float)taps;
     for (int q = 0; q < XNOR_PB; ++q) {
         const int rlo = ih0[q] < 0 ? -ih0[q] : 0;
         const int rhi = H - ih0[q] < kh ? H - ih0[q] : kh;
@@ -825,26 +830,15 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
         const int rows = rhi > rlo ? rhi - rlo : 0;
         const int cols = chi > clo ? chi - clo : 0;
         base[q] = rows * cols * C;
-    }
-    /* K of each pixel (XNOR_WINDOW_MEAN): the channel means over its taps inside the image,
-     * kernel row by kernel row from 0.0f, divided by kh kw -- xnor_window_mean's order and
-     * bits; 0 for the pixels past the batch, as a given pixel_scale's */
-    float window_k[XNOR_PB];
-    if (epilogue & XNOR_WINDOW_MEAN) {
-        const float taps = (float)(kh * kw);
-        for (int q = 0; q < XNOR_PB; ++q) {
+        if (epilogue & XNOR_WINDOW_MEAN) {
             float sum = 0.0f;
             if (live[q]) {
-                const int rlo = ih0[q] < 0 ? -ih0[q] : 0;
-                const int rhi = H - ih0[q] < kh ? H - ih0[q] : kh;
-                const int clo = iw0[q] < 0 ? -iw0[q] : 0;
-                const int chi = W - iw0[q] < kw ? W - iw0[q] : kw;
                 GLOBAL const float* corner = pixel_scale + x_corner[q] / Wc;
                 for (int i = rlo; i < rhi; ++i)
                     for (int j = clo; j < chi; ++j)
                         sum += corner[(i64)i * W + j];
             }
-            window_k[q] = live[q] ? sum / taps : 0.0f;
+            window_k[q] = live[q] ? sum / window_taps : 0.0f;
         }
     }
 #if XNOR_TRANSPOSED_STORE
