@@ -20,6 +20,13 @@ from .errors import (BackendMismatchError, DtypeError, ReleasedArrayError, Shape
 
 _LOGICAL_OPS = {"logical_and", "logical_or", "logical_xor", "logical_not"}
 _BITWISE_OPS = {"bitwise_and", "bitwise_or", "bitwise_xor", "invert"}
+_COMPARISONS = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
+# per comparison: whether it holds when the left operand is the smaller one (and, swapped,
+# when the right one is)
+_HOLDS_WHEN_LEFT_SMALLER = {"equal": False, "not_equal": True, "less": True, "less_equal": True,
+                            "greater": False, "greater_equal": False}
+_SWAPPED = {"equal": "equal", "not_equal": "not_equal", "less": "greater",
+            "less_equal": "greater_equal", "greater": "less", "greater_equal": "less_equal"}
 _FLOAT64 = np.dtype(np.float64)
 _PYTHON_SCALARS = (bool, int, float)
 
@@ -592,10 +599,51 @@ def _negative_exponent(exponent):
     return isinstance(exponent, int) and exponent < 0
 
 
+def _exact_integer_compare(op, operands, compute):
+    """A comparison NumPy makes exactly where the promoted dtype would not: a signed integer
+    Array against a uint64 one (promoted to float64, 2**53 + 1 would equal 2**53 + 2), and an
+    integer Array against a Python int outside its dtype's range (which cannot be converted).
+    None where the ordinary path is exact."""
+    a, b = operands
+    kinds = [_kind(v) for v in operands]
+    if (isinstance(a, Array) and isinstance(b, Array) and compute == _FLOAT64
+            and {kinds[0].kind, kinds[1].kind} == {"i", "u"}):
+        # the signed operand is smaller wherever it is negative; elsewhere it converts to
+        # uint64 exactly
+        flip = kinds[0].kind == "u"
+        signed, unsigned = (b, a) if flip else (a, b)
+        negative = map_op("less", signed, 0)
+        pairs = (unsigned, signed.astype(np.uint64)) if flip else (signed.astype(np.uint64), unsigned)
+        where_unsigned = map_op(op, *pairs)
+        holds = _HOLDS_WHEN_LEFT_SMALLER[_SWAPPED[op] if flip else op]
+        if holds:
+            return map_op("logical_or", where_unsigned, negative)
+        return map_op("logical_and", where_unsigned, map_op("logical_not", negative))
+    for side, scalar in enumerate(operands):
+        other = operands[1 - side]
+        if (isinstance(scalar, int) and not isinstance(scalar, bool) and isinstance(other, Array)
+                and compute.kind in "iu"):
+            info = np.iinfo(compute)
+            if info.min <= scalar <= info.max:
+                return None
+            # every element of the Array lies on one side of the number
+            array_smaller = scalar > info.max
+            name = op if side == 1 else _SWAPPED[op]
+            holds = _HOLDS_WHEN_LEFT_SMALLER[name] if array_smaller \
+                else _HOLDS_WHEN_LEFT_SMALLER[_SWAPPED[name]]
+            from .creation import full
+            return full(other.shape, holds, dtype=bool, backend=other._backend)
+    return None
+
+
 def map_op(op, *values):
     """Apply elementwise ``op`` (a name in backends.base.MAP_OPS) with NumPy broadcasting."""
     arrays, backend = _operands(values, op)
     out_dtype, compute = _map_dtypes(op, tuple(_kind(v) for v in arrays))
+    if op in _COMPARISONS:
+        exact = _exact_integer_compare(op, arrays, compute)
+        if exact is not None:
+            return exact
     shapes = []
     for v in arrays:
         if isinstance(v, Array):

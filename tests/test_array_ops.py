@@ -94,6 +94,41 @@ def test_comparisons_with_nan(backend):
         assert_same(op(a, b), op(x, y))
 
 
+COMPARISONS = [operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge]
+
+
+@pytest.mark.parametrize("op", COMPARISONS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("signed", ["int32", "int64"])
+def test_signed_against_uint64_compares_exactly(backend, op, signed):
+    # promoted to float64 (NumPy's result dtype) 2**53 + 1 would equal 2**53 and 2**63 - 1
+    # would equal 2**63; NumPy compares the pair exactly, and so must gpumat, both ways round
+    s = np.array([2**53 + 1, -1, 5, 0, np.iinfo(signed).min, np.iinfo(signed).max, 7],
+                 np.int64).astype(signed)
+    u = np.array([2**53, 2**64 - 1, 5, 0, 3, 2**63, 2**31 - 1], np.uint64)
+    a, b = gm.array(s, backend=backend), gm.array(u, backend=backend)
+    assert_same(op(a, b), op(s, u))
+    assert_same(op(b, a), op(u, s))
+    assert_same(op(a[:2, None], b), op(s[:2, None], u))     # broadcast
+
+
+@pytest.mark.parametrize("op", COMPARISONS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("dtype", ["uint8", "int32", "uint32", "int64", "uint64", "bool"])
+def test_comparisons_with_python_ints_out_of_range(backend, op, dtype):
+    # NumPy compares a Python int that the Array's dtype cannot hold exactly (every element
+    # is on one side of it) rather than refusing it
+    compared = 0
+    for x in (np.array([0, 1, 3, 1], np.int64).astype(dtype), np.zeros((0, 2), dtype)):
+        a = gm.array(x, backend=backend)
+        for number in (-1, -300, 2**32, 2**63, 2**64, -2**63 - 1, 2**70):
+            try:
+                expected = op(x, number)
+            except OverflowError:     # NumPy refuses a few (bool against 2**64 and beyond)
+                continue
+            assert_same(op(a, number), expected)
+            assert_same(op(number, a), op(number, x))
+            compared += 1
+    assert compared >= 6
+
 def test_logical_operators(backend):
     x = data((5, 4), "bool", 1)
     y = data((4,), "bool", 2)
