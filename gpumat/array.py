@@ -412,8 +412,11 @@ class Array:
 # =============================================================================================
 
 def from_numpy(x, backend):
-    """Upload NumPy array ``x`` (a supported dtype) to ``backend`` (an instance)."""
+    """Upload NumPy array ``x`` (a supported dtype, in either byte order) to ``backend`` (an
+    instance)."""
     _dtypes.normalize(x.dtype)
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
     _check_backend_dtype(backend, x.dtype)
     return Array._wrap(backend, backend.from_numpy(np.asarray(x, order="C")))
 

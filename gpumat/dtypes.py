@@ -29,6 +29,8 @@ def normalize(dtype, *, allow_none=False):
         dt = np.dtype(dtype)
     except TypeError:
         raise DtypeError(f"unknown dtype {dtype!r}") from None
+    if not dt.isnative:
+        dt = dt.newbyteorder("=")      # '>f4' holds float32 values: Arrays keep them natively
     if dt not in SUPPORTED:
         names = ", ".join(str(t) for t in SUPPORTED)
         raise DtypeError(f"dtype {dt} is not supported by gpumat (supported: {names}; "

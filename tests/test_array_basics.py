@@ -143,6 +143,24 @@ def test_save_load_bit_exact(backend, tmp_path, dtype):
     assert b.backend == backend and b.gather().tobytes() == x.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d not in ("bool", "uint8")])
+def test_big_endian_data_keeps_its_values(backend, tmp_path, dtype):
+    # files and buffers written big-endian (network order, FITS, .npy from other machines)
+    # hold the same values: Arrays take them and keep them in native order
+    x = host_data((3, 5), dtype)
+    swapped = x.astype(x.dtype.newbyteorder(">" if np.little_endian else "<"))
+    path = tmp_path / "swapped.npy"
+    np.save(path, swapped)
+    for a in (gm.array(swapped, backend=backend), gm.load(path, backend=backend)):
+        assert a.dtype == x.dtype and a.gather().dtype.isnative
+        assert a.gather().tobytes() == x.tobytes()
+    b = gm.zeros(3, 5, dtype=swapped.dtype, backend=backend)
+    assert b.dtype == x.dtype
+    b[1:] = swapped[1:]
+    assert b.gather()[1:].tobytes() == x[1:].tobytes()
+    assert_same(gm.array(x, backend=backend) + swapped, x + swapped)
+
+
 def test_save_keeps_the_given_file_name(backend, tmp_path):
     path = tmp_path / "weights.bin"
     gm.save(path, gm.ones(2, backend=backend))
