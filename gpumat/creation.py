@@ -95,7 +95,12 @@ def _random_array(kind, shape, dtype, backend, low=0, span=1):
     shape = _shape_args(shape)
     n = int(np.prod(shape, dtype=np.int64))
     key, counter = _random.GLOBAL.take(n)
-    return Array._wrap(target, target.random(kind, shape, dtype, key, counter, low, span))
+    try:
+        native = target.random(kind, shape, dtype, key, counter, low, span)
+    except BaseException:
+        _random.GLOBAL.give_back(key, counter, n)
+        raise
+    return Array._wrap(target, native)
 
 
 def rand(*shape, dtype="single", backend=None):

@@ -82,6 +82,15 @@ class Generator:
             self.counter += int(n)
             return self.key, start
 
+    def give_back(self, key, start, n):
+        """Undo ``take(n)`` that returned (key, start) and whose numbers were never made (the
+        draw failed: out of memory, a bad argument found late), so that a failed call leaves
+        the stream where it was. Nothing happens if the generator was reseeded or drew again
+        since: the stream then went on without those numbers."""
+        with self._lock:
+            if self.key == key and self.counter == start + int(n):
+                self.counter = start
+
     def get_state(self):
         return {"seed": self._seed, "counter": self.counter}
 

@@ -56,6 +56,26 @@ def test_seed_makes_draws_repeatable_and_streams_advance(backend):
     assert np.array_equal(np.concatenate([a, b]), c)
 
 
+def test_a_failed_draw_leaves_the_stream_where_it_was(backend):
+    # an allocation the device refuses must not use up 2**40 numbers of the stream: the next
+    # draw is the one that would have come without the failed call
+    gm.seed(7)
+    expected = gm.rand(10, backend=backend).gather()
+    gm.seed(7)
+    with pytest.raises(MemoryError):
+        gm.randn(2**20, 2**20, backend=backend)
+    assert np.array_equal(gm.rand(10, backend=backend).gather(), expected)
+    # give_back undoes only the latest draw of the same stream
+    generator = grandom.Generator(3)
+    key, start = generator.take(5)
+    generator.take(2)
+    generator.give_back(key, start, 5)
+    assert generator.counter == 7
+    generator.seed(4)
+    generator.give_back(key, 7, 0)
+    assert generator.counter == 0 and generator.key != key
+
+
 def test_randi_arguments(backend):
     assert gm.randi(6, 3, 4, backend=backend).shape == (3, 4)
     r = gm.randi(6, 1000, dtype="uint8", backend=backend)
