@@ -129,6 +129,14 @@
 #define XNOR_CAT_(a, b) a##b
 #define XNOR_CAT(a, b) XNOR_CAT_(a, b)
 #define XNOR_UNROLL _Pragma("unroll")
+/* xnor_conv2d's loops over a work-item's XNOR_PB pixels: unrolled where a work-item holds
+ * one filter per vector (GPUs), so that its per-pixel arrays (corners, totals, K) are
+ * indexed by constants and live in registers, not in a stack frame in local memory */
+#if XNOR_VW == 1
+  #define XNOR_PIXEL_UNROLL XNOR_UNROLL
+#else
+  #define XNOR_PIXEL_UNROLL
+#endif
 
 /* The epilogue's float32 products and sums are rounded one by one, never contracted into
  * fused multiply-adds, so that they equal NumPy's float32 ((y * K) * alpha) + bias bit for
@@ -626,6 +634,7 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
     int n = p_first / pixels;
     int oh = (p_first - n * pixels) / Wo;
     int ow = p_first - n * pixels - oh * Wo;
+    XNOR_PIXEL_UNROLL
     for (int q = 0; q < XNOR_PB; ++q) {
         live[q] = n < N;
         ih0[q] = oh * sh - ph;
@@ -720,6 +729,7 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
 #endif
         LOCAL_BARRIER;
 
+        XNOR_PIXEL_UNROLL
         for (int q = 0; q < XNOR_PB; ++q) {
             if (!live[q])
                 continue;
@@ -822,6 +832,7 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
      * order and bits; 0 for the pixels past the batch, as a given pixel_scale's */
     float window_k[XNOR_PB];
     const float window_taps = (float)taps;
+    XNOR_PIXEL_UNROLL
     for (int q = 0; q < XNOR_PB; ++q) {
         const int rlo = ih0[q] < 0 ? -ih0[q] : 0;
         const int rhi = H - ih0[q] < kh ? H - ih0[q] : kh;
@@ -887,6 +898,7 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
     for (int v = 0; v < XNOR_NV; ++v) {
         XNOR_FILTER_FACTORS(o0 + v * XNOR_VW);
         int ys[XNOR_PB][XNOR_VW];
+        XNOR_PIXEL_UNROLL
         for (int q = 0; q < XNOR_PB; ++q) {
             xnor_ints y = XNOR_INTS(base[q]) - 2 * XNOR_AS_INTS(total[q][v]);
             if (out_float)
@@ -895,7 +907,11 @@ XNOR_KERNEL(XNOR_WG) xnor_conv2d(GLOBAL const u32* RESTRICT x, GLOBAL const u32*
         }
         const int o_first = o0 + v * XNOR_VW;
         const int lanes = O - o_first < XNOR_VW ? O - o_first : XNOR_VW;
-        for (int l = 0; l < lanes; ++l) {
+        XNOR_PIXEL_UNROLL
+        for (int l = 0; l < XNOR_VW; ++l) {
+            if (l >= lanes)
+                break;
+            XNOR_PIXEL_UNROLL
             for (int q = 0; q < XNOR_PB; ++q) {
                 if (live[q]) {
                     const i64 at = o_base[q] + (i64)(o_first + l) * out_so;
