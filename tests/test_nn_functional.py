@@ -257,6 +257,26 @@ def test_cross_entropy_is_stable_for_huge_logits(backend):
     np.testing.assert_allclose(loss.item(), (0 + 6e4) / 2, rtol=1e-6)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_losses_with_classes_masked_by_minus_inf(backend, smoothing):
+    # masking classes with a -inf logit is common: a masked class that is not the target
+    # leaves the loss finite (torch), a NaN logit makes its row NaN, a masked target gives inf
+    x = np.array([[0.0, -np.inf, 1, 2, 3], [1, 2, -np.inf, -np.inf, 0],
+                  [np.nan, 0, 0, 0, 0], [-np.inf, 0, 0, 0, 1]], np.float32)
+    target = np.array([0, 4, 1, 0])
+    tx, tt = torch.tensor(x), torch.tensor(target)
+    for reduction in ("none", "sum"):
+        got = F.cross_entropy(gm.array(x, backend=backend), target, smoothing, reduction)
+        expected = torch.nn.functional.cross_entropy(tx, tt, reduction=reduction,
+                                                     label_smoothing=smoothing).numpy()
+        np.testing.assert_allclose(got.gather(), expected, rtol=1e-6)
+        got = F.nll_loss(gm.array(x, backend=backend), target, reduction)
+        expected = torch.nn.functional.nll_loss(tx, tt, reduction=reduction).numpy()
+        np.testing.assert_allclose(got.gather(), expected, rtol=1e-6)
+    finite = F.cross_entropy(gm.array(x[:2], backend=backend), target[:2], smoothing)
+    assert np.isfinite(finite.item()) == (smoothing == 0.0)
+
+
 def test_nll_and_mse(backend):
     logp = np.log(RNG.dirichlet(np.ones(4), size=6))
     target = RNG.integers(0, 4, 6)

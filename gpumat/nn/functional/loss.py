@@ -31,6 +31,13 @@ def _targets(target, logits, what):
     return t
 
 
+def _weighted_sum(q, log_p):
+    """sum_c q_c log_p_c per row, where the classes of weight 0 add exactly 0: a class masked
+    with a -inf logit (log_p -inf) that is not the target must not make the row NaN (0 * -inf),
+    as it does not in torch."""
+    return gm.where(q != 0, q * log_p, 0).sum(axis=1)
+
+
 def one_hot(target, num_classes, dtype="single"):
     """An N x num_classes matrix with 1 at (i, target[i])."""
     t = target.data if isinstance(target, Variable) else target
@@ -51,7 +58,7 @@ class CrossEntropy(Function):
         q = one_hot(self.target, classes, logits.dtype)
         if self.smoothing:
             q = q * (1 - self.smoothing) + self.smoothing / classes
-        per_sample = -(q * log_p).sum(axis=1)
+        per_sample = -_weighted_sum(q, log_p)
         if self.recording:
             self.log_p, self.q = log_p, q
         if self.reduction == "none":
@@ -94,7 +101,7 @@ class NLLLoss(Function):
 
     def forward(self, log_p):
         self.q = one_hot(self.target, log_p.shape[1], log_p.dtype)
-        per_sample = -(self.q * log_p).sum(axis=1)
+        per_sample = -_weighted_sum(self.q, log_p)
         if self.reduction == "none":
             return per_sample
         total = per_sample.sum()
