@@ -77,6 +77,71 @@ def test_state_dict_resumes_exactly(backend, kind):
     np.testing.assert_array_equal(resumed[0].gather(), straight[0].gather())
 
 
+TORCH_STATES = {
+    "sgd-momentum": (lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+                     lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9)),
+    "sgd": (lambda ps: torch.optim.SGD(ps, lr=0.05),                 # momentum_buffer None
+            lambda ps: optim.SGD(ps, lr=0.05)),
+    "adam": (lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-2),
+             lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-2)),
+    # made as plain Adam here: the loaded state's decoupled_weight_decay makes it AdamW
+    "adamw": (lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+              lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=0.1)),
+}
+
+
+@pytest.mark.parametrize("kind", list(TORCH_STATES))
+def test_a_torch_optimizer_state_goes_on_as_torch_would(backend, kind):
+    # the layout is torch's: its state_dict (step as a 0-d float tensor, buffers that are
+    # None, keys of its own) loads, and the next steps follow torch's trajectory
+    make_theirs, make_ours = TORCH_STATES[kind]
+    start = RNG.standard_normal(5).astype(np.float32)
+    grads = [RNG.standard_normal(5).astype(np.float32) for _ in range(6)]
+    pt = torch.tensor(start, requires_grad=True)
+    topt = make_theirs([pt])
+    for g in grads[:3]:
+        pt.grad = torch.tensor(g)
+        topt.step()
+    saved = topt.state_dict()
+    saved = {"param_groups": saved["param_groups"],
+             "state": {i: {k: v.numpy() if isinstance(v, torch.Tensor) else v
+                           for k, v in s.items()} for i, s in saved["state"].items()}}
+    p = nn.Parameter(gm.array(pt.detach().numpy(), backend=backend))
+    opt = make_ours([p])
+    opt.load_state_dict(saved)
+    for g in grads[3:]:
+        p.grad, pt.grad = gm.array(g, backend=backend), torch.tensor(g)
+        opt.step()
+        topt.step()
+    np.testing.assert_allclose(p.gather(), pt.detach().numpy(), rtol=1e-5, atol=1e-6)
+    if kind.startswith("adam"):
+        assert opt.state[p]["step"] == 6 and type(opt.state[p]["step"]) is int
+
+
+def test_optimizer_hyper_parameters_are_checked(backend):
+    p = nn.Parameter(gm.ones(2, backend=backend))
+    for bad in (dict(eps=-1.0), dict(weight_decay=-0.5), dict(lr=float("nan")),
+                dict(eps=float("nan"))):
+        with pytest.raises(ValueError, match="Adam"):
+            optim.Adam([p], **bad)
+    with pytest.raises(ValueError, match="SGD"):
+        optim.SGD([p], lr=0.1, momentum=float("nan"))
+    pt = torch.tensor([1.0, 2.0], requires_grad=True)
+    saved = torch.optim.Adam([pt], amsgrad=True).state_dict()
+    opt = optim.Adam([p])
+    with pytest.raises(ValueError, match="amsgrad"):
+        opt.load_state_dict(saved)
+    saved = torch.optim.Adam([pt]).state_dict()
+    saved["param_groups"][0]["eps"] = -1.0
+    with pytest.raises(ValueError, match="eps"):
+        opt.load_state_dict(saved)
+    assert opt.param_groups[0]["eps"] == 1e-8           # a refused state changes nothing
+    saved = {"state": {0: {"step": 2.5}}, "param_groups": torch.optim.Adam([pt]).state_dict()[
+        "param_groups"]}
+    with pytest.raises(ValueError, match="whole number"):
+        opt.load_state_dict(saved)
+
+
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
 def test_state_follows_a_model_moved_to_another_backend(backend, kind):
     """model.to(other) between steps: the optimizer moves its state Arrays along and goes on

@@ -52,7 +52,7 @@ class Optimizer:
         self.state = {}
 
     def _check(self, group):
-        if group["lr"] < 0:
+        if not group["lr"] >= 0:       # NaN too
             raise ValueError(f"{type(self).__name__}: invalid learning rate {group['lr']}")
 
     def zero_grad(self):
@@ -97,13 +97,44 @@ class Optimizer:
                              f"groups of sizes {[len(g['params']) for g in groups]}, this "
                              f"optimizer {[len(g['params']) for g in self.param_groups]}")
         by_index = {i: p for p, i in self._indices().items()}
-        for group, saved in zip(self.param_groups, groups):
-            group.update({k: v for k, v in saved.items() if k != "params"})
-        self.state = {}
+        name = type(self).__name__
+        loaded = []           # checked whole before anything changes: a refused state
+        for group, saved in zip(self.param_groups, groups):      # leaves this one as it was
+            for key in _TORCH_UNSUPPORTED:
+                if saved.get(key):
+                    raise ValueError(f"{name}.load_state_dict: the saved state uses torch's "
+                                     f"{key}=True, which gpumat's {name} does not implement")
+            group = dict(group, **{_TORCH_NAMES.get(k, k): v for k, v in saved.items()
+                                   if k != "params" and k not in _TORCH_ONLY + _TORCH_UNSUPPORTED})
+            self._check(group)
+            loaded.append(group)
+        state = {}
         for i, buffers in state_dict["state"].items():
             p = by_index[int(i)]
-            self.state[p] = {k: _like(v, p) for k, v in buffers.items()}
-            outlive_scopes(self.state[p])
+            state[p] = {k: _step(v, name) if k == "step" else _like(v, p)
+                        for k, v in buffers.items() if v is not None}
+        for group, new in zip(self.param_groups, loaded):
+            group.update(new)       # the same dicts: schedules hold them
+        self.state = state
+        for buffers in state.values():
+            outlive_scopes(buffers)
+
+
+# torch's optimizer state_dicts (their layout is this module's) hold a few more group keys:
+# how torch runs the step, which says nothing of the values; names of its own; and options
+# gpumat lacks, refused where set rather than silently dropped
+_TORCH_ONLY = ("foreach", "fused", "differentiable", "capturable")
+_TORCH_NAMES = {"decoupled_weight_decay": "decoupled"}
+_TORCH_UNSUPPORTED = ("amsgrad", "maximize")
+
+
+def _step(value, name):
+    """A saved step count as an int (torch keeps it as a 0-d float tensor)."""
+    number = value.item() if hasattr(value, "item") else value
+    if isinstance(number, bool) or not float(number).is_integer() or number < 0:
+        raise ValueError(f"{name}.load_state_dict: a saved step count must be a whole number "
+                         f">= 0, got {value!r}")
+    return int(number)
 
 
 def _like(value, p):
@@ -127,7 +158,7 @@ class SGD(Optimizer):
 
     def _check(self, group):
         super()._check(group)
-        if group["momentum"] < 0 or group["weight_decay"] < 0:
+        if not group["momentum"] >= 0 or not group["weight_decay"] >= 0:
             raise ValueError(f"SGD: momentum and weight_decay must be non-negative, got "
                              f"{group['momentum']} and {group['weight_decay']}")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
@@ -159,6 +190,9 @@ class Adam(Optimizer):
         b1, b2 = group["betas"]
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"Adam: betas must be in [0, 1), got {group['betas']}")
+        if not group["eps"] >= 0 or not group["weight_decay"] >= 0:
+            raise ValueError(f"Adam: eps and weight_decay must be non-negative, got "
+                             f"{group['eps']} and {group['weight_decay']}")
 
     def _update(self, p, grad, state, group):
         if "exp_avg" not in state:
