@@ -192,6 +192,23 @@ def test_special_values(backend):
                                atol=1e-40)   # sigmoid(-100) is a float32 denormal
 
 
+@pytest.mark.parametrize("dtype, one_from", [("float32", np.float32(9.010914)),
+                                             ("float64", np.float64(19.061547465398498))])
+def test_tanh_saturates_exactly(backend, dtype, one_from):
+    # from the first |x| whose tanh rounds to 1 (one_from: 1 - tanh(x) below half an ulp of
+    # 1) on, tanh is exactly +-1 on every backend, so that a saturated unit's derivative
+    # 1 - y * y is 0; PoCL's built-in stays 1 ulp short of 1 there
+    x = np.concatenate([np.linspace(one_from, 4 * one_from, 1001),
+                        [30, 1e30, np.finfo(dtype).max, np.inf]]).astype(dtype)
+    x = np.concatenate([x, -x])
+    got = gm.tanh(gm.array(x, backend=backend)).gather()
+    if backend == "opencl":     # cpu (NumPy) and torch follow their libm a few ulps later
+        np.testing.assert_array_equal(got, np.sign(x))
+    np.testing.assert_array_equal(got[np.abs(x) >= 20], np.sign(x[np.abs(x) >= 20]))
+    below = np.nextafter(np.array([one_from, 1.0, 0.5], dtype), 0)
+    assert_same(gm.tanh(gm.array(below, backend=backend)), np.tanh(below), rtol=2e-7)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "int32", "float64"])
 def test_maximum_minimum_clip(backend, dtype):
     x = data((8, 9), dtype, 5)

@@ -178,7 +178,7 @@ def _kernel(self, key, op, out_dtype, tc, inputs, ndim, index32, mode):
     defines = {
         f"FAMILY_{_family(op)}": 1, "NIN": len(inputs), "NDIM": ndim,
         "TOUT": self.cl_type(out_dtype), "TC": tc_type,
-        "UTC": _UNSIGNED_TYPE[tc_type], "TC_KIND": _KIND_CODE[tc.kind],
+        "UTC": _UNSIGNED_TYPE[tc_type], "TC_KIND": _KIND_CODE[tc.kind], "TC_BYTES": tc.itemsize,
         "CVTOUT_TC": _conversion(tc, out_dtype), "CVTOUT_BOOL": _conversion(_BOOL, out_dtype),
     }
     if index32:

@@ -16,6 +16,7 @@
  *   TC, UTC        compute type and its unsigned counterpart (integers wrap through UTC,
  *                  never through signed overflow, which is undefined in C)
  *   TC_KIND        0 bool, 1 unsigned, 2 signed, 3 float (the compute type's kind)
+ *   TC_BYTES       the compute type's size in bytes (8 selects double-precision constants)
  *   FAMILY_<name>  which kernels the program holds: unary (every 1-input op, copy
  *                  included), binary (every 2-input op), where, clip, arange, index_axpy,
  *                  transpose (the tiled copy below)
@@ -123,6 +124,20 @@ INLINE TC nan_maximum(TC a, TC b) { return (a >= b || isnan(a)) ? a : b; }
 INLINE TC nan_minimum(TC a, TC b) { return (a <= b || isnan(a)) ? a : b; }
 
 /* exp of -|x| never overflows; the two branches are the two stable forms */
+/* tanh, exactly +-1 from the first |x| whose tanh rounds there (9.010914 in single,
+ * 19.061547465398498 in double precision): the built-in may stay 1 ulp short of it (PoCL's
+ * does), and a saturated unit's derivative 1 - y * y must then be 0, as on the other
+ * backends, not 1.2e-7 */
+#if TC_BYTES == 8
+  #define TANH_ONE_FROM 0x1.30fc1931f09cap+4
+#else
+  #define TANH_ONE_FROM 0x1.205968p+3f
+#endif
+INLINE TC saturating_tanh(TC x)
+{
+    return fabs(x) >= TANH_ONE_FROM ? copysign((TC)1, x) : tanh(x);
+}
+
 INLINE TC stable_sigmoid(TC x)
 {
     TC e = exp(-fabs(x));
@@ -296,7 +311,7 @@ INLINE TC clip_value(TC x, TC lo, TC hi) { return nan_minimum(nan_maximum(x, lo)
   #define OPDEF_exp(a, b, c) exp(a)
   #define OPDEF_log(a, b, c) log(a)
   #define OPDEF_sqrt(a, b, c) sqrt(a)
-  #define OPDEF_tanh(a, b, c) tanh(a)
+  #define OPDEF_tanh(a, b, c) saturating_tanh(a)
   #define OPDEF_sin(a, b, c) sin(a)
   #define OPDEF_cos(a, b, c) cos(a)
   #define OPDEF_log1p(a, b, c) log1p(a)
