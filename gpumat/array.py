@@ -376,6 +376,14 @@ class Array:
 
     # ---- indexing ---------------------------------------------------------------------------
     def __getitem__(self, key):
+        key, holds, (placed, axis), _ = _scalar_mask(self, key)
+        if holds is not None:
+            out = self[key]          # the mask as a new axis of length 1 ...
+            if placed != axis:
+                order = [d for d in range(out.ndim) if d != placed]
+                out = out.permute(order[:axis] + [placed] + order[axis:])
+            # ... or 0 where it does not hold
+            return out if holds else out[(slice(None),) * axis + (slice(0, 0),)]
         backend = self._backend
         flat = _single_full_mask(self, key)
         if flat is not None:
@@ -389,6 +397,21 @@ class Array:
         return Array._wrap(backend, backend.getitem(self._live, natives))
 
     def __setitem__(self, key, value):
+        key, holds, (placed, axis), rest = _scalar_mask(self, key)
+        if holds is not None:
+            # the mask is a new axis of length 1 where it holds, 0 where not: a value that
+            # cannot go there is refused even where nothing is written
+            target = list(_normalize_key(self, key)[1]())
+            target.insert(axis, target.pop(placed))
+            if not holds:
+                target[axis] = 0
+            v = _setitem_value(self, value, target)
+            if holds:
+                at = axis - (len(target) - np.ndim(v))     # the new axis in the value
+                if at >= 0:
+                    v = v.reshape(v.shape[:at] + v.shape[at + 1:])
+                self[rest] = v
+            return
         backend = self._backend
         flat = _single_full_mask(self, key)
         if flat is not None:
@@ -760,6 +783,49 @@ def matmul(a, b):
 
 # ---- indexing -------------------------------------------------------------------------------
 
+def _is_scalar_mask(k):
+    return ((isinstance(k, Array) or (isinstance(k, np.ndarray)))
+            and k.ndim == 0 and k.dtype == np.bool_)
+
+
+def _scalar_mask(a, key):
+    """NumPy's 0-d logical index (``s[s > 100] = 0`` on a 0-d Array): a new axis of length 1
+    where it holds and 0 where it does not.  Returns (the key with it as None, None (no such
+    index) or whether it holds, the new axis's place in the result, the key without it)."""
+    entries = key if isinstance(key, tuple) else (key,)
+    found = [i for i, k in enumerate(entries) if _is_scalar_mask(k)]
+    if not found:
+        return key, None, (None, None), key
+    if len(found) > 1 or any(_is_index_array(k) for i, k in enumerate(entries)
+                             if i not in found):
+        raise IndexError("a 0-d logical index can only be combined with integers, slices, "
+                         "None and ...")
+    i = found[0]
+    mask = entries[i]
+    if isinstance(mask, Array) and mask._backend is not a._backend:
+        raise BackendMismatchError(f"indexing: the mask lives on {mask.backend!r} and the "
+                                   f"Array on {a.backend!r}")
+    holds = bool(mask.item())
+    with_axis = entries[:i] + (None,) + entries[i + 1:]
+    # its place in the result, by NumPy's rule for advanced indices (the mask, and the
+    # integers along with it): where the first of them stands if they are side by side,
+    # else first
+    consumed = sum(1 for k in entries if k is not None and k is not Ellipsis and k is not mask)
+    expanded = []
+    for k in entries:
+        expanded.extend([slice(None)] * (a.ndim - consumed) if k is Ellipsis else [k])
+    advanced = [j for j, k in enumerate(expanded)
+                if k is mask or isinstance(k, numbers.Integral)]
+    def made_by(keys):
+        return sum(1 for k in keys if k is None or isinstance(k, slice))
+    axis = 0
+    if advanced[-1] - advanced[0] == len(advanced) - 1:
+        axis = made_by(expanded[:advanced[0]])
+    # and where the None in its stead puts it
+    placed = made_by(expanded[:next(j for j, k in enumerate(expanded) if k is mask)])
+    return with_axis, holds, (placed, axis), entries[:i] + entries[i + 1:]
+
+
 def _single_full_mask(a, key):
     """For ``A[mask]`` with a logical mask of A's shape: the int64 flat indices, else None."""
     if isinstance(key, tuple):
@@ -902,8 +968,17 @@ def _setitem_value(a, value, target_shape):
                                        f"the Array on {a.backend!r}")
         v = value
     elif isinstance(value, _PYTHON_SCALARS) or (isinstance(value, np.generic) and np.ndim(value) == 0):
+        dtype = np.dtype(a.dtype)
         try:
-            return np.dtype(a.dtype).type(value).item()
+            if dtype.kind in "iu" and not isinstance(value, (bool, np.bool_)):
+                # the number itself (a NumPy scalar's C cast would wrap 2**40 + 5 to 5 in
+                # int32), truncated toward zero as the conversion does, must fit
+                number = value.item() if isinstance(value, np.generic) else value
+                number = int(number)
+                info = np.iinfo(dtype)
+                if not info.min <= number <= info.max:
+                    raise OverflowError(f"{number} is out of bounds for {dtype}")
+            return dtype.type(value).item()
         except (OverflowError, ValueError) as exc:
             raise OverflowError(f"assignment: {value!r} does not fit the Array's dtype "
                                 f"{a.dtype}: {exc}") from None
@@ -914,6 +989,9 @@ def _setitem_value(a, value, target_shape):
         if x.dtype not in _dtypes.SUPPORTED:
             x = x.astype(a.dtype)
         v = from_numpy(x, a._backend)
+    extra = v.ndim - len(target_shape)
+    if extra > 0 and all(n == 1 for n in v.shape[:extra]):
+        v = v.reshape(v.shape[extra:])      # A(1, :) = row: leading 1s go, as in NumPy
     try:
         ok = np.broadcast_shapes(v.shape, target_shape) == tuple(target_shape)
     except ValueError:

@@ -105,6 +105,71 @@ def test_setitem_casts_and_checks(backend):
         gm.zeros(2, dtype="uint8", backend=backend)[0] = -1
 
 
+def test_setitem_refuses_numbers_that_do_not_fit(backend):
+    # a NumPy scalar's own conversion would wrap (2**40 + 5 -> 5 in int32) without a word
+    a = gm.zeros(3, dtype="int32", backend=backend)
+    for number in (np.int64(2**40 + 5), np.uint64(2**64 - 1), np.float64(1e20), float("nan"),
+                   np.float32(-3e9)):
+        with pytest.raises(OverflowError, match="int32"):
+            a[0] = number
+    a[0], a[1], a[2] = np.int64(-7), np.float32(2.7), np.uint64(2**31 - 1)
+    assert_same(a, np.array([-7, 2, 2**31 - 1], np.int32))
+
+
+def test_setitem_drops_a_values_leading_ones(backend):
+    # A(1, :) = row with a 1 x n row, and a value with more leading 1s, as NumPy takes them
+    x = np.zeros((3, 4), np.float32)
+    a = gm.array(x, backend=backend)
+    a[0] = gm.ones(1, 4, backend=backend)
+    a[1:] = np.full((1, 1, 2, 4), 2, np.float32)
+    x[0], x[1:] = np.ones((1, 4)), np.full((1, 1, 2, 4), 2)
+    assert_same(a, x)
+    with pytest.raises(ValueError, match=r"shape \(2, 4\) into the indexed shape \(4,\)"):
+        a[0] = np.ones((2, 4), np.float32)
+
+
+SCALAR_MASK_KEYS = [(), (0,), (Ellipsis,), (slice(None), 1), (1, Ellipsis), (None, 0),
+                    (slice(1, 3), None, slice(None))]
+
+
+@pytest.mark.parametrize("holds", [True, False])
+@pytest.mark.parametrize("where", [0, 1, 2])
+@pytest.mark.parametrize("others", SCALAR_MASK_KEYS, ids=str)
+def test_zero_d_logical_index(backend, holds, where, others):
+    # NumPy's 0-d logical index: a new axis of length 1 (holds) or 0, placed by the
+    # advanced-index rule (after the integers next to it, else first); in assignment, a
+    # write everywhere the rest of the key says, or nowhere
+    where = min(where, len(others))
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for mask in (np.array(holds), gm.array(np.array(holds), backend=backend)):
+        key = others[:where] + (mask,) + others[where:]
+        numpy_key = others[:where] + (np.array(holds),) + others[where:]
+        expected = x[numpy_key]
+        a = gm.array(x, backend=backend)
+        assert_same(a[key], expected)
+        y = x.copy()
+        value = np.arange(expected.size, dtype=np.float32).reshape(expected.shape) - 100
+        y[numpy_key] = value
+        a[key] = value
+        assert_same(a, y)
+        a[key] = -1
+        y[numpy_key] = -1
+        assert_same(a, y)
+
+
+def test_zero_d_logical_index_on_a_scalar(backend):
+    s = gm.sum(gm.array([1.0, 2.0], backend=backend))
+    s[s > 100] = 0                      # did write: the mask was dropped
+    assert s.item() == 3.0
+    assert s[s > 100].shape == (0,) and s[s > 1].shape == (1,)
+    s[s > 1] = 7
+    assert s.item() == 7.0
+    with pytest.raises(ValueError, match="broadcast"):
+        s[s > 100] = np.ones(3, np.float32)     # refused even where nothing is written
+    with pytest.raises(IndexError, match="0-d logical index"):
+        gm.zeros(3, backend=backend)[np.array(True), [0, 1]]
+
+
 def test_setitem_copy_on_write(backend):
     a = gm.array(X, backend=backend)
     b = a.reshape(-1)
