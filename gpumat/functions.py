@@ -170,6 +170,9 @@ def vertcat(*arrays):
 def find(a, n=None):
     """0-based row-major flat indices (int64) of the nonzero elements; the first ``n`` only
     when given.  (MATLAB's find is 1-based and column-major.)"""
+    if n is not None and (isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral)
+                          or n < 1):
+        raise ValueError(f"find: n must be a positive integer (as in MATLAB), got {n!r}")
     a = _as_array(a)
     out = Array._wrap(a._backend, a._backend.flatnonzero(a.reshape(-1)._live))
     if n is not None:
@@ -221,6 +224,12 @@ def allclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False):
     return bool(all(ok))
 
 
+def _require_integers(a, func, what):
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{func}: {what} must be integers, got dtype {a.dtype} (as in NumPy; "
+                        f"round them first)")
+
+
 def sub2ind(shape, *subs):
     """Row-major flat index of 0-based subscripts (numpy.ravel_multi_index); checks bounds."""
     shape = _shape_args((shape,))
@@ -235,6 +244,7 @@ def sub2ind(shape, *subs):
             flat = flat * n + int(s)
             continue
         s = _as_array(s, backend)
+        _require_integers(s, "sub2ind", f"the subscripts of axis {axis}")
         if s.size and (int(min(s).item()) < 0 or int(max(s).item()) >= n):
             raise IndexError(f"sub2ind: subscripts out of range for axis {axis} of size {n}")
         s = s.astype("int64") if s.dtype != np.int64 else s
@@ -252,6 +262,7 @@ def ind2sub(shape, index):
             raise IndexError(f"ind2sub: index {index} is out of range for shape {shape}")
         return tuple(int(v) for v in np.unravel_index(int(index), shape))
     index = _as_array(index)
+    _require_integers(index, "ind2sub", "the indices")
     if index.size and (int(min(index).item()) < 0 or int(max(index).item()) >= total):
         raise IndexError(f"ind2sub: indices out of range for shape {shape}")
     index = index.astype("int64") if index.dtype != np.int64 else index

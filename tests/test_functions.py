@@ -98,6 +98,11 @@ def test_find_sort_any_all(backend):
     assert_same(gm.sort(a, axis=1), np.sort(x, axis=1))
     assert_same(gm.any(a, 0), np.any(x, 0))
     assert_same(gm.all(a > -1), np.all(x > -1))
+    assert_same(gm.find(a, 2), np.flatnonzero(x)[:2])
+    assert_same(gm.find(a, np.int64(10)), np.flatnonzero(x))
+    for n in (0, -1, 2.7, "2", True):      # -1 dropped the last match, 2.7 meant 2
+        with pytest.raises(ValueError, match="positive integer"):
+            gm.find(a, n)
 
 
 def test_isequal_and_allclose(backend):
@@ -146,6 +151,13 @@ def test_sub2ind_ind2sub(backend):
         gm.sub2ind(shape, 3, 0, 0)
     with pytest.raises(IndexError, match="out of range"):
         gm.ind2sub(shape, gm.array([60], backend=backend))
+    # float subscripts are refused, as by NumPy (they were truncated: 1.5 -> 1)
+    with pytest.raises(TypeError, match="sub2ind.*integers, got dtype float32"):
+        gm.sub2ind((3, 4), gm.array([1.5, 2.0], backend=backend), gm.array([0, 1], backend=backend))
+    with pytest.raises(TypeError, match="sub2ind.*axis 0"):
+        gm.sub2ind((3, 4), 2.0, 1)
+    with pytest.raises(TypeError, match="ind2sub.*integers"):
+        gm.ind2sub((3, 4), gm.array([1.5], backend=backend))
 
 
 def test_broadcast_to(backend):
