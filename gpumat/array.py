@@ -255,6 +255,8 @@ class Array:
             shape = tuple(s for s in self.shape if s != 1)
         else:
             axes = {_normalize_axis(a, self.ndim) for a in _as_tuple(axis)}
+            if self.ndim == 0:
+                return self.reshape(())
             for a in axes:
                 if self.shape[a] != 1:
                     raise ShapeError(f"squeeze: axis {a} of shape {self.shape} has size "
@@ -270,8 +272,8 @@ class Array:
         return self.permute(axes)
 
     def permute(self, *order):
-        order = tuple(int(a) for a in (order[0] if len(order) == 1 and
-                                       isinstance(order[0], (tuple, list)) else order))
+        order = tuple(order[0] if len(order) == 1 and isinstance(order[0], (tuple, list))
+                      else order)
         if sorted(_normalize_axis(a, self.ndim) for a in order) != list(range(self.ndim)):
             raise ShapeError(f"permute: order {order} is not a permutation of the "
                              f"{self.ndim} axes of shape {self.shape}")
@@ -517,7 +519,8 @@ def _normalize_axis(axis, ndim):
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"axis must be an integer, got {axis!r}")
     axis = int(axis)
-    if not -ndim <= axis < max(ndim, 1) or (ndim == 0 and axis not in (0, -1)):
+    # a 0-d Array takes axis 0 or -1, as NumPy's reductions do
+    if not (-ndim <= axis < ndim or (ndim == 0 and axis in (0, -1))):
         raise ShapeError(f"axis {axis} is out of bounds for an Array of dimension {ndim}")
     return axis % ndim if ndim else 0
 
@@ -670,6 +673,11 @@ def map_op(op, *values):
         exact = _exact_integer_compare(op, arrays, compute)
         if exact is not None:
             return exact
+    if op == "clip" and compute.kind in "iu":
+        # a bound past the dtype's range clips nothing there: the range's end does the same
+        info = np.iinfo(compute)
+        arrays = [min(max(v, int(info.min)), int(info.max))
+                  if isinstance(v, int) and not isinstance(v, bool) else v for v in arrays]
     shapes = []
     for v in arrays:
         if isinstance(v, Array):
@@ -719,11 +727,19 @@ def _float_dtype(dtype):
     return dtype if _dtypes.is_float(dtype) else np.dtype(np.float64)
 
 
+def _count_along(a, axis):
+    """How many values a reduction over ``axis`` (None: all) of ``a`` combines."""
+    if axis is None:
+        return a.size
+    axis = _normalize_axis(axis, a.ndim)
+    return a.shape[axis] if a.ndim else 1
+
+
 def mean(a, axis=None, keepdims=False):
     a = _as_array(a)
     target = _float_dtype(a.dtype)
     x = a if a.dtype == target else a.astype(target)
-    n = a.size if axis is None else a.shape[_normalize_axis(axis, a.ndim)]
+    n = _count_along(a, axis)
     s = reduce_op("sum", x, axis, keepdims)
     return map_op("divide", s, float(n)) if n else map_op("multiply", s, float("nan"))
 
@@ -733,11 +749,11 @@ def var(a, axis=None, ddof=0, keepdims=False):
     a = _as_array(a)
     target = _float_dtype(a.dtype)
     x = a if a.dtype == target else a.astype(target)
-    n = a.size if axis is None else a.shape[_normalize_axis(axis, a.ndim)]
+    n = _count_along(a, axis)
     d = x - mean(x, axis, keepdims=True)
     s = reduce_op("sum", d * d, axis, keepdims)
-    denom = n - ddof
-    return map_op("divide", s, float(denom)) if denom > 0 else map_op("multiply", s, float("nan"))
+    # NumPy's max(N - ddof, 0): inf for a spread over no degrees of freedom, NaN for none
+    return map_op("divide", s, float(max(n - ddof, 0)))
 
 
 def std(a, axis=None, ddof=0, keepdims=False):
@@ -746,7 +762,8 @@ def std(a, axis=None, ddof=0, keepdims=False):
 
 def cumsum(a, axis=None):
     a = _as_array(a)
-    if axis is None:
+    if axis is None or a.ndim == 0:
+        _normalize_axis(0 if axis is None else axis, a.ndim)
         a = a.reshape(-1)
         axis = 0
     ax = _normalize_axis(axis, a.ndim)

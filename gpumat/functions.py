@@ -155,6 +155,7 @@ def horzcat(*arrays):
     """Side by side (numpy.hstack: axis 1, or axis 0 for vectors)."""
     backend = _backend_of(*arrays)
     arrays = [_as_array(x, backend) if not isinstance(x, Array) else x for x in arrays]
+    arrays = [x.reshape(1) if x.ndim == 0 else x for x in arrays]     # numpy.atleast_1d
     return cat(0 if arrays and arrays[0].ndim == 1 else 1, *arrays)
 
 

@@ -87,6 +87,13 @@ def test_arange(backend, args):
     assert_same(gm.arange(*args, backend=backend), expected)
 
 
+@pytest.mark.parametrize("args", [(2**63, 2**63 + 3), (2**64 - 1, 2**64 - 8, -3), (0, 4),
+                                  (2**63 - 2, 2**63 + 2)])
+def test_arange_uint64_beyond_int64(backend, args):
+    assert_same(gm.arange(*args, dtype="uint64", backend=backend),
+                np.arange(*args, dtype=np.uint64))
+
+
 @pytest.mark.parametrize("a,b,step", [(1, 5, 1), (0, 1, 0.25), (5, 1, -2), (3, 2, 1), (0, 0.3, 0.1)])
 def test_colon_is_inclusive(backend, a, b, step):
     n = int(np.floor((b - a) / step + 1e-10)) + 1

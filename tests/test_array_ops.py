@@ -220,6 +220,27 @@ def test_maximum_minimum_clip(backend, dtype):
     assert_same(gm.clip(a, b, 20), np.clip(x, y, 20))
 
 
+def test_clip_with_bounds_past_the_dtype(backend):
+    # a bound the dtype cannot hold clips nothing on its side (np.clip takes these too)
+    x = np.array([1, -3, 7, 2**31 - 1], np.int32)
+    a = gm.array(x, backend=backend)
+    assert_same(gm.clip(a, -10**10, 10**10), x)
+    assert_same(gm.clip(a, 0, 10**10), np.clip(x, 0, 2**31 - 1))
+    assert_same(gm.clip(a, -10**10, 2), np.clip(x, -2**31, 2))
+    u = np.array([1, 200], np.uint8)
+    assert_same(gm.clip(gm.array(u, backend=backend), -5, 100), np.clip(u, 0, 100))
+
+
+def test_permute_axes_must_be_integers(backend):
+    a = gm.zeros(2, 3, 4, backend=backend)
+    assert a.permute(np.int64(2), 0, 1).shape == (4, 2, 3)
+    for order in ((2.9, 0.1, 1.5), (True, False, 2), ("210",)):
+        with pytest.raises(TypeError, match="axis must be an integer"):
+            a.permute(*order)
+    with pytest.raises(TypeError, match="axis must be an integer"):
+        gm.permute(a, [2.0, 0, 1])
+
+
 def test_nan_propagates_in_maximum_and_clip(backend):
     x = np.array([np.nan, 1.0, 5.0], np.float32)
     a = gm.array(x, backend=backend)

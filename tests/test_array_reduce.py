@@ -1,4 +1,6 @@
 """Reductions, scans, sort, find and matmul against NumPy (float64 where precision matters)."""
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -98,6 +100,37 @@ def test_empty_reductions(backend):
         gm.max(a)
     with pytest.raises(ValueError, match="empty"):
         gm.argmin(a, axis=0)
+
+
+def test_zero_d_arrays_take_axis_0_and_minus_1(backend):
+    # as NumPy's reductions take them (and cumsum, squeeze); mean and var follow sum
+    x = np.array(2.5, np.float32)
+    z = gm.array(x, backend=backend)
+    for axis in (0, -1):
+        for name in ("sum", "max", "min", "argmax", "any", "all", "cumsum", "prod"):
+            assert_same(getattr(gm, name)(z, axis=axis), getattr(np, name)(x, axis=axis))
+        assert_same(gm.mean(z, axis=axis), x)
+        assert_same(gm.var(z, axis=axis), np.float32(0))
+        assert z.squeeze(axis).shape == ()
+    for bad in (1, -2):
+        with pytest.raises(ValueError, match=f"axis {bad} is out of bounds"):
+            gm.sum(z, axis=bad)
+        with pytest.raises(ValueError, match=f"axis {bad} is out of bounds"):
+            gm.cumsum(z, axis=bad)
+
+
+def test_variance_over_no_degrees_of_freedom(backend):
+    # NumPy divides by max(N - ddof, 0): a spread over nothing is inf, no spread NaN
+    x = np.array([1.0, 4.0, 2.0, 8.0, 5.0], np.float32)
+    a = gm.array(x, backend=backend)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for ddof in (4, 5, 7):
+            assert_same(gm.var(a, ddof=ddof), np.var(x, ddof=ddof))
+            assert_same(gm.std(a, ddof=ddof), np.std(x, ddof=ddof))
+        ones = np.ones((2, 3), np.float32)
+        assert_same(gm.var(gm.array(ones, backend=backend), axis=1, ddof=3),
+                    np.var(ones, axis=1, ddof=3))
 
 
 @pytest.mark.parametrize("dtype", ["bool", "uint8", "int32", "int64", "float32", "float64"])

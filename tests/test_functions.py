@@ -91,6 +91,15 @@ def test_cat_horzcat_vertcat(backend):
         gm.cat(1, ga, gb)
 
 
+def test_horzcat_of_scalars(backend):
+    # numpy.hstack makes 0-d inputs 1-d first, as vertcat already did
+    one, two = gm.array(1.0, backend=backend), gm.array(2.0, backend=backend)
+    assert_same(gm.horzcat(one, two), np.hstack([np.float32(1), np.float32(2)]))
+    assert_same(gm.horzcat(one, gm.array([2.0, 3.0], backend=backend)),
+                np.array([1, 2, 3], np.float32))
+
+
+
 def test_find_sort_any_all(backend):
     x = np.array([[0, 3, 0], [2, 0, 1]], np.int32)
     a = gm.array(x, backend=backend)

@@ -60,6 +60,11 @@ class ArrayModuleBackend(Backend):
     def arange(self, start, step, n, dtype):
         xp = self.xp
         wide = np.float64 if np.dtype(dtype).kind in "fb" else np.int64
+        if np.dtype(dtype) == np.uint64:
+            # start may be past int64; uint64 arithmetic wraps modulo 2**64, so a negative
+            # step is its complement
+            wide = np.uint64
+            start, step = np.uint64(int(start) % 2**64), np.uint64(int(step) % 2**64)
         return self._new(lambda: (start + step * xp.arange(n, dtype=wide)).astype(dtype),
                          (n,), dtype)
 
