@@ -241,6 +241,43 @@ def test_tuning_lookup_fallbacks(tmp_path, monkeypatch):
     assert "tuned" not in tuning.lookup("x", "cpu", (), "cpu")[1]
 
 
+UNUSABLE_TUNINGS = [
+    (dict(KWI=0), "KWI = 0 is outside 1..64"),                  # the K loop never ended
+    (dict(USE_LOCAL=1, KWG=0, WGM=2, WGN=2), "KWG = 0"),        # nor did the stage loop
+    (dict(USE_LOCAL=1, KWG=4096, WGN=16, NWI=4), "local memory"),   # PoCL aborted
+    (dict(MWI=0), "MWI = 0"), (dict(MWI="abc"), "MWI must be an integer"),
+    (dict(WGM=1024, WGN=1024), "work-group limit"), (dict(VW=3), "VW = 3 is outside 1, 2, 4"),
+]
+
+
+@pytest.mark.parametrize("edit, message", UNUSABLE_TUNINGS, ids=str)
+def test_an_unusable_tuning_file_is_ignored_with_a_warning(opencl_backend, tmp_path,
+                                                         monkeypatch, edit, message):
+    # a hand-edited (or foreign) entry hung the process, aborted the driver or raised deep
+    # in the launcher on every matmul; now it is named, ignored, and the shipped entry used
+    from gpumat.backends import opencl_gemm, _warned
+    from gpumat.blas import gemm_parameters
+    monkeypatch.setenv(tuning.ENV_VAR, str(tmp_path))
+    key = opencl_gemm.device_key(opencl_backend)
+    opencl_gemm.reset(opencl_backend)
+    shipped = gemm_parameters("opencl")
+    (tmp_path / tuning.FILE_NAME).write_text(json.dumps({key: {"params": dict(shipped[0],
+                                                                              **edit)}}))
+    _warned.difference_update({w for w in _warned if w.startswith("tuning-file")})
+    opencl_gemm.reset(opencl_backend)
+    try:
+        with pytest.warns(RuntimeWarning, match=f"ignoring the tuned gemm.*{tuning.FILE_NAME}"
+                                                f".*{message}"):
+            assert gemm_parameters("opencl") == shipped
+        rng = np.random.default_rng(3)
+        A, B = _rand(rng, (67, 45)), _rand(rng, (45, 71))
+        _check(gm.array(A, backend="opencl") @ gm.array(B, backend="opencl"),
+               *_reference(A, B, None, 1.0, 0.0, False, False))
+    finally:
+        monkeypatch.undo()
+        opencl_gemm.reset(opencl_backend)
+
+
 def test_tuner_quick_run_is_picked_up(opencl_backend, tmp_path, monkeypatch, capsys):
     from gpumat import tune
     from gpumat.backends import opencl_gemm

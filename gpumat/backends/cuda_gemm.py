@@ -31,8 +31,10 @@ def parameters(backend):
     if entry is None:
         name = backend._props["name"]
         name = name.decode() if isinstance(name, bytes) else name
-        entry = backend._gemm_params = tuning.lookup(device_key(backend), name,
-                                                     ("NVIDIA",), "cuda")
+        entry = backend._gemm_params = tuning.lookup(
+            device_key(backend), name, ("NVIDIA",), "cuda",
+            max_group=backend._props.get("maxThreadsPerBlock"),
+            local_bytes=backend._props.get("sharedMemPerBlock"))
     return entry
 
 

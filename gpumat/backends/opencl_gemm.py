@@ -38,7 +38,8 @@ def _lookup(backend):
     kind = "gpu" if d.type & cl.device_type.GPU else ("cpu" if d.type & cl.device_type.CPU
                                                       else "gpu")
     return tuning.lookup(device_key(backend), d.name.strip(),
-                         (d.platform.name, d.vendor, d.platform.vendor), kind)
+                         (d.platform.name, d.vendor, d.platform.vendor), kind,
+                         max_group=d.max_work_group_size, local_bytes=d.local_mem_size)
 
 
 def parameters(backend):
