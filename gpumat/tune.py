@@ -13,6 +13,7 @@ of several interleaved runs counts.
 import argparse
 import itertools
 import math
+import numbers
 import random
 import sys
 import time
@@ -142,6 +143,11 @@ def measure(backend, driver, params, n, reps, check=False, rng=None):
 def tune(backend_name="opencl", quick=False, sizes=None, max_candidates=None, reps=3,
          save=True, log=print):
     """Search, verify, time and (``save``) store the winner; returns a result dict."""
+    for what, values in (("sizes", sizes or [1]), ("max_candidates", [max_candidates or 1]),
+                         ("reps", [reps])):
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1
+               for v in values):
+            raise ValueError(f"tune: {what} must be positive integers, got {values!r}")
     backend = _backends.get(backend_name)
     driver = _driver(backend)
     sizes = list(sizes or ([512] if quick else [512, 1024, 2048]))
@@ -217,24 +223,42 @@ def tune(backend_name="opencl", quick=False, sizes=None, max_candidates=None, re
     return out
 
 
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _sizes(text):
+    try:
+        return [_positive(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive sizes such as 512,1024, got {text!r}") from None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gpumat.tune", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["opencl", "cuda"], default=None,
                         help="backend to tune (default: cuda where available, else opencl)")
     parser.add_argument("--quick", action="store_true", help="a small space, size 512 only")
-    parser.add_argument("--sizes", default=None,
+    parser.add_argument("--sizes", type=_sizes, default=None,
                         help="comma-separated square sizes to time (default 512,1024,2048)")
-    parser.add_argument("--max-candidates", type=int, default=None,
+    parser.add_argument("--max-candidates", type=_positive, default=None,
                         help="try at most this many candidates (the current parameters first)")
-    parser.add_argument("--reps", type=int, default=3, help="timed runs per size (best counts)")
+    parser.add_argument("--reps", type=_positive, default=3,
+                        help="timed runs per size (best counts)")
     parser.add_argument("--dry-run", action="store_true", help="search but store nothing")
     args = parser.parse_args(argv)
     name = args.backend
     if name is None:
         name = "cuda" if _backends.available("cuda") else "opencl"
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
-    tune(name, quick=args.quick, sizes=sizes, max_candidates=args.max_candidates,
+    tune(name, quick=args.quick, sizes=args.sizes, max_candidates=args.max_candidates,
          reps=args.reps, save=not args.dry_run)
     return 0
 

@@ -307,6 +307,23 @@ def test_tuner_quick_run_is_picked_up(opencl_backend, tmp_path, monkeypatch, cap
         opencl_gemm.reset(opencl_backend)
 
 
+@pytest.mark.parametrize("argv, what", [(["--sizes", "abc"], "--sizes"),
+                                        (["--sizes", "512,0"], "--sizes"),
+                                        (["--sizes", "-5"], "--sizes"),
+                                        (["--max-candidates", "-1"], "--max-candidates"),
+                                        (["--max-candidates", "0"], "--max-candidates"),
+                                        (["--reps", "0"], "--reps")])
+def test_tuner_command_line_is_checked(argv, what, capsys):
+    # these ran a whole search before failing on a math domain error, or silently dropped
+    # the last candidate (-1)
+    from gpumat import tune
+    with pytest.raises(SystemExit) as stop:
+        tune.main(["--backend", "opencl", "--dry-run"] + argv)
+    assert stop.value.code == 2 and f"argument {what}: expected" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="positive integers"):
+        tune.tune("opencl", sizes=[64, 0], save=False)
+
+
 def test_tuner_rejects_wrong_candidates(opencl_backend):
     from gpumat import tune
     from gpumat.backends import opencl_gemm
