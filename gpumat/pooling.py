@@ -76,7 +76,15 @@ def _geometry(func, kernel_size, stride, padding):
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"{func}: padding should be at most half of kernel_size, got "
                          f"padding={padding} and kernel_size={kernel}")
+    # the kernels index in 64 bits: a window's area (the average's divisor) must fit
+    for name, pair in (("kernel_size", kernel), ("stride", stride), ("padding", padding)):
+        if max(pair) > _MAX_EXTENT:
+            raise ValueError(f"{func}: {name} {pair} is too large (at most {_MAX_EXTENT} "
+                             f"along an axis)")
     return kernel, stride, padding
+
+
+_MAX_EXTENT = 2**31 - 1
 
 
 def pool2d_output_size(size, kernel, stride, pad, ceil_mode):

@@ -342,6 +342,12 @@ def test_max_backward_ignores_foreign_indices(backend, case, monkeypatch):
 
 # ---- argument errors ----------------------------------------------------------------------
 
+def test_the_largest_window_averages_exactly(backend):
+    ones = gm.ones(1, 1, 4, 4, backend=backend)
+    out = gm.avg_pool2d(ones, 2**31 - 1, padding=2**30 - 1)
+    np.testing.assert_allclose(out.item(), 16 / (2**31 - 1) ** 2, rtol=1e-6)
+
+
 def test_argument_errors(backend):
     a = gm.array(values((1, 2, 5, 5), "float32", 10), backend=backend)
     g2 = gm.array(np.zeros((1, 2, 2, 2), np.float32), backend=backend)
@@ -369,6 +375,13 @@ def test_argument_errors(backend):
             pool(a, (6, 1), padding=0)
         with pytest.raises(TypeError, match=r"int32"):
             pool(gm.array(np.zeros((1, 1, 4, 4), np.int32), backend=backend), 2)
+        # a window area past 64 bits made the average's divisor 0 (inf); 2**70 did not fit
+        # a kernel argument
+        with pytest.raises(ValueError, match=r"kernel_size \(4294967296, 4294967296\) is too "
+                                             r"large"):
+            pool(a, 2**32, padding=2**31)
+        with pytest.raises(ValueError, match=r"stride \(1180591620717411303424, 2\) is too large"):
+            pool(a, 2, (2**70, 2))
         with pytest.raises(TypeError, match=r"kernel_size .* got 2.5"):
             pool(a, 2.5)
         with pytest.raises(TypeError, match=r"kernel_size .* got \(2, 2, 2\)"):
