@@ -83,11 +83,37 @@ def test_use_and_environment(monkeypatch):
     assert gm.default_backend() == "cpu"
 
 
+@pytest.mark.parametrize("chosen", ["0:99", "abc"])
+def test_an_unavailable_chosen_opencl_device_is_said(chosen):
+    # 'auto' went on to the cpu backend without a word when the device set was not there
+    import os
+    import subprocess
+    import sys
+    code = ("import warnings; warnings.simplefilter('error')\n"
+            "import gpumat as gm\n"
+            "print(gm.rand(2).backend)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, GPUMAT_OPENCL_DEVICE=chosen,
+                                                  GPUMAT_BACKEND="auto"))
+    if registry.available("cuda"):       # 'auto' stops at cuda, before opencl is looked at
+        assert result.returncode == 0 and result.stdout.strip() == "cuda", result.stderr
+        return
+    assert result.returncode != 0
+    assert "GPUMAT_OPENCL_DEVICE" in result.stderr and repr(chosen) in result.stderr
+    assert "'auto' goes on to the next backend" in result.stderr
+
+
 def test_out_of_memory_then_keeps_working(backend):
     with pytest.raises(MemoryError, match="bytes"):
         gm.zeros(2 ** 22, 2 ** 22, backend=backend)       # 64 TiB of single
     with pytest.raises(gm.DeviceMemoryError, match=backend):
         gm.empty(2 ** 40, dtype="double", backend=backend)
+    # past what a size can say (NumPy: "array is too big"), and a random draw's own scratch
+    for make in (lambda: gm.zeros(2 ** 32, 2 ** 32, backend=backend),
+                 lambda: gm.zeros(2 ** 62, 2, backend=backend),
+                 lambda: gm.rand(2 ** 40, backend=backend)):
+        with pytest.raises(gm.DeviceMemoryError, match=f"{backend}.*bytes"):
+            make()
     a = gm.ones(1000, backend=backend)
     assert (a * 2).sum().item() == 2000
 

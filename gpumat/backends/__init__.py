@@ -80,6 +80,13 @@ def _auto():
     for name in NAMES:
         if available(name):
             return get(name)
+        # a device chosen on purpose that cannot be had is said, not passed over in silence
+        chosen = os.environ.get("GPUMAT_OPENCL_DEVICE") if name == "opencl" else None
+        if chosen:
+            warn_once(f"auto-skips-{name}",
+                      f"gpumat: the opencl device chosen with GPUMAT_OPENCL_DEVICE is "
+                      f"unavailable ({_failures.get(name)}); 'auto' goes on to the next "
+                      f"backend", stacklevel=4)
     raise BackendUnavailableError("no backend is available (not even cpu)")
 
 

@@ -70,8 +70,9 @@ class ArrayModuleBackend(Backend):
 
     def random(self, kind, shape, dtype, seed, counter, low=0, span=1):
         n = int(np.prod(shape, dtype=np.int64))
-        flat = _random.reference(kind, n, dtype, seed, counter, low, span)
-        return self._new(lambda: self.xp.asarray(flat.reshape(shape)), shape, dtype)
+        # made inside _new: the reference's own scratch (uint64 counters) may not fit either
+        return self._new(lambda: self.xp.asarray(_random.reference(
+            kind, n, dtype, seed, counter, low, span).reshape(shape)), shape, dtype)
 
     # ---- layout ---------------------------------------------------------------------------
     def reshape(self, a, shape):

@@ -51,6 +51,10 @@ class CPUBackend(ArrayModuleBackend):
             return make()
         except MemoryError as exc:
             raise DeviceMemoryError(_oom_message("cpu", shape, dtype, exc)) from None
+        except ValueError as exc:
+            if "array is too big" not in str(exc):      # NumPy: more bytes than an intp
+                raise
+            raise DeviceMemoryError(_oom_message("cpu", shape, dtype, exc)) from None
 
     def memory_info(self):
         info = super().memory_info()
