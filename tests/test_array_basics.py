@@ -168,6 +168,47 @@ def test_big_endian_data_keeps_its_values(backend, tmp_path, dtype):
     assert_same(gm.array(x, backend=backend) + swapped, x + swapped)
 
 
+def _npy_header(tmp_path, name, shape, data=b""):
+    import io
+    from numpy.lib import format as npy_format
+    buffer = io.BytesIO()
+    npy_format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False,
+                                               "shape": shape})
+    path = tmp_path / name
+    path.write_bytes(buffer.getvalue() + data)
+    return path
+
+
+def test_load_checks_the_file_before_reading(backend, tmp_path):
+    # each of these raised something that did not name the file or the problem: a pickle
+    # complaint for text, a <U1 dtype for an .npz, a bare 4 TiB MemoryError for a header
+    # declaring 2**40 elements in a 200-byte file
+    np.savez(tmp_path / "archive.npz", a=np.ones(3))
+    (tmp_path / "notes.txt").write_text("hello world")
+    np.save(tmp_path / "text.npy", np.array(["a", "b"]))
+    np.save(tmp_path / "half.npy", np.ones(3, np.float16))
+    whole = tmp_path / "whole.npy"
+    np.save(whole, np.arange(6, dtype=np.float32))
+    (tmp_path / "cut.npy").write_bytes(whole.read_bytes()[:-4])
+    cases = [("archive.npz", ValueError, "is not a .npy file"),
+             ("notes.txt", ValueError, "is not a .npy file"),
+             ("text.npy", TypeError, "cannot hold: dtype <U1"),
+             ("half.npy", TypeError, "cannot hold: dtype float16"),
+             ("cut.npy", ValueError, r"truncated or corrupt.*\(6,\).*24 bytes.*20 bytes"),
+             (_npy_header(tmp_path, "huge.npy", (2**40,), bytes(16)).name, ValueError,
+              r"\(1099511627776,\) of float32 \(4,398,046,511,104 bytes\)"),
+             (_npy_header(tmp_path, "square.npy", (2**32, 2**32)).name, ValueError,
+              "truncated or corrupt")]
+    for name, error, message in cases:
+        with pytest.raises(error, match=f"load: .*{name}.*{message}"):
+            gm.load(tmp_path / name, backend=backend)
+    assert gm.load(whole, backend=backend).gather().tolist() == list(range(6))
+    fortran = tmp_path / "fortran.npy"
+    x = np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3))
+    np.save(fortran, x)
+    assert_same(gm.load(fortran, backend=backend), x)
+
+
 def test_save_keeps_the_given_file_name(backend, tmp_path):
     path = tmp_path / "weights.bin"
     gm.save(path, gm.ones(2, backend=backend))
