@@ -23,6 +23,8 @@ inherits (gpumat/backends/cpu.py), or for the direct convolutions im2col + BLAS
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import warnings
 
@@ -67,6 +69,40 @@ else:
     native_import_error = None
 
 HAVE_NATIVE: bool = _native is not None
+
+#: the names GPUMAT_CPU_ISA takes (kernels/cpu/isa.hpp and the ladders of xnor.hpp and
+#: direct_conv.hpp), and the native module's other settings
+CPU_ISA_NAMES = ("baseline", "default", "portable", "avx2", "avx512", "avx512bw",
+                 "avx512vpopcntdq")
+
+
+def environment_problems(environ=os.environ):
+    """What is wrong with the native module's environment variables: the module reads them
+    once, in C++, and passes over a value it cannot use (the best instruction set, the CPU
+    count, the default linger), so a typo would go unnoticed."""
+    found = []
+    isa = environ.get("GPUMAT_CPU_ISA")
+    if isa is not None and isa not in CPU_ISA_NAMES:
+        found.append(f"GPUMAT_CPU_ISA={isa!r} is not one of {', '.join(CPU_ISA_NAMES)}; "
+                     f"the best instruction set is used")
+    threads = environ.get("GPUMAT_NUM_THREADS")
+    first = (threads or "").split(",")[0].strip()       # "4,2" (OpenMP's nesting) means 4
+    if threads and not (first.isdigit() and int(first) >= 1):
+        # what strtol, which reads it, makes of it
+        prefix = re.match(r"\s*[+-]?\d+", threads)
+        read = int(prefix.group()) if prefix else 0
+        found.append(f"GPUMAT_NUM_THREADS={threads!r} is not a positive integer; "
+                     + (f"it is read as {read}" if read >= 1 else "the usable CPUs are used"))
+    linger = environ.get("GPUMAT_POOL_LINGER_US")
+    if linger is not None and not (linger.strip().isdigit() and int(linger) < 2**31):
+        found.append(f"GPUMAT_POOL_LINGER_US={linger!r} is not a whole number of "
+                     f"microseconds below 2**31")
+    return found
+
+
+if HAVE_NATIVE:
+    for _problem in environment_problems():
+        warnings.warn(f"gpumat: {_problem}", RuntimeWarning, stacklevel=2)
 
 _fallback_warned = False
 _fallback_lock = threading.Lock()

@@ -278,14 +278,33 @@ def test_environment_chooses_isa_and_threads():
     code = ("import gpumat.native as n; k = n.kernels(); "
             "print(k.direct_conv_isa(), k.native_threads())")
     env = dict(os.environ, GPUMAT_CPU_ISA="baseline", GPUMAT_NUM_THREADS="3")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["baseline", "3"]
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.split() == ["baseline", "3"] and "GPUMAT_" not in result.stderr
     env = dict(os.environ, GPUMAT_CPU_ISA="no-such-isa", OMP_NUM_THREADS="2")
     env.pop("GPUMAT_NUM_THREADS", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == [NATIVE.direct_conv_isas()[-1], "2"]
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.split() == [NATIVE.direct_conv_isas()[-1], "2"]
+    # a value the module passes over is said (it was silent)
+    assert "GPUMAT_CPU_ISA='no-such-isa' is not one of" in result.stderr
+
+
+@pytest.mark.parametrize("variable, value, said", [
+    ("GPUMAT_CPU_ISA", "AVX2", "is not one of baseline"),
+    ("GPUMAT_NUM_THREADS", "abc", "the usable CPUs are used"),
+    ("GPUMAT_NUM_THREADS", "-3", "the usable CPUs are used"),
+    ("GPUMAT_NUM_THREADS", "2.5", "it is read as 2"),
+    ("GPUMAT_POOL_LINGER_US", "99999999999999999999", "below 2**31"),
+    ("GPUMAT_NUM_THREADS", "4,2", None), ("GPUMAT_POOL_LINGER_US", "0", None),
+    ("GPUMAT_CPU_ISA", "avx512vpopcntdq", None)])
+def test_environment_values_the_module_passes_over_are_named(variable, value, said):
+    from gpumat import native
+    problems = native.environment_problems({variable: value})
+    if said is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and repr(value) in problems[0] and said in problems[0]
 
 
 # ---- the module's checks ----------------------------------------------------------------------
