@@ -98,7 +98,9 @@ def pack_signs(x, axis=-1):
     _need_float32(x, what, "x")
     if x.ndim == 0:
         raise ShapeError(f"{what} needs at least one dimension, got a 0-d Array")
-    if not _is_int(axis) or not -x.ndim <= axis < x.ndim:
+    if not _is_int(axis):
+        raise TypeError(f"{what}: axis must be an integer, got {axis!r}")
+    if not -x.ndim <= axis < x.ndim:
         raise ShapeError(f"{what}: axis {axis!r} is out of range for a {x.ndim}-d Array "
                          f"of shape {x.shape}")
     axis = int(axis) % x.ndim

@@ -637,6 +637,8 @@ def test_bad_input_is_named(backend):
         gm.pack_conv_input(arr(np.ones((1, 2, 3, 3), np.int32)))
     with pytest.raises(ValueError, match="axis 2 is out of range"):
         gm.pack_signs(arr(np.ones((3, 4), np.float32)), axis=2)
+    with pytest.raises(TypeError, match="axis must be an integer, got 1.0"):
+        gm.pack_signs(arr(np.ones((3, 4), np.float32)), axis=1.0)
     # the library stays usable after each error
     assert_same(gm.xnor_conv2d(x, w, padding=1, dtype="int32"),
                 reference_conv(np.ones((1, 4, 5, 5)), np.ones((2, 4, 3, 3)), (1, 1),
