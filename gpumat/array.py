@@ -630,7 +630,7 @@ def _negative_exponent(exponent):
 
 def _exact_integer_compare(op, operands, compute):
     """A comparison NumPy makes exactly where the promoted dtype would not: a signed integer
-    Array against a uint64 one (promoted to float64, 2**53 + 1 would equal 2**53 + 2), and an
+    Array against a uint64 one (promoted to float64, 2**53 + 1 would equal 2**53), and an
     integer Array against a Python int outside its dtype's range (which cannot be converted).
     None where the ordinary path is exact."""
     a, b = operands
@@ -642,7 +642,8 @@ def _exact_integer_compare(op, operands, compute):
         flip = kinds[0].kind == "u"
         signed, unsigned = (b, a) if flip else (a, b)
         negative = map_op("less", signed, 0)
-        pairs = (unsigned, signed.astype(np.uint64)) if flip else (signed.astype(np.uint64), unsigned)
+        as_unsigned = signed.astype(np.uint64)
+        pairs = (unsigned, as_unsigned) if flip else (as_unsigned, unsigned)
         where_unsigned = map_op(op, *pairs)
         holds = _HOLDS_WHEN_LEFT_SMALLER[_SWAPPED[op] if flip else op]
         if holds:
@@ -801,8 +802,7 @@ def matmul(a, b):
 # ---- indexing -------------------------------------------------------------------------------
 
 def _is_scalar_mask(k):
-    return ((isinstance(k, Array) or (isinstance(k, np.ndarray)))
-            and k.ndim == 0 and k.dtype == np.bool_)
+    return isinstance(k, (Array, np.ndarray)) and k.ndim == 0 and k.dtype == np.bool_
 
 
 def _scalar_mask(a, key):
@@ -833,6 +833,7 @@ def _scalar_mask(a, key):
         expanded.extend([slice(None)] * (a.ndim - consumed) if k is Ellipsis else [k])
     advanced = [j for j, k in enumerate(expanded)
                 if k is mask or isinstance(k, numbers.Integral)]
+
     def made_by(keys):
         return sum(1 for k in keys if k is None or isinstance(k, slice))
     axis = 0

@@ -241,6 +241,14 @@ def test_tuning_lookup_fallbacks(tmp_path, monkeypatch):
     assert "tuned" not in tuning.lookup("x", "cpu", (), "cpu")[1]
 
 
+def _check_opencl_matmul(m, k, n, seed):
+    """An opencl product with the gemm parameters in force, against the reference."""
+    rng = np.random.default_rng(seed)
+    A, B = _rand(rng, (m, k)), _rand(rng, (k, n))
+    _check(gm.array(A, backend="opencl") @ gm.array(B, backend="opencl"),
+           *_reference(A, B, None, 1.0, 0.0, False, False))
+
+
 UNUSABLE_TUNINGS = [
     (dict(KWI=0), "KWI = 0 is outside 1..64"),                  # the K loop never ended
     (dict(USE_LOCAL=1, KWG=0, WGM=2, WGN=2), "KWG = 0"),        # nor did the stage loop
@@ -269,10 +277,7 @@ def test_an_unusable_tuning_file_is_ignored_with_a_warning(opencl_backend, tmp_p
         with pytest.warns(RuntimeWarning, match=f"ignoring the tuned gemm.*{tuning.FILE_NAME}"
                                                 f".*{message}"):
             assert gemm_parameters("opencl") == shipped
-        rng = np.random.default_rng(3)
-        A, B = _rand(rng, (67, 45)), _rand(rng, (45, 71))
-        _check(gm.array(A, backend="opencl") @ gm.array(B, backend="opencl"),
-               *_reference(A, B, None, 1.0, 0.0, False, False))
+        _check_opencl_matmul(67, 45, 71, seed=3)
     finally:
         monkeypatch.undo()
         opencl_gemm.reset(opencl_backend)
@@ -298,10 +303,7 @@ def test_tuner_quick_run_is_picked_up(opencl_backend, tmp_path, monkeypatch, cap
         tuning.save_tuned(opencl_gemm.device_key(opencl_backend), edited)
         opencl_gemm.reset(opencl_backend)
         assert gemm_parameters("opencl")[0] == edited
-        rng = np.random.default_rng(2)
-        A, B = _rand(rng, (45, 31)), _rand(rng, (31, 50))
-        _check(gm.array(A, backend="opencl") @ gm.array(B, backend="opencl"),
-               *_reference(A, B, None, 1.0, 0.0, False, False))
+        _check_opencl_matmul(45, 31, 50, seed=2)
     finally:
         monkeypatch.undo()
         opencl_gemm.reset(opencl_backend)
