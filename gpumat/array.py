@@ -628,13 +628,12 @@ def _negative_exponent(exponent):
     return isinstance(exponent, int) and exponent < 0
 
 
-def _exact_integer_compare(op, operands, compute):
+def _exact_integer_compare(op, operands, kinds, compute):
     """A comparison NumPy makes exactly where the promoted dtype would not: a signed integer
     Array against a uint64 one (promoted to float64, 2**53 + 1 would equal 2**53), and an
     integer Array against a Python int outside its dtype's range (which cannot be converted).
-    None where the ordinary path is exact."""
+    None where the ordinary path is exact.  ``kinds`` are the operands' (map_op's)."""
     a, b = operands
-    kinds = [_kind(v) for v in operands]
     if (isinstance(a, Array) and isinstance(b, Array) and compute == _FLOAT64
             and {kinds[0].kind, kinds[1].kind} == {"i", "u"}):
         # the signed operand is smaller wherever it is negative; elsewhere it converts to
@@ -669,9 +668,10 @@ def _exact_integer_compare(op, operands, compute):
 def map_op(op, *values):
     """Apply elementwise ``op`` (a name in backends.base.MAP_OPS) with NumPy broadcasting."""
     arrays, backend = _operands(values, op)
-    out_dtype, compute = _map_dtypes(op, tuple(_kind(v) for v in arrays))
+    kinds = tuple(_kind(v) for v in arrays)
+    out_dtype, compute = _map_dtypes(op, kinds)
     if op in _COMPARISONS:
-        exact = _exact_integer_compare(op, arrays, compute)
+        exact = _exact_integer_compare(op, arrays, kinds, compute)
         if exact is not None:
             return exact
     if op == "clip" and compute.kind in "iu":
@@ -991,11 +991,8 @@ def _setitem_value(a, value, target_shape):
             if dtype.kind in "iu" and not isinstance(value, (bool, np.bool_)):
                 # the number itself (a NumPy scalar's C cast would wrap 2**40 + 5 to 5 in
                 # int32), truncated toward zero as the conversion does, must fit
-                number = value.item() if isinstance(value, np.generic) else value
-                number = int(number)
-                info = np.iinfo(dtype)
-                if not info.min <= number <= info.max:
-                    raise OverflowError(f"{number} is out of bounds for {dtype}")
+                number = int(value.item() if isinstance(value, np.generic) else value)
+                _check_scalar_fits(number, dtype, "its value")
             return dtype.type(value).item()
         except (OverflowError, ValueError) as exc:
             raise OverflowError(f"assignment: {value!r} does not fit the Array's dtype "
